@@ -1,0 +1,84 @@
+"""Shared helpers of the benchmark sections: machine description and writing into benchmarks.md."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import re
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+BENCHMARKS_MD = Path(__file__).resolve().parents[2] / "benchmarks.md"
+
+
+def machine() -> str:
+    """One line describing the hardware this run is on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return f"{cpu}, {n} cores{gpu}, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def command() -> str:
+    """The command line that reproduces this run."""
+    return "python " + " ".join(shlex.quote(a) for a in ["scripts/bench.py", *sys.argv[1:]])
+
+
+def time_it(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(sorted(ts)[len(ts) // 2])
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def fmt(x: object) -> str:
+        if isinstance(x, float):
+            return f"{x:.4g}"
+        return str(x)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(x) for x in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_section(name: str, title: str, body: str, path: Path = BENCHMARKS_MD) -> None:
+    """Replace (or append) the section ``name`` of benchmarks.md, stamped with command, machine, date.
+
+    A section lives between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` markers, so each
+    run rewrites only its own figures.
+    """
+    stamp = (
+        f"- command: `{command()}`\n"
+        f"- machine: {machine()}\n"
+        f"- date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}\n"
+    )
+    block = f"<!-- bench:{name} -->\n## {title}\n\n{stamp}\n{body.strip()}\n<!-- /bench:{name} -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    print(block)

@@ -1,0 +1,30 @@
+"""tt-agents: sequence-model agents for Gymnasium with a Stable-Baselines3-style ``predict``.
+
+Agents (all follow :class:`Agent`: ``predict``, ``save``, ``load``, ``fit``):
+
+- :class:`BCPolicy`: behaviour cloning (MLP or CNN), a baseline.
+
+Functions: :func:`load_agent` (any checkpoint), :func:`evaluate` (episodes on a vector env).
+"""
+
+__version__ = "0.1.0"
+
+from tt_agents.agent import AGENT_REGISTRY, Agent, load_agent
+from tt_agents.bc import BCConfig, BCPolicy
+from tt_agents.checkpoint import CheckpointError
+from tt_agents.spaces import SpaceMismatchError
+from tt_agents.trainer import TrainConfig, TrainResult, Trainer
+
+__all__ = [
+    "AGENT_REGISTRY",
+    "Agent",
+    "BCConfig",
+    "BCPolicy",
+    "CheckpointError",
+    "SpaceMismatchError",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "__version__",
+    "load_agent",
+]

@@ -1,0 +1,377 @@
+"""The agent protocol every tt-agents model follows, with Stable-Baselines3's ``predict`` semantics.
+
+An :class:`Agent` is a thin object over a torch module (d3rlpy's split): it holds a typed
+``config`` dataclass, the ``observation_space`` and ``action_space`` it was built for, the
+preprocessing fitted on its training data (normalizers, discretizer bins, return scales, all
+JSON), and ``model``, the ``nn.Module`` with the weights.
+
+``predict(observation, state=None, episode_start=None, deterministic=True) -> (action, state)``
+takes one observation or a batch (leading dimension, one row per env of a vector env). Per-env
+context (history, KV cache, RNN state) lives in the returned ``state``, which the caller passes
+back; rows where ``episode_start`` is true start afresh. This is exactly what
+``stable_baselines3.common.evaluation.evaluate_policy`` does, so any agent works there unchanged.
+
+**Rewards.** Agents that condition on rewards (return-to-go, TT context) receive the previous
+step's reward in one way only: the env is wrapped in :class:`wrappers.AddPreviousReward`, whose
+observations are ``{"observation": obs, "previous_reward": r}``. ``predict`` accepts those dicts
+(single or batched) next to plain observations; ``needs_reward`` says whether an agent uses it.
+What an agent does when it is *not* given a reward is its own documented choice (TT fills in its
+own predicted reward; DT refuses), never a silent zero.
+
+**Checkpoints.** ``agent.save(path)`` writes one atomic file (see :mod:`tt_agents.checkpoint`);
+``SomeAgent.load(path, env=None, device="auto")`` re-creates the agent (a new object, like SB3's
+``load``); :func:`load_agent` finds the class from the file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+
+from tt_agents.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from tt_agents.spaces import SpaceMismatchError, check_observation, space_from_json, space_to_json, spaces_equal
+from tt_agents.utils import config_from_dict, config_to_dict, resolve_device, set_seed
+
+__all__ = ["Agent", "load_agent", "AGENT_REGISTRY", "split_previous_reward"]
+
+AGENT_REGISTRY: dict[str, type[Agent]] = {}
+"""Agent classes by name; filled by subclassing, read by :func:`load_agent` (no code is loaded)."""
+
+A = TypeVar("A", bound="Agent")
+
+REWARD_KEYS = frozenset({"observation", "previous_reward"})
+
+
+def split_previous_reward(observation: Any) -> tuple[Any, np.ndarray | None]:
+    """Split an :class:`wrappers.AddPreviousReward` observation into ``(observation, reward)``.
+
+    Plain observations come back unchanged with ``None``.
+
+    Example:
+        >>> obs, r = split_previous_reward({"observation": np.zeros(3), "previous_reward": np.array([1.5])})
+        >>> obs.shape, r.tolist()
+        ((3,), [1.5])
+    """
+    if isinstance(observation, dict) and set(observation) == REWARD_KEYS:
+        r = np.asarray(observation["previous_reward"], dtype=np.float32).reshape(-1)
+        return observation["observation"], r
+    return observation, None
+
+
+@dataclass
+class EmptyConfig:
+    pass
+
+
+class Agent:
+    """Base class of every agent. Subclasses set ``config_class`` and implement the hooks below.
+
+    Hooks:
+        ``_build_model() -> nn.Module``: the torch module, from ``config`` and the spaces.
+        ``_predict(obs, previous_reward, state, episode_start, deterministic) -> (actions, state)``:
+            ``obs`` is a validated batch ``(n_envs, *obs_shape)``, ``previous_reward`` is ``(n_envs,)``
+            or ``None``; ``state`` is ``None`` on the first call.
+        ``_preprocessing_state() -> dict`` / ``_load_preprocessing_state(dict)``: JSON-able
+            preprocessing saved with the weights.
+        ``_fit_preprocessing(dataset)``: fit normalizers / bins on the training data.
+        ``make_sampler(dataset, batch_size, seed, rank, world_size)`` and
+        ``compute_loss(model, batch) -> (loss, metrics)``: what the shared trainer calls.
+    """
+
+    config_class: ClassVar[type] = EmptyConfig
+    needs_reward: ClassVar[bool] = False
+    """Whether ``predict`` uses the previous reward (see the module docstring)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        AGENT_REGISTRY[cls.__name__] = cls
+
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        config: Any = None,
+        device: str | torch.device = "auto",
+        seed: int | None = None,
+    ) -> None:
+        if config is None:
+            config = self.config_class()
+        if not isinstance(config, self.config_class):
+            raise TypeError(
+                f"{type(self).__name__} expects a {self.config_class.__name__} config, got {type(config).__name__}"
+            )
+        self.config = config
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.device = resolve_device(device)
+        self._check_spaces()
+        if seed is not None:
+            set_seed(seed)
+        self.model: nn.Module = self._build_model().to(self.device)
+
+    # ------------------------------------------------------------------ hooks
+    def _check_spaces(self) -> None:
+        """Raise :class:`SpaceMismatchError` if this agent cannot handle the spaces."""
+
+    def _build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def _predict(
+        self,
+        observation: np.ndarray,
+        previous_reward: np.ndarray | None,
+        state: Any,
+        episode_start: np.ndarray,
+        deterministic: bool,
+    ) -> tuple[np.ndarray, Any]:
+        raise NotImplementedError
+
+    def _preprocessing_state(self) -> dict[str, Any]:
+        return {}
+
+    def _load_preprocessing_state(self, state: dict[str, Any]) -> None:
+        if state:
+            raise CheckpointError(f"{type(self).__name__} has no preprocessing, but the checkpoint has {list(state)}")
+
+    def _fit_preprocessing(self, dataset: Any) -> None:
+        """Fit preprocessing (normalizers, bins) on the training data; called by ``fit``."""
+
+    def make_sampler(self, dataset: Any, batch_size: int, seed: int, rank: int, world_size: int) -> Any:
+        raise NotImplementedError
+
+    def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ predict
+    def predict(
+        self,
+        observation: Any,
+        state: Any = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, Any]:
+        """Actions for one observation or a batch, SB3-style.
+
+        Args:
+            observation: one observation of ``observation_space``, a batch ``(n_envs, ...)``,
+                or either wrapped by :class:`wrappers.AddPreviousReward`.
+            state: what the previous call returned (``None`` to start).
+            episode_start: ``(n_envs,)`` bools; true rows reset their context. ``None`` means
+                "all true" when ``state`` is ``None`` and "all false" otherwise.
+            deterministic: the most likely action rather than a sample.
+
+        Returns:
+            ``(action, state)``; ``action`` is batched exactly when ``observation`` was.
+
+        Raises:
+            SpaceMismatchError: the observation's shape or dtype does not fit ``observation_space``.
+        """
+        obs, reward = split_previous_reward(observation)
+        batch, vectorized = check_observation(obs, self.observation_space)
+        n = batch.shape[0]
+        if reward is not None and reward.shape != (n,):
+            raise SpaceMismatchError(f"previous_reward has {reward.shape[0]} entries for {n} observations")
+        if episode_start is None:
+            starts = np.full(n, state is None, dtype=bool)
+        else:
+            starts = np.asarray(episode_start, dtype=bool).reshape(-1)
+            if starts.shape != (n,):
+                raise ValueError(f"episode_start has shape {np.shape(episode_start)}, expected ({n},)")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                actions, state = self._predict(batch, reward, state, starts, deterministic)
+        finally:
+            self.model.train(was_training)
+        actions = self._postprocess_actions(actions)
+        return (actions if vectorized else actions[0]), state
+
+    def _postprocess_actions(self, actions: np.ndarray) -> np.ndarray:
+        space = self.action_space
+        if isinstance(space, gym.spaces.Box):
+            return np.clip(np.asarray(actions, dtype=space.dtype), space.low, space.high)
+        if isinstance(space, gym.spaces.Discrete):
+            return np.asarray(actions, dtype=np.int64).reshape(-1)
+        return np.asarray(actions)
+
+    # ------------------------------------------------------------------ training
+    def fit(self, dataset: Any, config: Any = None, **overrides: Any) -> Any:
+        """Train on ``dataset`` (an :class:`~tt_agents.data.EpisodeDataset`) with the shared trainer.
+
+        Args:
+            dataset: the episodes; their spaces must match the agent's.
+            config: a :class:`~tt_agents.trainer.TrainConfig` (defaults if ``None``).
+            **overrides: fields of the config to replace, e.g. ``steps=1000``.
+
+        Returns:
+            The :class:`~tt_agents.trainer.TrainResult`.
+        """
+        from tt_agents.trainer import TrainConfig, Trainer
+
+        config = config or TrainConfig()
+        if overrides:
+            import dataclasses
+
+            config = dataclasses.replace(config, **overrides)
+        self._check_dataset(dataset)
+        self._fit_preprocessing(dataset)
+        return Trainer(self, config).fit(dataset)
+
+    def _check_dataset(self, dataset: Any) -> None:
+        for what, mine, theirs in (
+            ("observation", self.observation_space, dataset.observation_space),
+            ("action", self.action_space, dataset.action_space),
+        ):
+            if not _compatible(mine, theirs):
+                raise SpaceMismatchError(
+                    f"the dataset's {what} space {theirs} does not match the agent's {mine}; "
+                    f"build the agent from the dataset's spaces"
+                )
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_sections(self) -> dict[str, Any]:
+        """The JSON part of this agent's checkpoint."""
+        return {
+            "agent": {
+                "class": type(self).__name__,
+                "config": config_to_dict(self.config),
+                "observation_space": space_to_json(self.observation_space),
+                "action_space": space_to_json(self.action_space),
+                "preprocessing": self._preprocessing_state(),
+            }
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save to one file, atomically; a path without a suffix gets ``.zip`` (like SB3).
+
+        Returns:
+            The path written.
+        """
+        path = _with_suffix(path)
+        return write_checkpoint(path, "agent", self.checkpoint_sections(), {"model": self.model.state_dict()})
+
+    @classmethod
+    def load(cls: type[A], path: str | os.PathLike, env: Any = None, device: str | torch.device = "auto") -> A:
+        """Re-create an agent from a checkpoint written by :meth:`save` (or a training checkpoint).
+
+        Args:
+            path: the file (``.zip`` is tried if ``path`` has no suffix and does not exist).
+            env: if given (an Env or VectorEnv), its spaces must equal the saved ones.
+            device: where to put the weights; ``"auto"`` picks CUDA when present.
+
+        Raises:
+            CheckpointError: unreadable, corrupted or incompatible file, missing or extra weights,
+                or a checkpoint of an agent class that is not ``cls``.
+            SpaceMismatchError: ``env`` has other spaces than the agent.
+        """
+        path = Path(path)
+        if not path.exists() and not path.suffix:
+            path = path.with_suffix(".zip")
+        ckpt = read_checkpoint(path)
+        return cls._from_checkpoint(ckpt.manifest, ckpt.tensors, path, env, device)
+
+    @classmethod
+    def _from_checkpoint(
+        cls: type[A],
+        manifest: dict[str, Any],
+        tensors: dict[str, dict[str, torch.Tensor]],
+        path: Path,
+        env: Any = None,
+        device: str | torch.device = "auto",
+    ) -> A:
+        info = manifest.get("agent")
+        if not isinstance(info, dict):
+            raise CheckpointError(f"{path}: the checkpoint holds no agent")
+        name = info.get("class")
+        agent_cls = AGENT_REGISTRY.get(name)  # type: ignore[arg-type]
+        if agent_cls is None:
+            raise CheckpointError(f"{path}: unknown agent class {name!r}; known: {sorted(AGENT_REGISTRY)}")
+        if cls is not Agent and not issubclass(agent_cls, cls):
+            raise CheckpointError(f"{path}: holds a {name}, not a {cls.__name__}; use tt_agents.load_agent")
+        try:
+            config = config_from_dict(agent_cls.config_class, info["config"], "config")
+            obs_space = space_from_json(info["observation_space"])
+            act_space = space_from_json(info["action_space"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{path}: malformed agent section: {e}") from e
+        if env is not None:
+            for what, saved, theirs in (
+                ("observation", obs_space, _single_space(env, "observation")),
+                ("action", act_space, _single_space(env, "action")),
+            ):
+                if not spaces_equal(saved, theirs):
+                    raise SpaceMismatchError(
+                        f"{path}: the env's {what} space {theirs} differs from the agent's {saved}"
+                    )
+        agent = agent_cls(obs_space, act_space, config, device=device)
+        agent._load_preprocessing_state(info.get("preprocessing") or {})
+        weights = tensors.get("model")
+        if weights is None:
+            raise CheckpointError(f"{path}: no model weights in the checkpoint")
+        load_weights(agent.model, weights, path)
+        return agent  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(observation_space={self.observation_space}, "
+            f"action_space={self.action_space}, config={self.config})"
+        )
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path | str) -> None:
+    """Load ``weights`` into ``model``, refusing missing, extra or mis-shaped tensors."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    extra = sorted(set(weights) - set(own))
+    if missing or extra:
+        raise CheckpointError(f"{path}: weights do not fit the model: missing {missing}, unexpected {extra}")
+    for k, v in weights.items():
+        if own[k].shape != v.shape:
+            raise CheckpointError(f"{path}: weight {k!r} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+    model.load_state_dict(weights, strict=True)
+
+
+def _single_space(env: Any, what: str) -> gym.Space:
+    single = getattr(env, f"single_{what}_space", None)
+    space = single if single is not None else getattr(env, f"{what}_space")
+    if what == "observation" and isinstance(space, gym.spaces.Dict) and set(space.spaces) == REWARD_KEYS:
+        space = space["observation"]  # an AddPreviousReward-wrapped env
+    return space
+
+
+def _compatible(mine: gym.Space, theirs: gym.Space) -> bool:
+    if type(mine) is not type(theirs):
+        return False
+    if isinstance(mine, gym.spaces.Box):
+        return mine.shape == theirs.shape
+    return mine == theirs
+
+
+def _with_suffix(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path if path.suffix else path.with_suffix(".zip")
+
+
+def load_agent(path: str | os.PathLike, env: Any = None, device: str | torch.device = "auto") -> Agent:
+    """Load any tt-agents checkpoint; the agent class is read from the file.
+
+    Example:
+        >>> import tempfile, gymnasium as gym
+        >>> from tt_agents import BCPolicy
+        >>> env = gym.make("CartPole-v1")
+        >>> agent = BCPolicy(env.observation_space, env.action_space, device="cpu")
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     type(load_agent(agent.save(f"{d}/bc"), device="cpu")).__name__
+        'BCPolicy'
+    """
+    import tt_agents  # noqa: F401  (registers every agent class)
+
+    return Agent.load(path, env=env, device=device)

@@ -1,0 +1,130 @@
+"""Behaviour cloning: ``BCPolicy``, the first customer of the agent protocol and a baseline.
+
+Discrete actions are learned with cross-entropy (``deterministic=False`` samples from the
+softmax); continuous actions with mean squared error on actions rescaled to [-1, 1] (the policy
+is deterministic, so ``deterministic`` has no effect for Box actions). Vector observations are
+standardised with the dataset's mean and standard deviation; image observations (uint8
+``(H, W, C)``) go through a Nature CNN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tt_agents.agent import Agent
+from tt_agents.data.sampler import WindowSampler
+from tt_agents.models.bc import BCNet
+from tt_agents.spaces import SpaceMismatchError
+
+__all__ = ["BCConfig", "BCPolicy"]
+
+
+@dataclass
+class BCConfig:
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """MLP widths (for images, the last one is the CNN's feature size)."""
+    normalize_observations: bool = True
+    """Standardise vector observations with the training data's statistics."""
+    action_field: str = "actions"
+    """Which per-step dataset field to imitate (e.g. ``latent_actions`` on relabeled data)."""
+
+
+def is_image_space(space: gym.Space) -> bool:
+    return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
+
+
+class BCPolicy(Agent):
+    """Behaviour cloning with an MLP (vectors) or CNN (images).
+
+    Example:
+        >>> import gymnasium as gym
+        >>> env = gym.make("CartPole-v1")
+        >>> agent = BCPolicy(env.observation_space, env.action_space, device="cpu", seed=0)
+        >>> obs, _ = env.reset(seed=0)
+        >>> action, state = agent.predict(obs)
+        >>> env.action_space.contains(action), state
+        (True, None)
+    """
+
+    config_class = BCConfig
+    config: BCConfig
+
+    def _check_spaces(self) -> None:
+        if not isinstance(self.observation_space, gym.spaces.Box):
+            raise SpaceMismatchError(f"BCPolicy needs a Box observation space, got {self.observation_space}")
+        if not isinstance(self.action_space, (gym.spaces.Box, gym.spaces.Discrete)):
+            raise SpaceMismatchError(f"BCPolicy needs a Box or Discrete action space, got {self.action_space}")
+        self.image = is_image_space(self.observation_space)
+        self.discrete = isinstance(self.action_space, gym.spaces.Discrete)
+        shape = self.observation_space.shape
+        self.obs_mean = np.zeros(shape, np.float32)
+        self.obs_std = np.ones(shape, np.float32)
+
+    def _build_model(self) -> nn.Module:
+        n_out = int(self.action_space.n) if self.discrete else int(np.prod(self.action_space.shape))
+        return BCNet(self.observation_space.shape, self.image, tuple(self.config.hidden_sizes), n_out, self.discrete)
+
+    # ---- preprocessing
+    def _fit_preprocessing(self, dataset: Any) -> None:
+        if self.image or not self.config.normalize_observations:
+            return
+        obs = np.concatenate([np.asarray(ep.observations[:-1], np.float64) for ep in dataset if len(ep)])
+        self.obs_mean = obs.mean(0).astype(np.float32)
+        self.obs_std = (obs.std(0) + 1e-6).astype(np.float32)
+
+    def _preprocessing_state(self) -> dict[str, Any]:
+        return {"obs_mean": self.obs_mean.ravel().tolist(), "obs_std": self.obs_std.ravel().tolist()}
+
+    def _load_preprocessing_state(self, state: dict[str, Any]) -> None:
+        shape = self.observation_space.shape
+        self.obs_mean = np.asarray(state["obs_mean"], np.float32).reshape(shape)
+        self.obs_std = np.asarray(state["obs_std"], np.float32).reshape(shape)
+
+    def _obs_tensor(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(obs, device=self.device)
+        if self.image:
+            return x
+        mean = torch.as_tensor(self.obs_mean, device=self.device)
+        std = torch.as_tensor(self.obs_std, device=self.device)
+        return (x.float() - mean) / std
+
+    def _scale_action(self, a: torch.Tensor) -> torch.Tensor:
+        low = torch.as_tensor(self.action_space.low, device=a.device, dtype=torch.float32)
+        high = torch.as_tensor(self.action_space.high, device=a.device, dtype=torch.float32)
+        return 2.0 * (a.float() - low) / (high - low) - 1.0
+
+    def _unscale_action(self, a: np.ndarray) -> np.ndarray:
+        low, high = self.action_space.low, self.action_space.high
+        return low + (a + 1.0) * 0.5 * (high - low)
+
+    # ---- training
+    def make_sampler(self, dataset: Any, batch_size: int, seed: int, rank: int, world_size: int) -> WindowSampler:
+        return WindowSampler(
+            dataset, context_len=1, batch_size=batch_size, action_field=self.config.action_field,
+            seed=seed, rank=rank, world_size=world_size,
+        )
+
+    def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        obs = self._obs_tensor(batch["observations"][:, 0])
+        out = model(obs)
+        if self.discrete:
+            return F.cross_entropy(out.float(), batch["actions"][:, 0].long().reshape(-1)), {}
+        target = self._scale_action(batch["actions"][:, 0].reshape(out.shape[0], -1)).clamp(-1, 1)
+        return F.mse_loss(out.float(), target), {}
+
+    # ---- acting
+    def _predict(self, observation, previous_reward, state, episode_start, deterministic):
+        out = self.model(self._obs_tensor(observation))
+        if self.discrete:
+            if deterministic:
+                return out.argmax(-1).cpu().numpy(), state
+            return torch.distributions.Categorical(logits=out).sample().cpu().numpy(), state
+        a = out.cpu().numpy().reshape((-1, *self.action_space.shape))
+        return self._unscale_action(a), state

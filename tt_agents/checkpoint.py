@@ -1,0 +1,179 @@
+"""A checkpoint format users can trust: safetensors weights, JSON for everything else, no pickle.
+
+A checkpoint is one uncompressed zip file (so that a save is a single atomic rename):
+
+``manifest.json``
+    ``format_version``, ``package_version``, ``kind`` (what wrote it), free JSON sections
+    (config, spaces, preprocessing, trainer state ...) and, under ``payloads``, the name, size
+    and sha256 of every other member.
+``*.safetensors``
+    tensors only (weights, optimizer moments, RNG states).
+
+:func:`write_checkpoint` writes to a temporary file in the target folder, fsyncs it and renames it
+over the target, so a process killed during a save leaves the previous checkpoint untouched.
+:func:`read_checkpoint` verifies sizes and checksums before anything is parsed, and turns every
+kind of damage (truncation, flipped bytes, unknown versions, missing members) into
+:class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+__all__ = ["CheckpointError", "Checkpoint", "FORMAT_VERSION", "write_checkpoint", "read_checkpoint", "atomic_write_bytes"]
+
+FORMAT_VERSION = 1
+"""Bumped whenever the layout changes incompatibly; readers refuse newer versions."""
+
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or does not fit: the message says which file and why."""
+
+
+@dataclass
+class Checkpoint:
+    """The decoded contents of a checkpoint file."""
+
+    manifest: dict[str, Any]
+    tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    """``payload name -> {tensor name -> tensor}``; payload names drop the ``.safetensors``."""
+
+
+def _package_version() -> str:
+    from tt_agents import __version__
+
+    return __version__
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def write_checkpoint(
+    path: str | os.PathLike,
+    kind: str,
+    sections: dict[str, Any],
+    tensors: dict[str, dict[str, torch.Tensor]],
+) -> Path:
+    """Atomically write a checkpoint.
+
+    Args:
+        path: the file to write (parents are created).
+        kind: what wrote it, e.g. ``"agent"`` or ``"trainer"``.
+        sections: JSON-able data stored in the manifest.
+        tensors: ``payload name -> {tensor name -> tensor}``; each payload becomes one
+            ``<name>.safetensors`` member.
+    """
+    payloads: dict[str, bytes] = {}
+    for name, tdict in tensors.items():
+        clean = {k: v.detach().cpu().contiguous() for k, v in tdict.items()}
+        payloads[f"{name}.safetensors"] = st_save(clean)
+    manifest = {
+        "format": "tt-agents-checkpoint",
+        "format_version": FORMAT_VERSION,
+        "package_version": _package_version(),
+        "kind": kind,
+        **sections,
+        "payloads": {
+            name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in payloads.items()
+        },
+    }
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr(MANIFEST, json.dumps(manifest, indent=1, allow_nan=False))
+        for name, data in payloads.items():
+            zf.writestr(name, data)
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike, kind: str | None = None) -> Checkpoint:
+    """Read and verify a checkpoint written by :func:`write_checkpoint`.
+
+    Raises:
+        CheckpointError: missing file, not a checkpoint, truncated or corrupted, checksum
+            mismatch, unknown or newer format version, or a different ``kind`` than asked for.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint file at {str(path)!r}")
+    raw = path.read_bytes()
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            names = zf.namelist()
+            if MANIFEST not in names:
+                raise CheckpointError(f"{path}: not a tt-agents checkpoint (no {MANIFEST})")
+            manifest = json.loads(zf.read(MANIFEST).decode("utf-8"))
+            if not isinstance(manifest, dict) or manifest.get("format") != "tt-agents-checkpoint":
+                raise CheckpointError(f"{path}: not a tt-agents checkpoint (bad manifest header)")
+            version = manifest.get("format_version")
+            if not isinstance(version, int) or version < 1:
+                raise CheckpointError(f"{path}: unknown checkpoint format version {version!r}")
+            if version > FORMAT_VERSION:
+                raise CheckpointError(
+                    f"{path}: checkpoint format version {version} is newer than this tt-agents "
+                    f"({_package_version()}) reads (up to {FORMAT_VERSION}); upgrade tt-agents"
+                )
+            if kind is not None and manifest.get("kind") != kind:
+                raise CheckpointError(f"{path}: expected a {kind!r} checkpoint, found {manifest.get('kind')!r}")
+            declared = manifest.get("payloads")
+            if not isinstance(declared, dict):
+                raise CheckpointError(f"{path}: manifest lists no payloads")
+            extra = sorted(set(names) - set(declared) - {MANIFEST})
+            if extra:
+                raise CheckpointError(f"{path}: members not listed in the manifest: {extra}")
+            tensors: dict[str, dict[str, torch.Tensor]] = {}
+            for name, info in declared.items():
+                if name not in names:
+                    raise CheckpointError(f"{path}: payload {name!r} is missing")
+                if not name.endswith(".safetensors"):
+                    raise CheckpointError(f"{path}: payload {name!r} is not a .safetensors file")
+                data = zf.read(name)
+                if len(data) != info.get("size") or hashlib.sha256(data).hexdigest() != info.get("sha256"):
+                    raise CheckpointError(f"{path}: checksum mismatch in {name!r}: the file is corrupted")
+                tensors[name[: -len(".safetensors")]] = st_load(data)
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupted or truncated checkpoint ({type(e).__name__}: {e})") from e
+    except Exception as e:  # safetensors raises its own errors on malformed headers
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
+    return Checkpoint(manifest=manifest, tensors=tensors)

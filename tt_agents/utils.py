@@ -1,0 +1,94 @@
+"""Small shared helpers: device selection, seeding, dataclass configs to and from JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import types
+import typing
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+__all__ = ["resolve_device", "set_seed", "config_to_dict", "config_from_dict"]
+
+T = TypeVar("T")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` is ``cuda`` when a GPU is visible, else ``cpu``; anything else is passed to torch.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A dataclass config as JSON-able data (tuples become lists)."""
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"expected a dataclass config, got {type(config).__name__}")
+    return dataclasses.asdict(config)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return config_from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if arg is type(None) and value is None:
+                return None
+        for arg in typing.get_args(tp):
+            if arg is not type(None) and dataclasses.is_dataclass(arg) and isinstance(value, dict):
+                return config_from_dict(arg, value, where)
+        return value
+    if origin is tuple and isinstance(value, list):
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, where) for v in value)
+        return tuple(_coerce(a, v, where) for a, v in zip(args, value))
+    if origin is list and isinstance(value, list):
+        (arg,) = typing.get_args(tp) or (Any,)
+        return [_coerce(arg, v, where) for v in value]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Re-create a dataclass config from :func:`config_to_dict` output; unknown keys are an error.
+
+    Example:
+        >>> @dataclasses.dataclass
+        ... class C:
+        ...     a: int = 1
+        ...     b: tuple[int, int] = (2, 3)
+        >>> config_from_dict(C, {"a": 5, "b": [1, 2]})
+        C(a=5, b=(1, 2))
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown fields {unknown} for {cls.__name__}; known: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
