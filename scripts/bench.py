@@ -32,7 +32,10 @@ if __name__ == "__main__":
     if not mods:
         raise SystemExit("no benchmark sections found in scripts/benches/")
     union = Union[  # type: ignore[valid-type]
-        tuple(Annotated[m.Args, tyro.conf.subcommand(name, description=(m.__doc__ or "").strip().splitlines()[0])] for name, m in mods.items())
+        tuple(
+            Annotated[m.Args, tyro.conf.subcommand(name, description=(m.__doc__ or "").strip().splitlines()[0])]
+            for name, m in mods.items()
+        )
     ]
     args = tyro.cli(union)
     for m in mods.values():

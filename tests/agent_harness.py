@@ -123,7 +123,9 @@ def check_agent(
     assert np.asarray(a_stoch).shape == a3.shape
 
     # evaluate_policy from SB3 works unchanged
-    eval_env = AddPreviousReward(make_env(obs_kind, action_kind)) if agent.needs_reward else make_env(obs_kind, action_kind)
+    eval_env = (
+        AddPreviousReward(make_env(obs_kind, action_kind)) if agent.needs_reward else make_env(obs_kind, action_kind)
+    )
     mean, std = evaluate_policy(agent, eval_env, n_eval_episodes=eval_episodes, warn=False)
     assert np.isfinite(mean) and np.isfinite(std)
 
@@ -133,7 +135,9 @@ def check_agent(
         {"observation": o_seq[0], "previous_reward": r_seq[0][:, None]} if agent.needs_reward else o_seq[0],
         episode_start=np.ones(2, bool),
     )
-    fresh_in = {"observation": o_seq[1], "previous_reward": np.zeros((2, 1), np.float32)} if agent.needs_reward else o_seq[1]
+    fresh_in = (
+        {"observation": o_seq[1], "previous_reward": np.zeros((2, 1), np.float32)} if agent.needs_reward else o_seq[1]
+    )
     after_reset, _ = agent.predict(fresh_in, state=state, episode_start=np.ones(2, bool))
     fresh, _ = agent.predict(fresh_in, state=None)
     np.testing.assert_allclose(np.asarray(after_reset, np.float64), np.asarray(fresh, np.float64), atol=1e-5)
@@ -142,8 +146,9 @@ def check_agent(
     ckpt = agent.save(tmp_path / "agent")
     expected = _roll(agent, o_seq, r_seq, s_seq)
     np.savez(tmp_path / "inputs.npz", obs=o_seq, rew=r_seq, starts=s_seq)
-    code = _FRESH.format(repo=str(REPO), ckpt=str(ckpt), inputs=str(tmp_path / "inputs.npz"),
-                         out=str(tmp_path / "actions.npy"))
+    code = _FRESH.format(
+        repo=str(REPO), ckpt=str(ckpt), inputs=str(tmp_path / "inputs.npz"), out=str(tmp_path / "actions.npy")
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = np.load(tmp_path / "actions.npy", allow_pickle=False)
@@ -162,8 +167,9 @@ def check_agent(
             type(agent).load(ckpt, env=other, device="cpu")
 
     # wrong-shape and wrong-dtype observations raise, naming the expected space
-    bad_shape = np.zeros((*env.observation_space.shape[:-1], env.observation_space.shape[-1] + 1),
-                         env.observation_space.dtype)
+    bad_shape = np.zeros(
+        (*env.observation_space.shape[:-1], env.observation_space.shape[-1] + 1), env.observation_space.dtype
+    )
     with pytest.raises(SpaceMismatchError, match="observation space"):
         agent.predict(bad_shape)
     if obs_kind == "image":

@@ -17,8 +17,13 @@ ACTION_KINDS = ("discrete", "continuous")
 class FakeEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
 
-    def __init__(self, obs_kind: str = "vector", action_kind: str = "continuous", episode_len: int = 10,
-                 render_mode: str | None = None) -> None:
+    def __init__(
+        self,
+        obs_kind: str = "vector",
+        action_kind: str = "continuous",
+        episode_len: int = 10,
+        render_mode: str | None = None,
+    ) -> None:
         self.obs_kind, self.action_kind, self.episode_len = obs_kind, action_kind, episode_len
         self.render_mode = render_mode
         if obs_kind == "vector":
@@ -69,8 +74,9 @@ def make_env(obs_kind: str = "vector", action_kind: str = "continuous", **kwargs
     return FakeEnv(obs_kind, action_kind, **kwargs)
 
 
-def make_dataset(obs_kind: str = "vector", action_kind: str = "continuous", n_episodes: int = 4, seed: int = 0,
-                 episode_len: int = 10):
+def make_dataset(
+    obs_kind: str = "vector", action_kind: str = "continuous", n_episodes: int = 4, seed: int = 0, episode_len: int = 10
+):
     """Random-policy rollouts of the fake env as an EpisodeDataset."""
     from tt_agents.data import Episode, EpisodeDataset
 
@@ -90,7 +96,19 @@ def make_dataset(obs_kind: str = "vector", action_kind: str = "continuous", n_ep
             terms.append(term)
             truncs.append(trunc)
             done = term or trunc
-        episodes.append(Episode(np.stack(observations), np.array(actions), np.array(rewards, np.float32),
-                                np.array(terms), np.array(truncs), id=i))
-    return EpisodeDataset(episodes, env.observation_space, env.action_space,
-                          {"env_id": "FakeEnv", "ref_min_score": 0.0, "ref_max_score": 10.0})
+        episodes.append(
+            Episode(
+                np.stack(observations),
+                np.array(actions),
+                np.array(rewards, np.float32),
+                np.array(terms),
+                np.array(truncs),
+                id=i,
+            )
+        )
+    return EpisodeDataset(
+        episodes,
+        env.observation_space,
+        env.action_space,
+        {"env_id": "FakeEnv", "ref_min_score": 0.0, "ref_max_score": 10.0},
+    )

@@ -13,7 +13,9 @@ from tt_agents import BCConfig, BCPolicy, TrainConfig
 def test_harness(obs_kind, action_kind, tmp_path):
     check_agent(
         lambda o, a: BCPolicy(o, a, BCConfig(hidden_sizes=(32, 32)), device="cpu", seed=0),
-        obs_kind, action_kind, tmp_path,
+        obs_kind,
+        action_kind,
+        tmp_path,
     )
 
 

@@ -335,7 +335,9 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path 
         raise CheckpointError(f"{path}: weights do not fit the model: missing {missing}, unexpected {extra}")
     for k, v in weights.items():
         if own[k].shape != v.shape:
-            raise CheckpointError(f"{path}: weight {k!r} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+            raise CheckpointError(
+                f"{path}: weight {k!r} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}"
+            )
     model.load_state_dict(weights, strict=True)
 
 

@@ -107,8 +107,13 @@ class BCPolicy(Agent):
     # ---- training
     def make_sampler(self, dataset: Any, batch_size: int, seed: int, rank: int, world_size: int) -> WindowSampler:
         return WindowSampler(
-            dataset, context_len=1, batch_size=batch_size, action_field=self.config.action_field,
-            seed=seed, rank=rank, world_size=world_size,
+            dataset,
+            context_len=1,
+            batch_size=batch_size,
+            action_field=self.config.action_field,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
         )
 
     def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

@@ -9,6 +9,9 @@ A checkpoint is one uncompressed zip file (so that a save is a single atomic ren
 ``*.safetensors``
     tensors only (weights, optimizer moments, RNG states).
 
+The zip comment (the last bytes of the file) is ``sha256:<hex>``, the digest of every byte before
+it, so that any flipped or missing byte anywhere in the file, headers included, is detected.
+
 :func:`write_checkpoint` writes to a temporary file in the target folder, fsyncs it and renames it
 over the target, so a process killed during a save leaves the previous checkpoint untouched.
 :func:`read_checkpoint` verifies sizes and checksums before anything is parsed, and turns every
@@ -32,12 +35,21 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-__all__ = ["CheckpointError", "Checkpoint", "FORMAT_VERSION", "write_checkpoint", "read_checkpoint", "atomic_write_bytes"]
+__all__ = [
+    "CheckpointError",
+    "Checkpoint",
+    "FORMAT_VERSION",
+    "write_checkpoint",
+    "read_checkpoint",
+    "atomic_write_bytes",
+]
 
 FORMAT_VERSION = 1
 """Bumped whenever the layout changes incompatibly; readers refuse newer versions."""
 
 MANIFEST = "manifest.json"
+_SEAL_PREFIX = b"sha256:"
+_SEAL_LEN = len(_SEAL_PREFIX) + 64
 
 
 class CheckpointError(RuntimeError):
@@ -115,14 +127,21 @@ def write_checkpoint(
             name: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in payloads.items()
         },
     }
+    members = {MANIFEST: json.dumps(manifest, indent=1, allow_nan=False).encode(), **payloads}
+    path = Path(path)
+    atomic_write_bytes(path, sealed_zip(members))
+    return path
+
+
+def sealed_zip(members: dict[str, bytes]) -> bytes:
+    """An uncompressed zip of ``members`` whose comment is the sha256 of every byte before it."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        zf.writestr(MANIFEST, json.dumps(manifest, indent=1, allow_nan=False))
-        for name, data in payloads.items():
-            zf.writestr(name, data)
-    path = Path(path)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+        zf.comment = _SEAL_PREFIX + b"0" * 64  # placeholder of the seal's length
+        for name, data in members.items():
+            zf.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data)  # reproducible bytes
+    body = buf.getvalue()[:-_SEAL_LEN]
+    return body + _SEAL_PREFIX + hashlib.sha256(body).hexdigest().encode()
 
 
 def read_checkpoint(path: str | os.PathLike, kind: str | None = None) -> Checkpoint:
@@ -136,6 +155,13 @@ def read_checkpoint(path: str | os.PathLike, kind: str | None = None) -> Checkpo
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {str(path)!r}")
     raw = path.read_bytes()
+    body, seal = raw[:-_SEAL_LEN], raw[-_SEAL_LEN:]
+    if len(raw) < _SEAL_LEN or not seal.startswith(_SEAL_PREFIX):
+        raise CheckpointError(
+            f"{path}: not a tt-agents checkpoint, or truncated (the file does not end with its sha256 seal)"
+        )
+    if hashlib.sha256(body).hexdigest().encode() != seal[len(_SEAL_PREFIX) :]:
+        raise CheckpointError(f"{path}: checksum mismatch: the file is corrupted")
     try:
         with zipfile.ZipFile(io.BytesIO(raw)) as zf:
             names = zf.namelist()

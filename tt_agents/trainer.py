@@ -227,7 +227,9 @@ class Trainer:
             raise CheckpointError(f"{path}: no trainer state to resume from")
         info = ckpt.manifest.get("agent", {})
         if info.get("class") != type(self.agent).__name__:
-            raise CheckpointError(f"{path}: was written by a {info.get('class')}, cannot resume a {type(self.agent).__name__}")
+            raise CheckpointError(
+                f"{path}: was written by a {info.get('class')}, cannot resume a {type(self.agent).__name__}"
+            )
         self.agent._load_preprocessing_state(info.get("preprocessing") or {})
         load_weights(self.agent.model, ckpt.tensors["model"], path)
         opt_t = ckpt.tensors.get("optimizer", {})
@@ -317,9 +319,7 @@ class Trainer:
                 for g in optimizer.param_groups:
                     g["lr"] = lr
                 batch = _to_tensors(sampler.sample(step), ddp.device)
-                ctx = (
-                    torch.autocast(device_type="cuda", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
-                )
+                ctx = torch.autocast(device_type="cuda", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
                 with ctx:
                     loss, metrics = agent.compute_loss(model, batch)
                 if not torch.isfinite(loss):
@@ -350,8 +350,14 @@ class Trainer:
                     now = time.perf_counter()
                     throughput = samples_since / max(now - t_log, 1e-9)
                     t_log, samples_since = now, 0
-                    row = {"step": done, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
-                           "samples_per_s": throughput, **metrics}
+                    row = {
+                        "step": done,
+                        "loss": loss_value,
+                        "lr": lr,
+                        "grad_norm": float(grad_norm),
+                        "samples_per_s": throughput,
+                        **metrics,
+                    }
                     bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{throughput:.0f}")
                     if writer is not None:
                         for k, v in row.items():

@@ -69,7 +69,7 @@ def write_section(name: str, title: str, body: str, path: Path = BENCHMARKS_MD) 
     stamp = (
         f"- command: `{command()}`\n"
         f"- machine: {machine()}\n"
-        f"- date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}\n"
+        f"- date: {_dt.datetime.now(_dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}\n"
     )
     block = f"<!-- bench:{name} -->\n## {title}\n\n{stamp}\n{body.strip()}\n<!-- /bench:{name} -->"
     text = path.read_text() if path.exists() else "# Benchmarks\n"

@@ -145,9 +145,7 @@ class WindowSampler:
             terms.append(term)
             ends.append(np.full(n, offset + n, dtype=np.int64))
             offset += n
-        return _Flat(
-            *(np.concatenate(x) for x in (obs, next_obs, actions, rewards, rtg, values, ts, terms, ends))
-        )
+        return _Flat(*(np.concatenate(x) for x in (obs, next_obs, actions, rewards, rtg, values, ts, terms, ends)))
 
     def __len__(self) -> int:
         """Number of possible window starts (steps in the dataset)."""

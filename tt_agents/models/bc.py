@@ -18,9 +18,12 @@ class NatureCNN(nn.Module):
         super().__init__()
         h, w, c = obs_shape
         self.convs = nn.Sequential(
-            nn.Conv2d(c, 32, 8, stride=4), nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+            nn.Conv2d(c, 32, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1),
+            nn.ReLU(),
             nn.Flatten(),
         )
         with torch.no_grad():
@@ -54,7 +57,9 @@ class MLP(nn.Module):
 class BCNet(nn.Module):
     """Encoder then a linear head: action logits (discrete) or a tanh-squashed action (continuous)."""
 
-    def __init__(self, obs_shape: tuple[int, ...], image: bool, hidden: tuple[int, ...], n_out: int, discrete: bool) -> None:
+    def __init__(
+        self, obs_shape: tuple[int, ...], image: bool, hidden: tuple[int, ...], n_out: int, discrete: bool
+    ) -> None:
         super().__init__()
         if image:
             self.encoder: nn.Module = NatureCNN(obs_shape, hidden[-1] if hidden else 256)  # type: ignore[arg-type]
