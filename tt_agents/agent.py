@@ -47,6 +47,11 @@ AGENT_REGISTRY: dict[str, type[Agent]] = {}
 A = TypeVar("A", bound="Agent")
 
 REWARD_KEYS = frozenset({"observation", "previous_reward"})
+DATA_INFO_KEYS = ("env_id", "dataset_id", "ref_min_score", "ref_max_score")
+
+
+def _jsonable(x: Any) -> Any:
+    return x.item() if isinstance(x, np.generic) else x
 
 
 def split_previous_reward(observation: Any) -> tuple[Any, np.ndarray | None]:
@@ -112,6 +117,8 @@ class Agent:
         self.action_space = action_space
         self.device = resolve_device(device)
         self._check_spaces()
+        self.data_info: dict[str, Any] = {}
+        """What the agent was trained on: env id, dataset id, reference scores (used by ``evaluate``)."""
         if seed is not None:
             set_seed(seed)
         self.model: nn.Module = self._build_model().to(self.device)
@@ -222,6 +229,8 @@ class Agent:
 
             config = dataclasses.replace(config, **overrides)
         self._check_dataset(dataset)
+        meta = getattr(dataset, "metadata", {}) or {}
+        self.data_info = {k: _jsonable(meta[k]) for k in DATA_INFO_KEYS if meta.get(k) is not None}
         self._fit_preprocessing(dataset)
         return Trainer(self, config).fit(dataset)
 
@@ -246,6 +255,7 @@ class Agent:
                 "observation_space": space_to_json(self.observation_space),
                 "action_space": space_to_json(self.action_space),
                 "preprocessing": self._preprocessing_state(),
+                "data": self.data_info,
             }
         }
 
@@ -313,6 +323,7 @@ class Agent:
                     )
         agent = agent_cls(obs_space, act_space, config, device=device)
         agent._load_preprocessing_state(info.get("preprocessing") or {})
+        agent.data_info = dict(info.get("data") or {})
         weights = tensors.get("model")
         if weights is None:
             raise CheckpointError(f"{path}: no model weights in the checkpoint")

@@ -1,0 +1,77 @@
+"""evaluate() and VectorPlanner: episode accounting in both autoreset modes, scores, video, JSON."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.vector import AutoresetMode
+
+from tests.fake_env import FakeEnv, make_dataset
+from tt_agents import Agent, BCPolicy, TrainConfig
+from tt_agents.evaluation import evaluate, normalized_score
+from wrappers.planning import VectorPlanner
+
+
+class RecordingAgent(Agent):
+    """Acts 1.0 always and records what predict saw (to check episode_start and rewards)."""
+
+    needs_reward = True
+
+    def _build_model(self):
+        import torch.nn as nn
+
+        self.calls = []
+        return nn.Linear(1, 1)
+
+    def _predict(self, observation, previous_reward, state, episode_start, deterministic):
+        self.calls.append((observation.copy(), None if previous_reward is None else previous_reward.copy(),
+                           episode_start.copy()))
+        return np.ones((len(observation), *self.action_space.shape), np.float32), state
+
+
+def _fake_factory(lens):
+    return [lambda n=n: FakeEnv("vector", "continuous", episode_len=n) for n in lens]
+
+
+@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
+def test_episode_accounting_in_both_autoreset_modes(mode):
+    venv = gym.vector.SyncVectorEnv(_fake_factory([3, 5]), autoreset_mode=mode)
+    env = FakeEnv()
+    agent = RecordingAgent(env.observation_space, env.action_space, device="cpu")
+    res = evaluate(agent, venv, n_episodes=4, progress=False)
+    assert sorted(res.lengths) == [3, 3, 5, 5]
+    # with the constant action the return is deterministic per episode length and seed
+    starts = np.stack([c[2] for c in agent.calls])
+    assert starts[0].all()
+    # every episode start is seen exactly once per episode (first call, then after each reset)
+    assert starts[:, 0].sum() >= 2 and starts[:, 1].sum() >= 2
+    # rewards passed at an episode start are 0, otherwise the env's last reward (> 0 here)
+    for obs, rew, st in agent.calls:
+        assert np.all(rew[st] == 0)
+
+
+def test_planner_refuses_disabled_autoreset():
+    venv = gym.vector.SyncVectorEnv(_fake_factory([3]), autoreset_mode=AutoresetMode.DISABLED)
+    env = FakeEnv()
+    with pytest.raises(ValueError, match="autoreset"):
+        VectorPlanner(venv, RecordingAgent(env.observation_space, env.action_space, device="cpu"))
+
+
+def test_normalized_score_from_training_metadata_video_and_json(tmp_path):
+    ds = make_dataset("vector", "continuous", n_episodes=2)
+    agent = BCPolicy(ds.observation_space, ds.action_space, device="cpu", seed=0)
+    agent.fit(ds, TrainConfig(steps=2, batch_size=4, progress=False))
+    agent = type(agent).load(agent.save(tmp_path / "a"), device="cpu")  # metadata survives a round trip
+    assert agent.data_info["ref_max_score"] == 10.0
+    res = evaluate(agent, lambda: FakeEnv(render_mode="rgb_array"), n_episodes=3, n_envs=2, progress=False,
+                   video_path=tmp_path / "ep.gif", json_path=tmp_path / "res.json")
+    assert res.normalized_score == pytest.approx(normalized_score(res.mean_return, 0.0, 10.0))
+    assert res.stderr_return >= 0 and res.n_episodes == 3
+    assert (tmp_path / "ep.gif").stat().st_size > 0
+    saved = json.loads((tmp_path / "res.json").read_text())
+    assert saved["n_episodes"] == 3 and saved["returns"] == res.returns
+    with pytest.raises(ValueError, match="differ"):
+        normalized_score(1.0, 2.0, 2.0)

@@ -1,0 +1,227 @@
+"""Evaluate an agent on a Gymnasium vector env: returns, standard error, normalized score, video.
+
+The normalized score is D4RL's ``100 * (R - random) / (expert - random)``, with the reference
+returns taken from the arguments, else from the agent's training data metadata
+(``ref_min_score``, ``ref_max_score``, as Minari and ``scripts/collect.py`` record them).
+
+Episodes are spread over the sub-envs as SB3's ``evaluate_policy`` does (each sub-env gets a
+fixed share), so short episodes are not over-represented.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import VectorEnv
+from tqdm.auto import tqdm
+
+__all__ = ["EvalResult", "evaluate", "normalized_score", "make_vec_env"]
+
+
+def normalized_score(ret: float, ref_min: float, ref_max: float) -> float:
+    """``100 * (ret - ref_min) / (ref_max - ref_min)``.
+
+    Example:
+        >>> normalized_score(50.0, 0.0, 200.0)
+        25.0
+    """
+    if ref_max == ref_min:
+        raise ValueError(f"reference scores must differ, got min = max = {ref_min}")
+    return 100.0 * (ret - ref_min) / (ref_max - ref_min)
+
+
+@dataclass
+class EvalResult:
+    returns: list[float]
+    lengths: list[int]
+    mean_return: float
+    stderr_return: float
+    """Standard error of the mean return (sample std / sqrt(n))."""
+    normalized_score: float | None = None
+    normalized_stderr: float | None = None
+    ref_min_score: float | None = None
+    ref_max_score: float | None = None
+    env_id: str | None = None
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_episodes(self) -> int:
+        return len(self.returns)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["n_episodes"] = self.n_episodes
+        return d
+
+    def save_json(self, path: str | os.PathLike) -> Path:
+        from tt_agents.checkpoint import atomic_write_bytes
+
+        path = Path(path)
+        atomic_write_bytes(path, json.dumps(self.to_dict(), indent=1).encode())
+        return path
+
+    def __str__(self) -> str:
+        s = f"return {self.mean_return:.2f} ± {self.stderr_return:.2f} over {self.n_episodes} episodes"
+        if self.normalized_score is not None:
+            s += f", normalized score {self.normalized_score:.1f} ± {self.normalized_stderr:.1f}"
+        return s
+
+
+def make_vec_env(
+    env: str | gym.Env | VectorEnv | Callable[[], gym.Env], n_envs: int = 1, render: bool = False
+) -> VectorEnv:
+    """A vector env from an env id, an env, a factory, or a vector env (returned as it is)."""
+    if isinstance(env, VectorEnv):
+        return env
+    if isinstance(env, str):
+        kwargs = {"render_mode": "rgb_array"} if render else {}
+        return gym.make_vec(env, num_envs=n_envs, vectorization_mode="sync", **kwargs)
+    if isinstance(env, gym.Env):
+        if n_envs != 1:
+            raise ValueError(f"got one env instance but n_envs={n_envs}; pass an env id or a factory to run several")
+        return gym.vector.SyncVectorEnv([lambda: env])
+    if callable(env):
+        return gym.vector.SyncVectorEnv([env for _ in range(n_envs)])
+    raise TypeError(f"cannot make a vector env from {env!r}: pass an env id, an Env, a VectorEnv or a factory")
+
+
+def evaluate(
+    agent: Any,
+    env: str | gym.Env | VectorEnv | Callable[[], gym.Env],
+    n_episodes: int = 10,
+    n_envs: int = 1,
+    seed: int = 0,
+    deterministic: bool = True,
+    ref_min_score: float | None = None,
+    ref_max_score: float | None = None,
+    video_path: str | os.PathLike | None = None,
+    json_path: str | os.PathLike | None = None,
+    max_steps: int = 1_000_000,
+    progress: bool = True,
+) -> EvalResult:
+    """Run ``n_episodes`` episodes of ``agent`` on a vector env and summarise the returns.
+
+    Args:
+        agent: any :class:`tt_agents.Agent` (one batched ``predict`` per step for all sub-envs,
+            through :class:`wrappers.VectorPlanner`).
+        env: an env id (made with ``n_envs`` sub-envs), an Env, a factory, or a VectorEnv.
+        n_episodes: episodes to complete in total.
+        seed: sub-env ``i`` is reset with ``seed + i``.
+        ref_min_score, ref_max_score: reference returns of the normalized score; default to the
+            agent's training-data metadata when it has them.
+        video_path: write the first episode of sub-env 0 there (``.mp4`` or ``.gif``); needs an
+            env id (made with ``render_mode="rgb_array"``) or an env that renders ``rgb_array``.
+        json_path: also write the result there as JSON.
+        max_steps: a bound on vector steps, so that a never-ending env cannot hang the run.
+
+    Example:
+        >>> from tt_agents import BCPolicy
+        >>> env = gym.make("CartPole-v1")
+        >>> agent = BCPolicy(env.observation_space, env.action_space, device="cpu", seed=0)
+        >>> res = evaluate(agent, "CartPole-v1", n_episodes=2, n_envs=2, progress=False,
+        ...                ref_min_score=0.0, ref_max_score=500.0)
+        >>> res.n_episodes, res.normalized_score is not None
+        (2, True)
+    """
+    from wrappers.planning import VectorPlanner
+
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
+    env_id = env if isinstance(env, str) else None
+    venv = make_vec_env(env, n_envs, render=video_path is not None)
+    n = venv.num_envs
+    data_info = getattr(agent, "data_info", {}) or {}
+    if ref_min_score is None:
+        ref_min_score = data_info.get("ref_min_score")
+    if ref_max_score is None:
+        ref_max_score = data_info.get("ref_max_score")
+    env_id = env_id or data_info.get("env_id")
+
+    targets = np.array([(n_episodes + i) // n for i in range(n)], dtype=np.int64)
+    counts = np.zeros(n, dtype=np.int64)
+    planner = VectorPlanner(venv, agent, deterministic=deterministic)
+    planner.reset(seed=seed)
+    ep_ret = np.zeros(n, np.float64)
+    ep_len = np.zeros(n, np.int64)
+    returns: list[float] = []
+    lengths: list[int] = []
+    frames: list[np.ndarray] = []
+    recording = video_path is not None
+    t0 = time.perf_counter()
+    bar = tqdm(total=n_episodes, desc=f"eval {type(agent).__name__}", disable=not progress, dynamic_ncols=True)
+    try:
+        for _ in range(max_steps):
+            if (counts >= targets).all():
+                break
+            if recording:
+                frames.append(_first_frame(venv))
+            counted = ~planner.autoreset_step  # NEXT_STEP: a pure reset step is not part of any episode
+            _, rewards, terms, truncs, _ = planner.step()
+            done = np.logical_or(terms, truncs) & counted
+            ep_ret += np.where(counted, rewards, 0.0)
+            ep_len += counted
+            for i in np.flatnonzero(done):
+                if counts[i] < targets[i]:
+                    returns.append(float(ep_ret[i]))
+                    lengths.append(int(ep_len[i]))
+                    counts[i] += 1
+                    bar.update(1)
+                    bar.set_postfix(mean_return=f"{np.mean(returns):.1f}")
+                if i == 0 and recording:
+                    recording = False
+                    _write_video(frames, video_path)  # type: ignore[arg-type]
+                ep_ret[i], ep_len[i] = 0.0, 0
+        else:
+            raise RuntimeError(f"evaluation did not finish {n_episodes} episodes within max_steps={max_steps}")
+    finally:
+        bar.close()
+        if not isinstance(env, VectorEnv):
+            venv.close()
+
+    arr = np.asarray(returns, np.float64)
+    stderr = float(arr.std(ddof=1) / math.sqrt(len(arr))) if len(arr) > 1 else 0.0
+    result = EvalResult(
+        returns=returns,
+        lengths=lengths,
+        mean_return=float(arr.mean()),
+        stderr_return=stderr,
+        ref_min_score=ref_min_score,
+        ref_max_score=ref_max_score,
+        env_id=env_id,
+        seconds=time.perf_counter() - t0,
+    )
+    if ref_min_score is not None and ref_max_score is not None:
+        result.normalized_score = normalized_score(result.mean_return, ref_min_score, ref_max_score)
+        result.normalized_stderr = 100.0 * stderr / abs(ref_max_score - ref_min_score)
+    if json_path is not None:
+        result.save_json(json_path)
+    return result
+
+
+def _first_frame(venv: VectorEnv) -> np.ndarray:
+    frames = venv.render()
+    if frames is None:
+        raise ValueError("video_path needs an env that renders: create it with render_mode='rgb_array'")
+    frame = frames[0] if isinstance(frames, (tuple, list)) else frames
+    return np.asarray(frame)
+
+
+def _write_video(frames: list[np.ndarray], path: str | os.PathLike) -> None:
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".gif":
+        imageio.mimsave(path, frames, duration=1 / 30)
+    else:
+        imageio.mimsave(path, frames, fps=30, macro_block_size=1)
