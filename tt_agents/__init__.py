@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 from tt_agents.agent import AGENT_REGISTRY, Agent, load_agent
 from tt_agents.bc import BCConfig, BCPolicy
 from tt_agents.checkpoint import CheckpointError
+from tt_agents.evaluation import EvalResult, evaluate
 from tt_agents.spaces import SpaceMismatchError
 from tt_agents.trainer import TrainConfig, TrainResult, Trainer
 
@@ -21,10 +22,12 @@ __all__ = [
     "BCConfig",
     "BCPolicy",
     "CheckpointError",
+    "EvalResult",
     "SpaceMismatchError",
     "TrainConfig",
     "TrainResult",
     "Trainer",
     "__version__",
+    "evaluate",
     "load_agent",
 ]
