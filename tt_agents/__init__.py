@@ -2,6 +2,8 @@
 
 Agents (all follow :class:`Agent`: ``predict``, ``save``, ``load``, ``fit``):
 
+- :class:`TTPlanner`: the Trajectory Transformer, a discretized GPT with batched beam-search planning.
+- :class:`DecisionTransformer`: return-conditioned, optionally few-shot prompted (in-context).
 - :class:`BCPolicy`: behaviour cloning (MLP or CNN), a baseline.
 
 Functions: :func:`load_agent` (any checkpoint), :func:`evaluate` (episodes on a vector env).
@@ -12,6 +14,7 @@ __version__ = "0.1.0"
 from tt_agents.agent import AGENT_REGISTRY, Agent, load_agent
 from tt_agents.bc import BCConfig, BCPolicy
 from tt_agents.checkpoint import CheckpointError
+from tt_agents.dt import DT_PRESETS, DecisionTransformer, DTConfig, DTState, MissingRewardError
 from tt_agents.evaluation import EvalResult, evaluate
 from tt_agents.spaces import SpaceMismatchError
 from tt_agents.trainer import TrainConfig, TrainResult, Trainer
@@ -22,6 +25,11 @@ __all__ = [
     "BCConfig",
     "BCPolicy",
     "CheckpointError",
+    "DT_PRESETS",
+    "DTConfig",
+    "DTState",
+    "DecisionTransformer",
+    "MissingRewardError",
     "EvalResult",
     "SpaceMismatchError",
     "TrainConfig",

@@ -192,12 +192,14 @@ class Agent:
             if starts.shape != (n,):
                 raise ValueError(f"episode_start has shape {np.shape(episode_start)}, expected ({n},)")
         was_training = self.model.training
-        self.model.eval()
+        if was_training:
+            self.model.eval()
         try:
-            with torch.no_grad():
+            with torch.inference_mode():
                 actions, state = self._predict(batch, reward, state, starts, deterministic)
         finally:
-            self.model.train(was_training)
+            if was_training:
+                self.model.train()
         actions = self._postprocess_actions(actions)
         return (actions if vectorized else actions[0]), state
 

@@ -1,0 +1,365 @@
+"""The Decision Transformer network (Chen et al., 2021), with prompts and a sliding-window KV cache.
+
+Read top to bottom: the IMPALA CNN for image observations, the attention masks, the prefix KV
+cache, the config, and the model (embeddings, the shared GPT, the action head, the training
+forward, the prompt encoder and the one-step cached decode).
+
+**Tokens.** Step ``t`` of an episode is three tokens ``(R_t, s_t, a_t)``: the return-to-go, the
+observation and the action. Each is embedded, added to a learned embedding of its timestep ``t``
+and layer-normed. There is no positional embedding: nothing depends on where a token sits in
+the sequence, so the attention window can slide. ``a_t`` is predicted from the hidden state of
+``s_t``.
+
+**Attention.** An episode token attends causally to the last ``attn_window`` (``3K``) episode
+tokens, itself included (sliding-window attention, :mod:`tt_agents.models.gpt`), and to every
+valid token of the prompt if there is one. Prompt tokens (demonstrations of the same task:
+several trajectory segments, concatenated) attend causally to each other only, so the prompt is
+encoded once. Padding tokens are hidden from every query and attend to themselves only, so that
+no softmax row is empty.
+
+**Constant-time inference.** The action ``a_{t-1}`` is not known when ``a_{t-1}`` is predicted, so
+step ``t`` appends three tokens ``[a_{t-1}, R_t, s_t]`` to the cache and reads the action from
+``s_t``. The cache holds the prompt's keys and values (fixed) and the last ``attn_window`` episode
+tokens (sliding), so a step costs ``O(P + 3K)`` however long the episode runs, and equals the
+training forward over the whole history with the same mask (see ``tests/test_dt.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tt_agents.models.gpt import GPT, GPTConfig, KVCache, causal_mask, init_weights
+
+__all__ = [
+    "ImpalaCNN",
+    "episode_mask",
+    "prompt_mask",
+    "PrefixKVCache",
+    "DTNetConfig",
+    "DecisionTransformerNet",
+]
+
+
+# ----------------------------------------------------------------------------- IMPALA CNN
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv0 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv1(F.relu(self.conv0(F.relu(x))))
+
+
+class ConvSequence(nn.Module):
+    """Convolution, 3x3 max pool with stride 2 (halves H and W, rounding up), two residual blocks."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.res0 = ResidualBlock(out_channels)
+        self.res1 = ResidualBlock(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(self.conv(x), kernel_size=3, stride=2, padding=1)
+        return self.res1(self.res0(x))
+
+
+class ImpalaCNN(nn.Module):
+    """The IMPALA encoder (Espeholt et al., 2018) for ``(N, H, W, C)`` uint8 frames, e.g. 64x64 Procgen.
+
+    Example:
+        >>> cnn = ImpalaCNN((64, 64, 3), channels=(4, 8), out_dim=16)
+        >>> cnn(torch.zeros(2, 64, 64, 3, dtype=torch.uint8)).shape
+        torch.Size([2, 16])
+    """
+
+    def __init__(self, obs_shape: tuple[int, ...], channels: tuple[int, ...] = (16, 32, 32), out_dim: int = 256) -> None:
+        super().__init__()
+        h, w, c = obs_shape
+        seqs = []
+        for ch in channels:
+            seqs.append(ConvSequence(c, ch))
+            c, h, w = ch, (h + 1) // 2, (w + 1) // 2
+        self.seqs = nn.Sequential(*seqs)
+        self.fc = nn.Linear(c * h * w, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().permute(0, 3, 1, 2) / 255.0  # (N, C, H, W)
+        x = self.seqs(x)  # (N, C', H', W')
+        x = F.relu(x.flatten(1))  # (N, C' * H' * W')
+        return F.relu(self.fc(x))
+
+
+# ----------------------------------------------------------------------------- attention masks
+def prompt_mask(prompt_valid: torch.Tensor) -> torch.Tensor:
+    """``(B, P, P)`` mask of prompt queries over prompt keys: causal, valid keys, and always itself.
+
+    Example:
+        >>> prompt_mask(torch.tensor([[False, True, True]])).int().tolist()
+        [[[1, 0, 0], [0, 1, 0], [0, 1, 1]]]
+    """
+    P = prompt_valid.shape[1]
+    causal = causal_mask(P, P, device=prompt_valid.device)  # (P, P)
+    itself = causal_mask(P, P, window=1, device=prompt_valid.device)  # (P, P), the diagonal
+    return (causal[None] & prompt_valid[:, None, :]) | itself[None]  # (B, P, P)
+
+
+def episode_mask(prompt_valid: torch.Tensor | None, valid: torch.Tensor, n_query: int, window: int | None) -> torch.Tensor:
+    """``(B, Q, P + E)`` mask of episode queries over ``[prompt keys, episode keys]``.
+
+    Args:
+        prompt_valid: ``(B, P)`` valid prompt tokens, or ``None`` without a prompt (``P = 0``).
+        valid: ``(B, E)`` valid episode tokens; the queries are the last ``n_query`` of them.
+        n_query: ``Q``.
+        window: each query sees the episode keys among its last ``window`` positions (itself
+            included); positions count padding too, which keeps the band aligned when rows of a
+            batch start their episodes at different times.
+
+    Example:
+        >>> episode_mask(None, torch.tensor([[False, True, True, True]]), 2, window=2).int().tolist()
+        [[[0, 1, 1, 0], [0, 0, 1, 1]]]
+    """
+    B, E = valid.shape
+    band = causal_mask(n_query, E, window, device=valid.device)  # (Q, E)
+    itself = causal_mask(n_query, E, window=1, device=valid.device)  # (Q, E)
+    mask = (band[None] & valid[:, None, :]) | itself[None]  # (B, Q, E)
+    if prompt_valid is None:
+        return mask
+    to_prompt = prompt_valid[:, None, :].expand(B, n_query, prompt_valid.shape[1])  # (B, Q, P)
+    return torch.cat([to_prompt, mask], dim=2)  # (B, Q, P + E)
+
+
+# ----------------------------------------------------------------------------- KV cache with a prefix
+class PrefixKVCache(KVCache):
+    """A sliding :class:`KVCache` of episode tokens behind a fixed prefix (the encoded prompt).
+
+    Appends slide only the episode part (``max_len`` tokens kept); attention sees
+    ``[prefix, cached, new]``. ``len()`` counts the episode part only.
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        max_len: int | None,
+        prefix_k: list[torch.Tensor] | None = None,
+        prefix_v: list[torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(n_layer, max_len)
+        self.prefix_k = prefix_k
+        self.prefix_v = prefix_v
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = super().append(layer, k, v)  # (B, n_head, T_cached + T_new, head_dim)
+        if self.prefix_k is None or self.prefix_v is None:
+            return k, v
+        k = torch.cat([self.prefix_k[layer], k], dim=2)  # (B, n_head, P + T_cached + T_new, head_dim)
+        v = torch.cat([self.prefix_v[layer], v], dim=2)
+        return k, v
+
+
+# ----------------------------------------------------------------------------- the model
+@dataclass
+class DTNetConfig:
+    """The network's shape, filled in by :class:`~tt_agents.dt.DecisionTransformer` from its
+    ``DTConfig`` (where the defaults and their reasons live) and the spaces."""
+
+    obs_shape: tuple[int, ...]
+    image: bool
+    """Observations are uint8 ``(H, W, C)`` frames, encoded by the IMPALA CNN."""
+    action_dim: int
+    """Number of actions (discrete) or the flattened action size (continuous)."""
+    head: str
+    """``"categorical"`` (logits of discrete actions), ``"tanh"`` (bounded actions rescaled to
+    [-1, 1]) or ``"linear"`` (unbounded continuous actions)."""
+    context_len: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    dropout: float
+    max_timestep: int
+    """Rows of the timestep embedding; later steps reuse the last row."""
+    cnn_channels: tuple[int, ...]
+    prompt: bool
+    """Add a learned marker to prompt tokens (only prompted models have the parameter)."""
+
+    @property
+    def attn_window(self) -> int:
+        """Each token attends to the last ``3K`` tokens: K steps of (R, s, a)."""
+        return 3 * self.context_len
+
+
+class DecisionTransformerNet(nn.Module):
+    """Embeddings, the shared GPT and an action head.
+
+    Inputs (a batch of ``B`` sequences of ``T`` steps):
+        ``returns_to_go`` ``(B, T)`` (already divided by the return scale), ``observations``
+        ``(B, T, *obs_shape)`` (normalised floats, or uint8 frames), ``actions`` ``(B, T, A)``
+        floats in [-1, 1] or ``(B, T)`` integers, ``timesteps`` ``(B, T)`` integers, ``valid``
+        ``(B, T)`` bools (false on padding).
+
+    The head gives, per step, ``A`` logits (``"categorical"``) or an ``A``-dim action (``"tanh"``
+    squashes it to [-1, 1]).
+
+    Example:
+        >>> cfg = DTNetConfig((3,), False, 2, "tanh", context_len=4, n_layer=1, n_head=1, n_embd=8, dropout=0.0,
+        ...                   max_timestep=100, cnn_channels=(), prompt=False)
+        >>> net = DecisionTransformerNet(cfg)
+        >>> B, T = 2, 4
+        >>> out = net(torch.zeros(B, T), torch.zeros(B, T, 3), torch.zeros(B, T, 2),
+        ...           torch.arange(T).repeat(B, 1), torch.ones(B, T, dtype=torch.bool))
+        >>> out.shape
+        torch.Size([2, 4, 2])
+    """
+
+    def __init__(self, config: DTNetConfig) -> None:
+        super().__init__()
+        if config.head not in ("categorical", "tanh", "linear"):
+            raise ValueError(f"head must be 'categorical', 'tanh' or 'linear', got {config.head!r}")
+        self.config = config
+        self.discrete = config.head == "categorical"
+        C = config.n_embd
+        self.gpt = GPT(
+            GPTConfig(
+                n_layer=config.n_layer, n_head=config.n_head, n_embd=C, dropout=config.dropout,
+                attn_window=config.attn_window,
+            )
+        )
+        self.embed_timestep = nn.Embedding(config.max_timestep, C)
+        self.embed_return = nn.Linear(1, C)
+        if config.image:
+            self.embed_observation: nn.Module = ImpalaCNN(config.obs_shape, config.cnn_channels, C)
+        else:
+            self.embed_observation = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(config.obs_shape), C))
+        if self.discrete:
+            self.embed_action: nn.Module = nn.Embedding(config.action_dim, C)
+        else:
+            self.embed_action = nn.Linear(config.action_dim, C)
+        self.embed_ln = nn.LayerNorm(C)
+        self.head = nn.Linear(C, config.action_dim)
+        for m in (self.embed_timestep, self.embed_return, self.embed_action, self.head):
+            m.apply(init_weights)
+        if not config.image:
+            self.embed_observation.apply(init_weights)
+        if config.prompt:
+            self.prompt_marker = nn.Parameter(torch.randn(C) * 0.02)
+
+    # ---- embeddings
+    def _time(self, timesteps: torch.Tensor) -> torch.Tensor:
+        # steps past the table reuse its last entry (documented in DTConfig.max_timestep)
+        return self.embed_timestep(timesteps.long().clamp(0, self.config.max_timestep - 1))
+
+    def _embed_observations(self, obs: torch.Tensor, n: int) -> torch.Tensor:
+        return self.embed_observation(obs.reshape(n, *self.config.obs_shape))  # (n, C)
+
+    def _embed_actions(self, actions: torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor:
+        if self.discrete:
+            return self.embed_action(actions.long().reshape(lead))  # (*lead, C)
+        return self.embed_action(actions.float().reshape(*lead, self.config.action_dim))  # (*lead, C)
+
+    def embed_steps(
+        self, rtg: torch.Tensor, obs: torch.Tensor, actions: torch.Tensor, timesteps: torch.Tensor, prompt: bool = False
+    ) -> torch.Tensor:
+        """``(B, 3T, C)`` tokens ``R_0, s_0, a_0, R_1, ...`` of ``T`` steps, each plus its timestep's embedding."""
+        B, T = timesteps.shape
+        r = self.embed_return(rtg.float()[..., None])  # (B, T, C)
+        s = self._embed_observations(obs, B * T).view(B, T, -1)  # (B, T, C)
+        a = self._embed_actions(actions, (B, T))  # (B, T, C)
+        x = torch.stack([r, s, a], dim=2) + self._time(timesteps)[:, :, None]  # (B, T, 3, C)
+        x = x.reshape(B, 3 * T, -1)  # (B, 3T, C)
+        if prompt:
+            x = x + self.prompt_marker
+        return self.embed_ln(x)
+
+    # ---- training forward (and the full-recompute reference of the cached decode)
+    def forward(
+        self,
+        returns_to_go: torch.Tensor,
+        observations: torch.Tensor,
+        actions: torch.Tensor,
+        timesteps: torch.Tensor,
+        valid: torch.Tensor,
+        prompt: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Action outputs ``(B, T, A)``, each read from its step's observation token.
+
+        ``prompt``: the same five fields under the names ``returns_to_go``, ``observations``,
+        ``actions``, ``timesteps``, ``valid``, each ``(B, P_steps, ...)``; prompted models only.
+        """
+        B, T = timesteps.shape
+        x = self.embed_steps(returns_to_go, observations, actions, timesteps)  # (B, 3T, C)
+        valid3 = valid.repeat_interleave(3, dim=1)  # (B, 3T)
+        if prompt is None:
+            mask = episode_mask(None, valid3, 3 * T, self.config.attn_window)  # (B, 3T, 3T)
+        else:
+            p = self.embed_steps(
+                prompt["returns_to_go"], prompt["observations"], prompt["actions"], prompt["timesteps"], prompt=True
+            )  # (B, 3P, C)
+            pvalid = prompt["valid"].repeat_interleave(3, dim=1)  # (B, 3P)
+            P = pvalid.shape[1]
+            top = torch.cat([prompt_mask(pvalid), pvalid.new_zeros(B, P, 3 * T)], dim=2)  # (B, 3P, 3P + 3T)
+            bottom = episode_mask(pvalid, valid3, 3 * T, self.config.attn_window)  # (B, 3T, 3P + 3T)
+            mask = torch.cat([top, bottom], dim=1)  # (B, 3P + 3T, 3P + 3T)
+            x = torch.cat([p, x], dim=1)  # (B, 3P + 3T, C)
+        h = self.gpt(x, mask=mask[:, None])  # (B, 3P + 3T, C)
+        h = h[:, -3 * T :].reshape(B, T, 3, -1)  # (B, T, 3, C)
+        return self.action_output(h[:, :, 1])  # (B, T, A)
+
+    def action_output(self, h: torch.Tensor) -> torch.Tensor:
+        out = self.head(h)
+        return torch.tanh(out) if self.config.head == "tanh" else out
+
+    # ---- inference
+    def encode_prompt(self, prompt: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Keys and values of every layer for the prompt tokens, and their validity ``(N, 3P)``."""
+        x = self.embed_steps(
+            prompt["returns_to_go"], prompt["observations"], prompt["actions"], prompt["timesteps"], prompt=True
+        )  # (N, 3P, C)
+        pvalid = prompt["valid"].repeat_interleave(3, dim=1)  # (N, 3P)
+        cache = KVCache(self.config.n_layer)
+        self.gpt(x, cache=cache, mask=prompt_mask(pvalid)[:, None])
+        return cache.k, cache.v, pvalid  # type: ignore[return-value]
+
+    def new_cache(self, prefix_k: list[torch.Tensor] | None = None, prefix_v: list[torch.Tensor] | None = None) -> PrefixKVCache:
+        return PrefixKVCache(self.config.n_layer, self.config.attn_window, prefix_k, prefix_v)
+
+    def step(
+        self,
+        cache: PrefixKVCache,
+        cached_valid: torch.Tensor,
+        prompt_valid: torch.Tensor | None,
+        prev_action: torch.Tensor,
+        has_prev: torch.Tensor,
+        rtg: torch.Tensor,
+        obs: torch.Tensor,
+        timestep: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decode step of ``B`` envs: append ``[a_{t-1}, R_t, s_t]``, return the action output.
+
+        Args:
+            cache: updated in place.
+            cached_valid: ``(B, T_cached)`` which cached episode tokens belong to the current episodes.
+            prompt_valid: ``(B, 3P)``, or ``None`` without a prompt.
+            prev_action: ``(B, A)`` or ``(B,)``; ignored (and hidden) where ``has_prev`` is false.
+            has_prev: ``(B,)`` bool, false on an episode's first step.
+            rtg, timestep: ``(B,)``; obs: ``(B, *obs_shape)``.
+
+        Returns:
+            ``(B, A)`` action outputs, and the validity of the cached tokens after the append.
+        """
+        B = timestep.shape[0]
+        a = self._embed_actions(prev_action, (B,))  # (B, C)
+        r = self.embed_return(rtg.float()[:, None])  # (B, C)
+        s = self._embed_observations(obs, B)  # (B, C)
+        t = torch.stack([(timestep - 1).clamp(min=0), timestep, timestep], dim=1)  # (B, 3)
+        x = self.embed_ln(torch.stack([a, r, s], dim=1) + self._time(t))  # (B, 3, C)
+        ones = torch.ones_like(has_prev)
+        valid = torch.cat([cached_valid, torch.stack([has_prev, ones, ones], dim=1)], dim=1)  # (B, T_cached + 3)
+        mask = episode_mask(prompt_valid, valid, 3, self.config.attn_window)  # (B, 3, 3P + T_cached + 3)
+        h = self.gpt(x, cache=cache, mask=mask[:, None])  # (B, 3, C)
+        return self.action_output(h[:, 2]), valid[:, -self.config.attn_window :]
