@@ -122,6 +122,7 @@ class Agent:
         if seed is not None:
             set_seed(seed)
         self.model: nn.Module = self._build_model().to(self.device)
+        self.model.eval()  # acting mode; the trainer switches to train() and back
 
     # ------------------------------------------------------------------ hooks
     def _check_spaces(self) -> None:
