@@ -134,12 +134,12 @@ def test_missing_and_extra_weights_are_refused(tmp_path):
 
 def test_round_trip_keeps_config_and_preprocessing(tmp_path):
     agent = _agent()
-    agent.obs_mean = np.arange(4, dtype=np.float32)
+    agent.normalizer.mean = np.arange(4, dtype=np.float32)
     path = agent.save(tmp_path / "a")
     assert path.suffix == ".zip"
     back = BCPolicy.load(tmp_path / "a", device="cpu")
     assert back.config == agent.config
-    np.testing.assert_array_equal(back.obs_mean, agent.obs_mean)
+    np.testing.assert_array_equal(back.normalizer.mean, agent.normalizer.mean)
     ckpt = read_checkpoint(path)
     assert ckpt.manifest["package_version"]
     assert all(len(p["sha256"]) == 64 for p in ckpt.manifest["payloads"].values())

@@ -17,7 +17,7 @@ from tt_agents.checkpoint import CheckpointError
 from tt_agents.dt import DT_PRESETS, DecisionTransformer, DTConfig, DTState, MissingRewardError
 from tt_agents.evaluation import EvalResult, evaluate
 from tt_agents.spaces import SpaceMismatchError
-from tt_agents.trainer import TrainConfig, TrainResult, Trainer
+from tt_agents.trainer import TrainConfig, Trainer, TrainResult
 
 __all__ = [
     "AGENT_REGISTRY",

@@ -238,15 +238,34 @@ class Agent:
         return Trainer(self, config).fit(dataset)
 
     def _check_dataset(self, dataset: Any) -> None:
-        for what, mine, theirs in (
-            ("observation", self.observation_space, dataset.observation_space),
-            ("action", self.action_space, dataset.action_space),
-        ):
+        """The dataset's observations, and the field the agent learns as actions, fit the agent's spaces.
+
+        Agents whose config has an ``action_field`` other than ``"actions"`` (latent actions on a
+        relabeled dataset) check that field's per-step shape against their action space instead.
+        """
+        field = getattr(self.config, "action_field", "actions")
+        checks = [("observation", self.observation_space, dataset.observation_space)]
+        if field == "actions":
+            checks.append(("action", self.action_space, dataset.action_space))
+        for what, mine, theirs in checks:
             if not _compatible(mine, theirs):
                 raise SpaceMismatchError(
                     f"the dataset's {what} space {theirs} does not match the agent's {mine}; "
                     f"build the agent from the dataset's spaces"
                 )
+        if field == "actions":
+            return
+        ep = next((e for e in dataset if len(e)), None)
+        if ep is None:
+            return
+        values = np.asarray(ep.field(field))
+        discrete = isinstance(self.action_space, gym.spaces.Discrete)
+        expected = [(), (1,)] if discrete else [tuple(self.action_space.shape)]
+        if values.shape[1:] not in expected:
+            raise SpaceMismatchError(
+                f"dataset field {field!r} has per-step shape {values.shape[1:]}, "
+                f"but the agent's action space is {self.action_space}"
+            )
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_sections(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tt_agents.agent import Agent
 from tt_agents.data.sampler import WindowSampler
 from tt_agents.models.bc import BCNet
+from tt_agents.preprocessing import ActionScaler, ObservationNormalizer
 from tt_agents.spaces import SpaceMismatchError
 
 __all__ = ["BCConfig", "BCPolicy"]
@@ -63,9 +64,15 @@ class BCPolicy(Agent):
             raise SpaceMismatchError(f"BCPolicy needs a Box or Discrete action space, got {self.action_space}")
         self.image = is_image_space(self.observation_space)
         self.discrete = isinstance(self.action_space, gym.spaces.Discrete)
-        shape = self.observation_space.shape
-        self.obs_mean = np.zeros(shape, np.float32)
-        self.obs_std = np.ones(shape, np.float32)
+        if not self.discrete and not (np.isfinite(self.action_space.low).all() and np.isfinite(self.action_space.high).all()):
+            raise SpaceMismatchError(
+                f"BCPolicy needs a bounded Box action space (its head is tanh-squashed), got {self.action_space}; "
+                "rescale the actions (gymnasium.wrappers.RescaleAction) first"
+            )
+        self.normalizer = ObservationNormalizer(
+            self.observation_space.shape, enabled=self.config.normalize_observations and not self.image
+        )
+        self.scaler = None if self.discrete else ActionScaler(self.action_space)
 
     def _build_model(self) -> nn.Module:
         n_out = int(self.action_space.n) if self.discrete else int(np.prod(self.action_space.shape))
@@ -73,36 +80,13 @@ class BCPolicy(Agent):
 
     # ---- preprocessing
     def _fit_preprocessing(self, dataset: Any) -> None:
-        if self.image or not self.config.normalize_observations:
-            return
-        obs = np.concatenate([np.asarray(ep.observations[:-1], np.float64) for ep in dataset if len(ep)])
-        self.obs_mean = obs.mean(0).astype(np.float32)
-        self.obs_std = (obs.std(0) + 1e-6).astype(np.float32)
+        self.normalizer.fit(dataset)
 
     def _preprocessing_state(self) -> dict[str, Any]:
-        return {"obs_mean": self.obs_mean.ravel().tolist(), "obs_std": self.obs_std.ravel().tolist()}
+        return self.normalizer.state()
 
     def _load_preprocessing_state(self, state: dict[str, Any]) -> None:
-        shape = self.observation_space.shape
-        self.obs_mean = np.asarray(state["obs_mean"], np.float32).reshape(shape)
-        self.obs_std = np.asarray(state["obs_std"], np.float32).reshape(shape)
-
-    def _obs_tensor(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
-        x = torch.as_tensor(obs, device=self.device)
-        if self.image:
-            return x
-        mean = torch.as_tensor(self.obs_mean, device=self.device)
-        std = torch.as_tensor(self.obs_std, device=self.device)
-        return (x.float() - mean) / std
-
-    def _scale_action(self, a: torch.Tensor) -> torch.Tensor:
-        low = torch.as_tensor(self.action_space.low, device=a.device, dtype=torch.float32)
-        high = torch.as_tensor(self.action_space.high, device=a.device, dtype=torch.float32)
-        return 2.0 * (a.float() - low) / (high - low) - 1.0
-
-    def _unscale_action(self, a: np.ndarray) -> np.ndarray:
-        low, high = self.action_space.low, self.action_space.high
-        return low + (a + 1.0) * 0.5 * (high - low)
+        self.normalizer.load_state(state)
 
     # ---- training
     def make_sampler(self, dataset: Any, batch_size: int, seed: int, rank: int, world_size: int) -> WindowSampler:
@@ -117,19 +101,18 @@ class BCPolicy(Agent):
         )
 
     def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        obs = self._obs_tensor(batch["observations"][:, 0])
+        obs = self.normalizer(batch["observations"][:, 0])
         out = model(obs)
         if self.discrete:
             return F.cross_entropy(out.float(), batch["actions"][:, 0].long().reshape(-1)), {}
-        target = self._scale_action(batch["actions"][:, 0].reshape(out.shape[0], -1)).clamp(-1, 1)
+        target = self.scaler.scale(batch["actions"][:, 0].reshape(out.shape[0], -1))
         return F.mse_loss(out.float(), target), {}
 
     # ---- acting
     def _predict(self, observation, previous_reward, state, episode_start, deterministic):
-        out = self.model(self._obs_tensor(observation))
+        out = self.model(self.normalizer(torch.as_tensor(observation, device=self.device)))
         if self.discrete:
             if deterministic:
                 return out.argmax(-1).cpu().numpy(), state
             return torch.distributions.Categorical(logits=out).sample().cpu().numpy(), state
-        a = out.cpu().numpy().reshape((-1, *self.action_space.shape))
-        return self._unscale_action(a), state
+        return self.scaler.unscale(out.cpu().numpy()).reshape((-1, *self.action_space.shape)), state

@@ -44,6 +44,7 @@ from tt_agents.data.episodes import Episode
 from tt_agents.data.prompts import PromptSampler, make_prompt
 from tt_agents.data.sampler import WindowSampler
 from tt_agents.models.dt import DecisionTransformerNet, DTNetConfig, PrefixKVCache
+from tt_agents.preprocessing import ActionScaler, ObservationNormalizer
 from tt_agents.spaces import SpaceMismatchError
 from tt_agents.trainer import TrainConfig
 
@@ -189,9 +190,10 @@ class DecisionTransformer(Agent):
             raise ValueError(f"DTConfig.return_scale must be > 0, got {cfg.return_scale}")
         self.image = is_image_space(self.observation_space)
         self.discrete = self.head == "categorical"
-        shape = self.observation_space.shape
-        self.obs_mean = np.zeros(shape, np.float32)
-        self.obs_std = np.ones(shape, np.float32)
+        self.normalizer = ObservationNormalizer(
+            self.observation_space.shape, enabled=cfg.normalize_observations and not self.image
+        )
+        self.scaler = ActionScaler(self.action_space) if self.head == "tanh" else None
         self.return_scale = float(cfg.return_scale or 1.0)
         self.target_return: float = float(cfg.target_return or 0.0)
         """Return-to-go at episode starts for new states; settable."""
@@ -210,33 +212,9 @@ class DecisionTransformer(Agent):
         )
 
     # ------------------------------------------------------------------ preprocessing
-    def _check_dataset(self, dataset: Any) -> None:
-        if self.config.action_field == "actions":
-            return super()._check_dataset(dataset)
-        if not isinstance(dataset.observation_space, gym.spaces.Box) or (
-            dataset.observation_space.shape != self.observation_space.shape
-        ):
-            raise SpaceMismatchError(
-                f"the dataset's observation space {dataset.observation_space} does not match the agent's "
-                f"{self.observation_space}; build the agent from the dataset's spaces"
-            )
-        ep = next((e for e in dataset if len(e)), None)
-        if ep is None:
-            return
-        values = np.asarray(ep.field(self.config.action_field))
-        expected = () if self.discrete else self.action_space.shape
-        if values.shape[1:] not in (expected, (1,) if self.discrete else expected):
-            raise SpaceMismatchError(
-                f"dataset field {self.config.action_field!r} has per-step shape {values.shape[1:]}, "
-                f"but the agent's action space is {self.action_space}"
-            )
-
     def _fit_preprocessing(self, dataset: Any) -> None:
         cfg = self.config
-        if not self.image and cfg.normalize_observations:
-            obs = np.concatenate([np.asarray(ep.observations[:-1], np.float64) for ep in dataset if len(ep)])
-            self.obs_mean = obs.mean(0).astype(np.float32)
-            self.obs_std = (obs.std(0) + 1e-6).astype(np.float32)
+        self.normalizer.fit(dataset)
         returns = dataset.returns()
         if cfg.return_scale is None:
             self.return_scale = float(np.max(np.abs(returns))) if len(returns) and np.any(returns != 0) else 1.0
@@ -245,29 +223,20 @@ class DecisionTransformer(Agent):
 
     def _preprocessing_state(self) -> dict[str, Any]:
         return {
-            "obs_mean": self.obs_mean.ravel().tolist(),
-            "obs_std": self.obs_std.ravel().tolist(),
+            **self.normalizer.state(),
             "return_scale": self.return_scale,
             "target_return": self.target_return,
         }
 
     def _load_preprocessing_state(self, state: dict[str, Any]) -> None:
-        shape = self.observation_space.shape
-        self.obs_mean = np.asarray(state["obs_mean"], np.float32).reshape(shape)
-        self.obs_std = np.asarray(state["obs_std"], np.float32).reshape(shape)
+        self.normalizer.load_state(state)
         self.return_scale = float(state["return_scale"])
         self.target_return = float(state["target_return"])
 
     # ---- numpy / batch fields -> network inputs
     def _obs_tensor(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
         x = torch.as_tensor(obs, device=self.device)
-        if self.image:
-            return x
-        if not self.config.normalize_observations:
-            return x.float()
-        mean = torch.as_tensor(self.obs_mean, device=self.device)
-        std = torch.as_tensor(self.obs_std, device=self.device)
-        return (x.float() - mean) / std
+        return x if self.image else self.normalizer(x)
 
     def _action_tensor(self, actions: np.ndarray | torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor:
         """Dataset actions ``(*lead, ...)`` as the network's inputs and targets: indices ``lead`` or ``(*lead, A)``."""
@@ -275,11 +244,7 @@ class DecisionTransformer(Agent):
         if self.discrete:
             return a.long().reshape(lead)
         a = a.float().reshape(*lead, -1)  # (*lead, A)
-        if self.head == "linear":
-            return a
-        low = torch.as_tensor(self.action_space.low, device=a.device, dtype=torch.float32).reshape(-1)
-        high = torch.as_tensor(self.action_space.high, device=a.device, dtype=torch.float32).reshape(-1)
-        return (2.0 * (a - low) / (high - low) - 1.0).clamp(-1, 1)
+        return a if self.scaler is None else self.scaler.scale(a)
 
     def _inputs(self, batch: dict[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
         ts = torch.as_tensor(batch[prefix + "timesteps"], device=self.device)
@@ -481,8 +446,5 @@ class DecisionTransformer(Agent):
         if self.discrete:
             return a
         a = a.reshape((-1, *self.action_space.shape))
-        if self.head == "linear":
-            return a
-        low, high = self.action_space.low, self.action_space.high
-        return low + (a + 1.0) * 0.5 * (high - low)
+        return a if self.scaler is None else self.scaler.unscale(a.reshape(len(a), -1)).reshape(a.shape)
 
