@@ -1,0 +1,683 @@
+"""Collect D4RL-style datasets with an SB3 expert: ``random``, ``medium``, ``medium-replay``, ``expert``.
+
+Trains an expert with Stable-Baselines3 (SAC or TD3 for continuous control, PPO for discrete
+actions and pixels, RL Zoo hyperparameters), or loads one from a ``.zip``, and rolls policies out
+through :class:`wrappers.VectorActionLogger` on a vector env into Minari datasets in the local
+store (``$MINARI_DATASETS_PATH``), with ids ``{namespace}/{kind}-v{version}``:
+
+- ``random``: a uniform random policy.
+- ``expert``: the trained expert.
+- ``medium``: the training checkpoint whose return is closest to a third of the way from the
+  random policy's return to the expert's (D4RL's "medium": about a third of the expert).
+- ``medium-replay``: every episode the expert's training collected up to that checkpoint (its
+  replay buffer, for SAC/TD3).
+
+Every dataset's metadata records ``ref_min_score`` (the random policy's mean return) and
+``ref_max_score`` (the expert's), the collecting policy, the seeds and these arguments. The
+expert (``expert.zip``) and the medium policy (``medium.zip``) are saved in ``--out-dir``.
+
+Example (a tiny run; a real one uses the defaults, ~1M expert steps):
+    python scripts/collect.py --env-id Hopper-v5 --expert-steps 2000 --dataset-steps 1000
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shutil
+import time
+import warnings
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+import tyro
+from tqdm import tqdm
+
+DATASET_KINDS = ("random", "medium", "medium-replay", "expert")
+
+
+@dataclass
+class Args:
+    env_id: str = "Hopper-v5"
+    """Gymnasium id: Hopper-v5, HalfCheetah-v5, Walker2d-v5, BipedalWalker-v3, CarRacing-v3, procgen/coinrun-v0, ..."""
+    datasets: tuple[str, ...] = DATASET_KINDS
+    """which datasets to make: any of random, medium, medium-replay, expert"""
+    namespace: str | None = None
+    """ids are {namespace}/{kind}-v{version}; default from env_id: hopper, bipedalwalker, procgen/coinrun, ..."""
+    version: int = 0
+    """dataset version (the -vN of the ids)"""
+    algo: Literal["auto", "sac", "td3", "ppo"] = "auto"
+    """expert algorithm; auto: SAC for Box actions on vectors, PPO for discrete actions or images (or --expert-zip's)"""
+    expert_steps: int = 1_000_000
+    """expert training budget in env steps (RL Zoo: 1M for MuJoCo SAC); tiny values make test runs"""
+    expert_zip: str | None = None
+    """load the expert from this SB3 .zip instead of training one"""
+    medium_zip: str | None = None
+    """load the medium policy from this SB3 .zip (needed for 'medium' when --expert-zip is given)"""
+    dataset_steps: int = 1_000_000
+    """transitions in each of random, medium and expert (rounded up to a multiple of --num-envs)"""
+    num_envs: int = 8
+    """sub-envs of the vector env the datasets are rolled out on"""
+    vectorization: Literal["sync", "async"] = "sync"
+    """Gymnasium vectorization of MuJoCo/Box2D envs (Procgen always uses its own batched env)"""
+    train_envs: int | None = None
+    """envs the expert trains on; default RL Zoo's (1 for SAC/TD3, 8 for CarRacing PPO, 64 for Procgen PPO)"""
+    medium_fraction: float = 1 / 3
+    """medium's target return: random + medium_fraction * (expert - random)"""
+    n_checkpoints: int = 10
+    """training checkpoints evaluated as medium candidates"""
+    eval_episodes: int = 5
+    """episodes per evaluation (checkpoints, and reference scores when a rollout finished no episode)"""
+    deterministic: bool = False
+    """roll out the SB3 policies' mean actions instead of sampling them (also in evaluations)"""
+    max_episode_steps: int | None = None
+    """override the env's time limit (MuJoCo/Box2D; Procgen games keep their own)"""
+    procgen_distribution_mode: str = "easy"
+    """Procgen distribution mode"""
+    procgen_num_levels: int = 200
+    """Procgen levels the expert trains and datasets are collected on (0: unlimited; the benchmark's: 200)"""
+    seed: int = 0
+    """master seed (each dataset and evaluation derives its own from it)"""
+    out_dir: str | None = None
+    """folder for expert.zip, medium.zip, summary.json; default runs/collect/{namespace}"""
+    keep_intermediate: bool = False
+    """keep the training checkpoints and the full training log in --out-dir"""
+    overwrite: bool = False
+    """replace datasets that already exist (otherwise an existing dataset is an error)"""
+    progress: bool = True
+    """show progress bars (with time left)"""
+    device: str = "auto"
+    """torch device of the SB3 models"""
+    torch_threads: int = 1
+    """torch CPU threads"""
+
+
+# ----------------------------------------------------------------------------------------------
+# hyperparameters (RL Zoo's, without its observation wrappers: the datasets hold the env's own observations)
+
+
+def _lin(start: float) -> Callable[[float], float]:
+    def schedule(progress_remaining: float) -> float:
+        return progress_remaining * start
+
+    return schedule
+
+
+def zoo_hyperparameters(algo: str, env_id: str) -> dict[str, Any]:
+    """RL Zoo's hyperparameters for ``algo`` on ``env_id`` (its MuJoCo defaults for unknown continuous envs)."""
+    name = env_id.split("/")[-1]
+    if algo == "sac":
+        if name.startswith("BipedalWalker"):
+            return dict(
+                learning_rate=7.3e-4,
+                buffer_size=300_000,
+                batch_size=256,
+                ent_coef="auto",
+                gamma=0.98,
+                tau=0.02,
+                train_freq=64,
+                gradient_steps=64,
+                learning_starts=10_000,
+                use_sde=True,
+                policy_kwargs=dict(log_std_init=-3, net_arch=[400, 300]),
+            )
+        return dict(learning_starts=10_000)
+    if algo == "td3":
+        return dict(
+            learning_starts=10_000,
+            learning_rate=1e-3,
+            batch_size=256,
+            train_freq=1,
+            gradient_steps=1,
+            policy_kwargs=dict(net_arch=[400, 300]),
+            action_noise_std=0.1,
+        )
+    if env_id.startswith("procgen/"):  # the Procgen paper's PPO
+        return dict(
+            n_envs=64,
+            n_steps=256,
+            batch_size=2048,
+            n_epochs=3,
+            learning_rate=5e-4,
+            gamma=0.999,
+            gae_lambda=0.95,
+            clip_range=0.2,
+            ent_coef=0.01,
+            vf_coef=0.5,
+            max_grad_norm=0.5,
+        )
+    if name.startswith("CarRacing"):
+        return dict(
+            n_envs=8,
+            n_steps=512,
+            batch_size=128,
+            n_epochs=10,
+            learning_rate=1e-4,
+            linear_lr=True,
+            gamma=0.99,
+            gae_lambda=0.95,
+            clip_range=0.2,
+            ent_coef=0.0,
+            vf_coef=0.5,
+            max_grad_norm=0.5,
+            use_sde=True,
+            sde_sample_freq=4,
+            policy_kwargs=dict(
+                log_std_init=-2, ortho_init=False, activation_fn="gelu", net_arch=dict(pi=[256], vf=[256])
+            ),
+        )
+    return dict(
+        n_envs=8,
+        n_steps=32,
+        batch_size=256,
+        n_epochs=20,
+        learning_rate=1e-3,
+        linear_lr=True,
+        gamma=0.98,
+        gae_lambda=0.8,
+    )
+
+
+def fit_budget(algo: str, hp: dict[str, Any], expert_steps: int, train_envs: int | None) -> dict[str, Any]:
+    """Shrink budget-dependent hyperparameters so that tiny runs still train (derived, recorded in metadata)."""
+    hp = dict(hp)
+    if algo in ("sac", "td3"):
+        hp["learning_starts"] = min(hp.get("learning_starts", 100), max(1, expert_steps // 10))
+        hp["n_envs"] = train_envs or 1
+    else:
+        hp["n_envs"] = train_envs or hp.get("n_envs", 8)
+        hp["n_steps"] = max(8, min(hp.get("n_steps", 2048), expert_steps // hp["n_envs"]))
+        hp["batch_size"] = min(hp.get("batch_size", 64), hp["n_steps"] * hp["n_envs"])
+    return hp
+
+
+# ----------------------------------------------------------------------------------------------
+# envs
+
+
+def is_procgen(env_id: str) -> bool:
+    return env_id.startswith("procgen/")
+
+
+def default_namespace(env_id: str) -> str:
+    """``Hopper-v5`` -> ``hopper``; ``procgen/coinrun-v0`` -> ``procgen/coinrun``."""
+    return re.sub(r"-v\d+$", "", env_id).lower().replace("_", "-")
+
+
+def _procgen_kwargs(args: Args) -> dict[str, Any]:
+    # datasets are collected on the levels the expert trained on, as in Procgen offline-RL benchmarks
+    return dict(distribution_mode=args.procgen_distribution_mode, num_levels=args.procgen_num_levels)
+
+
+def make_env(args: Args) -> gym.Env:
+    """One env, for SB3 training."""
+    if is_procgen(args.env_id):
+        import wrappers.procgen  # noqa: F401  (registers procgen/* ids)
+
+        return gym.make(args.env_id, **_procgen_kwargs(args))
+    return gym.make(args.env_id, max_episode_steps=args.max_episode_steps)
+
+
+def make_vec(args: Args, num_envs: int) -> gym.vector.VectorEnv:
+    """The vector env datasets are rolled out on (Procgen: its own batched env; others: Gymnasium's)."""
+    if is_procgen(args.env_id):
+        import wrappers.procgen  # noqa: F401
+
+        return gym.make_vec(
+            args.env_id,
+            num_envs=num_envs,
+            vectorization_mode="vector_entry_point",
+            num_threads=0,
+            **_procgen_kwargs(args),
+        )
+    return gym.make_vec(
+        args.env_id, num_envs=num_envs, vectorization_mode=args.vectorization, max_episode_steps=args.max_episode_steps
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# rollouts
+
+
+def rollout(
+    venv: gym.vector.VectorEnv,
+    act: Callable[[Any], Any],
+    *,
+    seed: int,
+    steps: int | None = None,
+    episodes: int | None = None,
+    desc: str = "rollout",
+    progress: bool = True,
+) -> tuple[list[float], int]:
+    """Run ``act`` on ``venv`` for ``steps`` transitions or ``episodes`` finished episodes.
+
+    Autoreset steps (NEXT_STEP mode) are not counted. Episodes are counted per sub-env quota, as
+    SB3's ``evaluate_policy`` does, so short episodes are not over-represented.
+
+    Returns:
+        The returns of the episodes that finished (within the quotas), and the transitions taken.
+    """
+    n = venv.num_envs
+    next_step = venv.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP) in (
+        gym.vector.AutoresetMode.NEXT_STEP,
+        "NextStep",
+    )
+    quota = np.array([(episodes + i) // n for i in range(n)]) if episodes is not None else None
+    counts = np.zeros(n, dtype=np.int64)
+    ep_ret = np.zeros(n, dtype=np.float64)
+    autoreset = np.zeros(n, dtype=bool)
+    returns: list[float] = []
+    taken = 0
+    obs, _ = venv.reset(seed=seed)
+    bar = tqdm(
+        total=steps if steps is not None else episodes, desc=desc, disable=not progress, unit="step" if steps else "ep"
+    )
+    while True:
+        obs, rewards, term, trunc, _ = venv.step(act(obs))
+        live = ~autoreset
+        ep_ret[live] += np.asarray(rewards)[live]
+        done = (np.asarray(term) | np.asarray(trunc)) & live
+        for i in np.flatnonzero(done):
+            if quota is None or counts[i] < quota[i]:
+                returns.append(float(ep_ret[i]))
+                if quota is not None:
+                    bar.update(1)
+            counts[i] += 1
+            ep_ret[i] = 0.0
+        autoreset = done if next_step else np.zeros(n, bool)
+        k = int(live.sum())
+        taken += k
+        if steps is not None:
+            bar.update(k)
+            if taken >= steps:
+                break
+        elif np.all(counts >= quota):
+            break
+    bar.close()
+    return returns, taken
+
+
+def sb3_policy(model: Any, deterministic: bool) -> Callable[[Any], Any]:
+    def act(obs: Any) -> Any:
+        return model.predict(obs, deterministic=deterministic)[0]
+
+    return act
+
+
+def random_policy(venv: gym.vector.VectorEnv, seed: int) -> Callable[[Any], Any]:
+    venv.action_space.seed(seed)
+    return lambda obs: venv.action_space.sample()
+
+
+# ----------------------------------------------------------------------------------------------
+# SB3
+
+
+def _algo_class(algo: str) -> Any:
+    from stable_baselines3 import PPO, SAC, TD3
+
+    return {"sac": SAC, "td3": TD3, "ppo": PPO}[algo]
+
+
+def algo_of_zip(path: str) -> str:
+    """The SB3 algorithm a .zip was saved by, read from its JSON ``data`` entry (nothing unpickled)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            data = json.loads(z.read("data"))
+    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        raise SystemExit(f"error: {path} is not an SB3 model .zip ({e}); pass a file saved by model.save()") from None
+    module = str(data.get("policy_class", {}).get("__module__", ""))
+    for algo in ("sac", "td3", "ppo"):
+        if f"stable_baselines3.{algo}." in module or module.endswith(f".{algo}.policies"):
+            return algo
+    raise SystemExit(f"error: cannot tell which algorithm saved {path} (policy module {module!r}); pass --algo")
+
+
+def load_model(path: str, algo: str, venv: gym.vector.VectorEnv, device: str) -> Any:
+    model = _algo_class(algo).load(path, device=device)
+    if model.action_space != venv.single_action_space:
+        raise SystemExit(
+            f"error: the policy in {path} acts in {model.action_space}, but {venv.single_action_space} is needed"
+        )
+    return model
+
+
+def build_model(algo: str, hp: dict[str, Any], venv: Any, args: Args) -> Any:
+    from stable_baselines3.common.noise import NormalActionNoise
+
+    kw = {k: v for k, v in hp.items() if k not in ("n_envs", "linear_lr", "action_noise_std")}
+    if hp.get("linear_lr"):
+        kw["learning_rate"] = _lin(hp["learning_rate"])
+    if "action_noise_std" in hp:
+        dim = venv.action_space.shape[-1]
+        kw["action_noise"] = NormalActionNoise(np.zeros(dim), hp["action_noise_std"] * np.ones(dim))
+    pk = dict(kw.get("policy_kwargs") or {})
+    if pk.get("activation_fn") == "gelu":
+        pk["activation_fn"] = torch.nn.GELU
+    if pk:
+        kw["policy_kwargs"] = pk
+    image = len(venv.observation_space.shape) == 3
+    policy = "CnnPolicy" if image else "MlpPolicy"
+    return _algo_class(algo)(policy, venv, seed=args.seed, device=args.device, verbose=0, **kw)
+
+
+def train_expert(
+    args: Args, algo: str, hp: dict[str, Any], out_dir: Path, train_log: Any | None
+) -> tuple[Any, list[tuple[int, Path]]]:
+    """Train the expert; returns it and the checkpoints ``(env steps, path)`` saved along the way."""
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from wrappers.action_logger import ActionLogger
+
+    def thunk() -> gym.Env:
+        env = make_env(args)
+        if train_log is not None:
+            env = ActionLogger(env, train_log, unfinished="discard")
+        return Monitor(env)
+
+    venv = DummyVecEnv([thunk for _ in range(hp["n_envs"])])
+    venv.seed(args.seed)
+    model = build_model(algo, hp, venv, args)
+    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    every = max(1, args.expert_steps // max(1, args.n_checkpoints))
+    saved: list[tuple[int, Path]] = []
+
+    class Callback(BaseCallback):
+        def _on_training_start(self) -> None:
+            self.bar = tqdm(total=args.expert_steps, desc=f"train {algo.upper()} expert", disable=not args.progress)
+            self.next = every
+
+        def _on_step(self) -> bool:
+            self.bar.update(self.num_timesteps - self.bar.n)
+            if self.num_timesteps >= self.next and self.num_timesteps < args.expert_steps:
+                path = ckpt_dir / f"step_{self.num_timesteps}.zip"
+                self.model.save(path)
+                saved.append((self.num_timesteps, path))
+                self.next += every
+            return True
+
+        def _on_training_end(self) -> None:
+            self.bar.close()
+
+    model.learn(total_timesteps=args.expert_steps, callback=Callback())
+    venv.close()
+    return model, saved
+
+
+# ----------------------------------------------------------------------------------------------
+# main
+
+
+def _mean(xs: list[float]) -> float | None:
+    return float(np.mean(xs)) if xs else None
+
+
+def _import_sb3() -> None:
+    # SB3 probes for the old gym package, whose import prints a deprecation notice on stderr
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        import stable_baselines3.common.vec_env  # noqa: F401
+
+
+def main(args: Args) -> dict[str, Any]:
+    from tt_agents.data.minari_io import MinariReader, MinariWriter, dataset_path
+    from wrappers.action_logger import VectorActionLogger
+
+    _import_sb3()
+    torch.set_num_threads(args.torch_threads)
+    t_start = time.perf_counter()
+    kinds = list(dict.fromkeys(args.datasets))
+    bad = [k for k in kinds if k not in DATASET_KINDS]
+    if bad:
+        raise SystemExit(f"error: unknown datasets {bad}; choose from {DATASET_KINDS}")
+    if args.expert_zip and "medium-replay" in kinds:
+        raise SystemExit(
+            "error: medium-replay is the training log of the expert, so it needs a trained expert: drop --expert-zip "
+            "or drop medium-replay from --datasets"
+        )
+    if args.medium_zip and "medium-replay" in kinds:
+        raise SystemExit(
+            "error: medium-replay is cut at the trained medium checkpoint: drop --medium-zip or medium-replay"
+        )
+    if args.expert_zip and "medium" in kinds and not args.medium_zip:
+        raise SystemExit("error: with --expert-zip, 'medium' needs --medium-zip (no training checkpoints exist)")
+    if is_procgen(args.env_id) and args.max_episode_steps is not None:
+        warnings.warn("--max-episode-steps is ignored for Procgen (each game has its own time limit)", stacklevel=1)
+    namespace = args.namespace or default_namespace(args.env_id)
+    ids = {k: f"{namespace}/{k}-v{args.version}" for k in kinds}
+    for dataset_id in ids.values():
+        if dataset_path(dataset_id).exists() and not args.overwrite:
+            raise SystemExit(
+                f"error: dataset {dataset_id} already exists at {dataset_path(dataset_id)}; pass --overwrite"
+            )
+    out_dir = Path(args.out_dir or Path("runs") / "collect" / namespace)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    probe = make_vec(args, 1)
+    obs_space, act_space = probe.single_observation_space, probe.single_action_space
+    probe.close()
+    image = len(getattr(obs_space, "shape", ()) or ()) == 3
+    algo = args.algo
+    if algo == "auto":
+        if args.expert_zip:
+            algo = algo_of_zip(args.expert_zip)
+        else:
+            algo = "ppo" if image or not isinstance(act_space, gym.spaces.Box) else "sac"
+    if algo in ("sac", "td3") and not isinstance(act_space, gym.spaces.Box):
+        raise SystemExit(
+            f"error: {algo.upper()} needs continuous (Box) actions, {args.env_id} has {act_space}; use --algo ppo"
+        )
+    hp = fit_budget(algo, zoo_hyperparameters(algo, args.env_id), args.expert_steps, args.train_envs)
+    common = {
+        "author": ["tt-agents scripts/collect.py"],
+        "code_permalink": "scripts/collect.py",
+        "collect_args": asdict(args),
+    }
+    writers: dict[str, Any] = {}
+    stats: dict[str, dict[str, Any]] = {}
+
+    def collect(
+        kind: str, act_fn: Callable[[Any], Any] | None, model: Any, seed: int, policy: dict[str, Any]
+    ) -> list[float]:
+        venv = make_vec(args, args.num_envs)
+        logger = VectorActionLogger(
+            venv,
+            ids[kind],
+            overwrite=args.overwrite,
+            metadata={
+                **common,
+                "algorithm_name": policy["name"],
+                "policy": policy,
+                "description": f"{kind} dataset of {args.env_id}, collected by scripts/collect.py",
+            },
+        )
+        act = act_fn or (random_policy(logger, seed) if model is None else sb3_policy(model, args.deterministic))
+        returns, taken = rollout(
+            logger, act, seed=seed, steps=args.dataset_steps, desc=f"collect {ids[kind]}", progress=args.progress
+        )
+        logger.close()
+        writers[kind] = logger.writer
+        stats[kind] = {
+            "episodes": logger.writer.total_episodes,
+            "steps": logger.writer.total_steps,
+            "finished_returns": len(returns),
+            "mean_return": _mean(returns),
+        }
+        return returns
+
+    def evaluate(act_maker: Callable[[gym.vector.VectorEnv], Callable[[Any], Any]], seed: int, desc: str) -> float:
+        venv = make_vec(args, args.num_envs)
+        returns, _ = rollout(
+            venv, act_maker(venv), seed=seed, episodes=args.eval_episodes, desc=desc, progress=args.progress
+        )
+        venv.close()
+        return float(np.mean(returns))
+
+    # 1. the random policy: ref_min_score
+    random_returns = collect("random", None, None, args.seed, {"name": "uniform-random"}) if "random" in kinds else []
+    ref_min = _mean(random_returns)
+    if ref_min is None:
+        ref_min = evaluate(lambda v: random_policy(v, args.seed + 1), args.seed + 3000, "evaluate random policy")
+
+    # 2. the expert (trained, with checkpoints and the training log, or loaded)
+    checkpoints: list[tuple[int, Path]] = []
+    train_log_path = out_dir / "train-log"
+    t_train = 0.0
+    if args.expert_zip:
+        vec = make_vec(args, 1)
+        expert = load_model(args.expert_zip, algo, vec, args.device)
+        vec.close()
+        expert_info = {"name": f"{algo.upper()}-expert", "algorithm": algo.upper(), "zip": str(args.expert_zip)}
+    else:
+        train_log = None
+        if "medium-replay" in kinds:
+            if train_log_path.exists():
+                shutil.rmtree(train_log_path)
+            spec_env = make_env(args)
+            train_log = MinariWriter(
+                f"{namespace}/train-log-v{args.version}",
+                obs_space,
+                act_space,
+                path=train_log_path,
+                fsync=False,  # a staging file: medium-replay copies from it once training is done
+                env_spec=spec_env.spec,
+            )
+            spec_env.close()
+        t0 = time.perf_counter()
+        expert, checkpoints = train_expert(args, algo, hp, out_dir, train_log)
+        t_train = time.perf_counter() - t0
+        expert.save(out_dir / "expert.zip")
+        expert_info = {
+            "name": f"{algo.upper()}-expert",
+            "algorithm": algo.upper(),
+            "trained_steps": args.expert_steps,
+            "hyperparameters": {k: (v if not callable(v) else repr(v)) for k, v in hp.items()},
+            "zip": str(out_dir / "expert.zip"),
+        }
+    expert_info["deterministic"] = args.deterministic
+
+    # 3. the expert's data: ref_max_score
+    expert_returns = collect("expert", None, expert, args.seed + 1000, expert_info) if "expert" in kinds else []
+    ref_max = _mean(expert_returns)
+    if ref_max is None:
+        ref_max = evaluate(lambda v: sb3_policy(expert, args.deterministic), args.seed + 3001, "evaluate expert")
+
+    # 4. medium: the checkpoint closest to a third of the way from random to expert
+    medium_step = None
+    if "medium" in kinds or "medium-replay" in kinds:
+        if args.medium_zip:
+            vec = make_vec(args, 1)
+            medium = load_model(
+                args.medium_zip, algo_of_zip(args.medium_zip) if args.algo == "auto" else algo, vec, args.device
+            )
+            vec.close()
+            medium_info = {"name": "medium", "zip": str(args.medium_zip)}
+        else:
+            if not checkpoints:
+                raise SystemExit(
+                    "error: training saved no checkpoint to pick 'medium' from; raise --n-checkpoints or --expert-steps"
+                )
+            target = ref_min + args.medium_fraction * (ref_max - ref_min)
+            scores = []
+            for k, (step, path) in enumerate(checkpoints):
+                candidate = _algo_class(algo).load(path, device=args.device)
+                scores.append(
+                    evaluate(
+                        lambda v, m=candidate: sb3_policy(m, args.deterministic),
+                        args.seed + 4000 + k,
+                        f"evaluate checkpoint {step}",
+                    )
+                )
+            best = int(np.argmin([abs(s - target) for s in scores]))
+            medium_step, medium_path = checkpoints[best]
+            medium = _algo_class(algo).load(medium_path, device=args.device)
+            shutil.copyfile(medium_path, out_dir / "medium.zip")
+            medium_info = {
+                "name": f"{algo.upper()}-medium",
+                "algorithm": algo.upper(),
+                "trained_steps": medium_step,
+                "eval_return": scores[best],
+                "target_return": target,
+                "checkpoint_returns": {str(s): r for (s, _), r in zip(checkpoints, scores)},
+                "zip": str(out_dir / "medium.zip"),
+            }
+        medium_info["deterministic"] = args.deterministic
+        if "medium" in kinds:
+            collect("medium", None, medium, args.seed + 2000, medium_info)
+
+    # 5. medium-replay: the training episodes up to the medium checkpoint
+    if "medium-replay" in kinds:
+        reader = MinariReader(train_log_path)
+        with reader.open() as f:
+            lengths = reader.lengths(f)
+        ends = np.cumsum(lengths)
+        n_eps = max(1, int(np.searchsorted(ends, medium_step, side="right"))) if len(lengths) else 0
+        if n_eps == 0:
+            raise SystemExit(
+                "error: the expert's training finished no episode, so medium-replay would be empty; raise --expert-steps"
+            )
+        writer = MinariWriter(
+            ids["medium-replay"],
+            obs_space,
+            act_space,
+            env_spec=reader.metadata.get("env_spec"),
+            overwrite=args.overwrite,
+            metadata={
+                **common,
+                "algorithm_name": f"{algo.upper()}-training",
+                "policy": {
+                    **medium_info,
+                    "name": f"{algo.upper()}-training",
+                    "replay_of": "the expert's training up to the medium checkpoint",
+                },
+                "description": f"medium-replay dataset of {args.env_id}: the first {n_eps} episodes of the expert's training",
+            },
+        )
+        writer.copy_episodes(train_log_path, range(n_eps))
+        writers["medium-replay"] = writer
+        with reader.open() as f:
+            rets = [float(np.sum(f[f"episode_{i}"]["rewards"][()])) for i in range(n_eps)]
+        stats["medium-replay"] = {
+            "episodes": writer.total_episodes,
+            "steps": writer.total_steps,
+            "mean_return": _mean(rets),
+        }
+
+    # 6. reference scores in every dataset
+    n_avg = len(expert_returns) or args.eval_episodes
+    for writer in writers.values():
+        writer.update_metadata(
+            {"ref_min_score": ref_min, "ref_max_score": ref_max, "num_episodes_average_score": n_avg}
+        )
+    if not args.keep_intermediate:
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+        shutil.rmtree(train_log_path, ignore_errors=True)
+    summary = {
+        "env_id": args.env_id,
+        "algo": algo,
+        "datasets": {ids[k]: stats[k] for k in kinds},
+        "ref_min_score": ref_min,
+        "ref_max_score": ref_max,
+        "medium_checkpoint_step": medium_step,
+        "expert_zip": expert_info.get("zip"),
+        "train_seconds": round(t_train, 2),
+        "total_seconds": round(time.perf_counter() - t_start, 2),
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,103 @@
+"""scripts/collect.py end to end at a tiny size, as a subprocess (like cleanrl's tests): MuJoCo, Box2D, Procgen."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import minari
+import numpy as np
+import pytest
+
+from tt_agents.data import load_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--expert-steps", "300", "--dataset-steps", "200", "--num-envs", "2", "--eval-episodes", "2", "--no-progress"]
+
+
+def collect(tmp_path: Path, *args: str, expect_ok: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(tmp_path / "store"), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "scripts/collect.py", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if expect_ok:
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def check_datasets(namespace: str, kinds: list[str], env_id: str) -> dict:
+    refs = set()
+    out = {}
+    for kind in kinds:
+        ds = load_dataset(f"{namespace}/{kind}-v0")
+        assert ds.metadata["env_id"] == env_id and ds.metadata["dataset_id"] == f"{namespace}/{kind}-v0"
+        refs.add((ds.metadata["ref_min_score"], ds.metadata["ref_max_score"]))
+        assert ds.metadata["policy"]["name"] and ds.metadata["algorithm_name"]
+        assert minari.load_dataset(f"{namespace}/{kind}-v0").total_steps == ds.total_steps
+        if kind != "medium-replay":
+            assert 200 <= ds.total_steps < 202
+        out[kind] = ds
+    assert len(refs) == 1  # the same reference scores in every dataset
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _store(tmp_path, monkeypatch):
+    """The Minari store the collect.py subprocesses write into, read back by the checks here."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
+
+
+def test_mujoco_hopper_all_datasets_then_reuse_the_expert_zip(tmp_path):
+    out_dir = tmp_path / "out"
+    res = collect(tmp_path, "--env-id", "Hopper-v5", *TINY, "--max-episode-steps", "50", "--out-dir", str(out_dir))
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["algo"] == "sac" and "hopper/medium-v0" in res.stdout
+    kinds = ["random", "medium", "medium-replay", "expert"]
+    ds = check_datasets("hopper", kinds, "Hopper-v5")
+    random_returns = [ep.total_return for ep in ds["random"] if ep.terminations[-1] or len(ep) == 50]
+    assert ds["expert"].metadata["ref_min_score"] == pytest.approx(np.mean(random_returns))
+    medium = ds["medium"].metadata["policy"]
+    assert medium["trained_steps"] == summary["medium_checkpoint_step"] < 300
+    # medium-replay: the training episodes up to the medium checkpoint
+    assert ds["medium-replay"].total_steps <= max(medium["trained_steps"], len(ds["medium-replay"][0]))
+    assert (out_dir / "expert.zip").exists() and (out_dir / "medium.zip").exists()
+    assert not (out_dir / "checkpoints").exists()
+
+    res = collect(
+        tmp_path, "--env-id", "Hopper-v5", *TINY, "--max-episode-steps", "50", "--datasets", "expert",
+        "--expert-zip", str(out_dir / "expert.zip"), "--version", "1", "--out-dir", str(tmp_path / "out2"),
+    )  # fmt: skip
+    assert load_dataset("hopper/expert-v1").metadata["policy"]["zip"] == str(out_dir / "expert.zip")
+    res = collect(tmp_path, "--env-id", "Hopper-v5", *TINY, "--datasets", "random", expect_ok=False)
+    assert res.returncode != 0 and "hopper/random-v0 already exists" in res.stderr + res.stdout
+
+
+def test_box2d_bipedalwalker(tmp_path):
+    collect(
+        tmp_path, "--env-id", "BipedalWalker-v3", *TINY, "--max-episode-steps", "40", "--out-dir", str(tmp_path / "o")
+    )
+    check_datasets("bipedalwalker", ["random", "medium", "medium-replay", "expert"], "BipedalWalker-v3")
+
+
+def test_procgen_bigfish(tmp_path):
+    collect(tmp_path, "--env-id", "procgen/bigfish-v0", *TINY, "--train-envs", "2", "--out-dir", str(tmp_path / "o"))
+    ds = check_datasets("procgen/bigfish", ["random", "medium", "medium-replay", "expert"], "procgen/bigfish-v0")
+    assert ds["expert"].metadata["policy"]["algorithm"] == "PPO"
+    assert ds["expert"][0].observations.shape[1:] == (64, 64, 3)
+
+
+def test_bad_arguments_fail_clearly(tmp_path):
+    res = collect(
+        tmp_path, "--env-id", "Hopper-v5", "--datasets", "expert", "medium", "--expert-zip", "x.zip", expect_ok=False
+    )
+    assert "'medium' needs --medium-zip" in res.stderr + res.stdout
+    res = collect(tmp_path, "--env-id", "Hopper-v5", "--datasets", "best", expect_ok=False)
+    assert "unknown datasets ['best']" in res.stderr + res.stdout
