@@ -8,7 +8,7 @@ evaluated on the dataset's env and ``eval.json`` is written.
 
 Examples:
     python scripts/train.py bc --dataset hopper/medium-v0 --train.steps 5000
-    python scripts/train.py tt --dataset hopper/medium-v0 --preset small
+    python scripts/train.py tt-small --dataset hopper/medium-v0 --train.steps 3000
     torchrun --nproc_per_node 2 scripts/train.py bc --dataset hopper/medium-v0
 """
 
@@ -18,7 +18,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Union
 
 import tyro
 
@@ -26,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tt_agents import BCConfig, BCPolicy, TrainConfig  # noqa: E402
 from tt_agents.data import load_dataset  # noqa: E402
+from tt_agents.dt import DT_PRESETS, DecisionTransformer, DTConfig  # noqa: E402
 from tt_agents.evaluation import evaluate  # noqa: E402
+from tt_agents.tt import TT_PRESETS, TTConfig, TTPlanner  # noqa: E402
 
 
 @dataclass
@@ -53,75 +55,74 @@ class BCArgs(Common):
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=5000, batch_size=256, lr=1e-3))
 
 
-def agent_for(args: Any, dataset: Any) -> Any:
-    """Build the agent that ``args`` describes, for the dataset's spaces."""
+@dataclass
+class TTArgs(Common):
+    """Trajectory Transformer (discretized GPT + beam-search planning)."""
+
+    agent: TTConfig = field(default_factory=TTConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=20000, batch_size=256))
+
+
+@dataclass
+class DTArgs(Common):
+    """Decision Transformer (return-conditioned, optionally few-shot prompted)."""
+
+    agent: DTConfig = field(default_factory=DTConfig)
+    train: TrainConfig = field(default_factory=lambda: DT_PRESETS["paper"].train)
+
+
+SUBCOMMANDS: dict[str, Any] = {
+    # name: the Args instance whose values are the subcommand's defaults (every option stays overridable)
+    "bc": BCArgs(dataset=tyro.MISSING),
+    "tt": TTArgs(dataset=tyro.MISSING, agent=TT_PRESETS["paper"]()),
+    **{f"tt-{k}": TTArgs(dataset=tyro.MISSING, agent=TT_PRESETS[k]()) for k in TT_PRESETS if k != "paper"},
+    "dt": DTArgs(dataset=tyro.MISSING, agent=DT_PRESETS["paper"].config, train=DT_PRESETS["paper"].train),
+    **{f"dt-{k}": DTArgs(dataset=tyro.MISSING, agent=p.config, train=p.train) for k, p in DT_PRESETS.items()
+       if k != "paper"},
+}
+"""Subcommands: the agents with the papers' settings (``bc``, ``tt``, ``dt``) and with the presets of
+``TT_PRESETS`` and ``DT_PRESETS`` (``tt-small``, ``tt-tiny``, ``dt-cpu``)."""
+
+
+def build(args: Any, dataset: Any) -> tuple[Any, TrainConfig]:
+    """The agent that ``args`` describes, for the dataset's spaces, and its training settings."""
     obs, act = dataset.observation_space, dataset.action_space
-    if isinstance(args, BCArgs):
-        return BCPolicy(obs, act, args.agent, device=args.device, seed=args.seed)
-    for name, (cls, _) in EXTRA_AGENTS.items():
-        if type(args).__name__ == f"{name.upper()}Args":
-            return cls(obs, act, args.agent, device=args.device, seed=args.seed)
+    for args_cls, agent_cls in ((BCArgs, BCPolicy), (TTArgs, TTPlanner), (DTArgs, DecisionTransformer)):
+        if isinstance(args, args_cls):
+            return agent_cls(obs, act, args.agent, device=args.device, seed=args.seed), args.train
     raise TypeError(f"no agent for {type(args).__name__}")
 
 
-EXTRA_AGENTS: dict[str, tuple[type, type]] = {}
-SUBCOMMANDS: dict[str, type] = {"bc": BCArgs}
-
-
 def main(args: Any) -> None:
-    name = next(k for k, v in SUBCOMMANDS.items() if isinstance(args, v))
+    name = type(args).__name__.removesuffix("Args").lower()
     dataset = load_dataset(args.dataset)
     print(dataset)
     run_dir = args.run_dir or str(Path("runs") / f"{name}-{args.dataset.replace('/', '_').strip('._')}")
-    train = dataclasses.replace(args.train, run_dir=run_dir, seed=args.seed, device=args.device)
-    agent = agent_for(args, dataset)
+    agent, train = build(args, dataset)
+    train = dataclasses.replace(train, run_dir=run_dir, seed=args.seed, device=args.device)
     result = agent.fit(dataset, train)
     print(f"trained {type(agent).__name__}: final loss {result.final_loss:.4f} in {result.seconds:.0f} s; "
           f"agent saved to {Path(run_dir) / 'final.zip'}")
-    if args.eval_episodes > 0 and agent.data_info.get("env_id"):
-        res = evaluate(agent, agent.data_info["env_id"], n_episodes=args.eval_episodes, n_envs=args.eval_envs,
+    if args.eval_episodes > 0:
+        env_id = agent.data_info.get("env_id")
+        if env_id is None:
+            print("the dataset records no env id: skipping evaluation (use scripts/eval.py --env-id ...)")
+            return
+        res = evaluate(agent, env_id, n_episodes=args.eval_episodes, n_envs=args.eval_envs,
                        seed=args.seed, json_path=Path(run_dir) / "eval.json")
         print(res)
 
 
-def _register_sequence_agents() -> None:
-    """Add the TT and DT subcommands when their modules are present."""
-    try:
-        from tt_agents.tt import TTConfig, TTPlanner
-    except ImportError:
-        pass
-    else:
+def _describe(name: str, args: Any) -> str:
+    doc = (type(args).__doc__ or "").strip()
+    if name == "bc":
+        return doc
+    return f"{doc} Defaults: the {name.partition('-')[2] or 'paper'} preset."
 
-        @dataclass
-        class TTArgs(Common):
-            """Trajectory Transformer (discretized GPT + beam-search planning)."""
-
-            agent: TTConfig = field(default_factory=TTConfig)
-            train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=20000, batch_size=256))
-
-        EXTRA_AGENTS["tt"] = (TTPlanner, TTConfig)
-        SUBCOMMANDS["tt"] = TTArgs
-    try:
-        from tt_agents.dt import DecisionTransformer, DTConfig
-    except ImportError:
-        pass
-    else:
-
-        @dataclass
-        class DTArgs(Common):
-            """Decision Transformer (return-conditioned, optionally prompted)."""
-
-            agent: DTConfig = field(default_factory=DTConfig)
-            train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=20000, batch_size=64, lr=1e-4))
-
-        EXTRA_AGENTS["dt"] = (DecisionTransformer, DTConfig)
-        SUBCOMMANDS["dt"] = DTArgs
-
-
-_register_sequence_agents()
 
 if __name__ == "__main__":
-    from typing import Union
-
-    union = Union[tuple(Annotated[v, tyro.conf.subcommand(k)] for k, v in SUBCOMMANDS.items())]  # type: ignore
+    union = Union[  # type: ignore[valid-type]
+        tuple(Annotated[type(v), tyro.conf.subcommand(k, default=v, description=_describe(k, v))]
+              for k, v in SUBCOMMANDS.items())
+    ]
     main(tyro.cli(union))

@@ -49,7 +49,7 @@ def test_episode_accounting_in_both_autoreset_modes(mode):
     # every episode start is seen exactly once per episode (first call, then after each reset)
     assert starts[:, 0].sum() >= 2 and starts[:, 1].sum() >= 2
     # rewards passed at an episode start are 0, otherwise the env's last reward (> 0 here)
-    for obs, rew, st in agent.calls:
+    for _obs, rew, st in agent.calls:
         assert np.all(rew[st] == 0)
 
 

@@ -18,6 +18,7 @@ from tt_agents.dt import DT_PRESETS, DecisionTransformer, DTConfig, DTState, Mis
 from tt_agents.evaluation import EvalResult, evaluate
 from tt_agents.spaces import SpaceMismatchError
 from tt_agents.trainer import TrainConfig, Trainer, TrainResult
+from tt_agents.tt import TT_PRESETS, PlanConfig, TTConfig, TTPlanner, TTState
 
 __all__ = [
     "AGENT_REGISTRY",
@@ -32,6 +33,11 @@ __all__ = [
     "MissingRewardError",
     "EvalResult",
     "SpaceMismatchError",
+    "PlanConfig",
+    "TT_PRESETS",
+    "TTConfig",
+    "TTPlanner",
+    "TTState",
     "TrainConfig",
     "TrainResult",
     "Trainer",

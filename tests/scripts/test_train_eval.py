@@ -1,0 +1,74 @@
+"""scripts/train.py and scripts/eval.py end to end, as subprocesses, at a tiny size (cleanrl's tests do the same)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def minari_store(tmp_path):
+    if not (SHARED_DATA / "fixtures").exists():
+        pytest.fail(f"the real Minari fixtures are missing: expected {SHARED_DATA}/fixtures beside the repo")
+    store = tmp_path / "store"
+    shutil.copytree(SHARED_DATA, store)
+    return store
+
+
+def _run(args: list[str], store: Path, timeout: int = 600) -> str:
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(store), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    assert proc.returncode == 0, f"{args}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+@pytest.mark.parametrize(
+    "subcommand, extra",
+    [
+        ("bc", ["--agent.hidden-sizes", "16", "16"]),
+        ("tt-tiny", []),
+        ("dt-cpu", ["--agent.context-len", "4", "--agent.n-embd", "16", "--train.batch-size", "8"]),
+    ],
+)
+def test_train_then_eval_on_the_real_hopper_fixture(subcommand, extra, minari_store, tmp_path):
+    run = tmp_path / subcommand
+    out = _run(["scripts/train.py", subcommand, "--dataset", "fixtures/hopper/random-v0", "--run-dir", str(run),
+                "--device", "cpu", "--train.steps", "4", "--train.no-progress", "--eval-episodes", "1",
+                "--eval-envs", "1", *extra], minari_store)
+    assert "trained" in out
+    assert (run / "final.zip").exists() and (run / "eval.json").exists()
+    res = tmp_path / "eval.json"
+    out = _run(["scripts/eval.py", "--checkpoint", str(run / "final.zip"), "--n-episodes", "2", "--n-envs", "2",
+                "--device", "cpu", "--json-out", str(res)], minari_store)
+    assert "Hopper-v5" in out
+    data = json.loads(res.read_text())
+    assert data["n_episodes"] == 2 and data["env_id"] == "Hopper-v5"
+
+
+def test_eval_without_env_names_the_fix(tmp_path, minari_store):
+    from tests.fake_env import make_env
+    from tt_agents import BCPolicy
+
+    env = make_env()
+    path = BCPolicy(env.observation_space, env.action_space, device="cpu").save(tmp_path / "a")
+    proc = subprocess.run([sys.executable, "scripts/eval.py", "--checkpoint", str(path)], capture_output=True,
+                          text=True, cwd=REPO, timeout=300)
+    assert proc.returncode != 0 and "--env-id" in proc.stderr + proc.stdout
+
+
+def test_bench_lists_every_section():
+    proc = subprocess.run([sys.executable, "scripts/bench.py", "--help"], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sections = sorted(p.stem.replace("_", "-") for p in (REPO / "scripts" / "benches").glob("[!_]*.py"))
+    for name in sections:
+        assert name in proc.stdout

@@ -1,0 +1,149 @@
+"""The shared GPT: cached decoding (both caches) matches the full recompute, rotary embeddings are shift-invariant."""
+
+import pytest
+import torch
+
+from tt_agents.models.gpt import GPT, GPTConfig, KVCache, RingKVCache, attention_mask, causal_mask
+
+torch.set_num_threads(1)
+
+
+def _gpt(**kw) -> GPT:
+    torch.manual_seed(0)
+    cfg = dict(n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+    cfg.update(kw)
+    return GPT(GPTConfig(**cfg)).eval()
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_kv_cache_decode_matches_full_forward(window):
+    gpt = _gpt(attn_window=window)
+    x = torch.randn(3, 11, 16)
+    cache = gpt.new_cache()
+    out = torch.cat([gpt(x[:, i : i + 1], cache=cache) for i in range(11)], dim=1)
+    torch.testing.assert_close(out, gpt(x), atol=1e-5, rtol=0)
+    assert cache.seen == 11
+    assert len(cache) == (11 if window is None else window)
+
+
+def test_kv_cache_with_rope_continues_positions():
+    gpt = _gpt(rope=True)
+    x = torch.randn(2, 7, 16)
+    cache = gpt.new_cache()
+    first = gpt(x[:, :3], cache=cache)
+    rest = torch.cat([gpt(x[:, i : i + 1], cache=cache) for i in range(3, 7)], dim=1)
+    torch.testing.assert_close(torch.cat([first, rest], 1), gpt(x), atol=1e-5, rtol=0)
+    branch = cache.index_select(torch.tensor([1, 0]))
+    assert branch.seen == cache.seen == 7
+    cache.truncate(5)
+    assert cache.seen == 5 and len(cache) == 5
+
+
+@pytest.mark.parametrize("chunks", [[1] * 23, [5, 1, 1, 9, 1, 6], [23], [2, 21]])
+def test_ring_cache_matches_banded_full_forward(chunks):
+    """Any split of a long sequence into appends gives the full forward's outputs, however far the window slides."""
+    gpt = _gpt(rope=True, attn_window=6)
+    x = torch.randn(3, 23, 16)
+    ring = gpt.new_ring_cache(batch=3)
+    outs, i = [], 0
+    for n in chunks:
+        outs.append(gpt(x[:, i : i + n], cache=ring))
+        i += n
+    torch.testing.assert_close(torch.cat(outs, 1), gpt(x), atol=1e-5, rtol=0)
+    assert ring.steps == 23 and len(ring) == 6
+
+
+def test_ring_cache_hidden_tokens_and_padding():
+    """Hidden keys (padding, a model's hidden tokens) match the full forward with the same attendability."""
+    gpt = _gpt(rope=True, attn_window=5)
+    T = 17
+    x = torch.randn(2, T, 16)
+    attendable = torch.rand(2, T) > 0.3
+    attendable[1, :4] = False  # a row whose first tokens are padding: they see only themselves
+    ring = gpt.new_ring_cache(batch=2)
+    out = torch.cat(
+        [gpt(x[:, :4], cache=ring, attendable=attendable[:, :4])]
+        + [gpt(x[:, i : i + 1], cache=ring, attendable=attendable[:, i : i + 1]) for i in range(4, T)],
+        dim=1,
+    )
+    full = gpt(x, attendable=attendable)
+    torch.testing.assert_close(out, full, atol=1e-5, rtol=0)
+    assert torch.isfinite(out).all()
+
+
+def test_ring_cache_forget_and_index_select():
+    gpt = _gpt(rope=True, attn_window=4)
+    x = torch.randn(2, 9, 16)
+    ring = gpt.new_ring_cache(batch=2)
+    gpt(x[:, :6], cache=ring)
+    # a forgotten row continues as if its history were empty (up to the position offset, which rope ignores)
+    ring.forget(torch.tensor([False, True]))
+    after = gpt(x[:, 6:], cache=ring)
+    alone = gpt(x[1:, 6:])
+    torch.testing.assert_close(after[1:], alone, atol=1e-5, rtol=0)
+    # index_select copies rows: decoding the copies equals decoding the originals
+    ring2 = gpt.new_ring_cache(batch=2)
+    gpt(x[:, :5], cache=ring2)
+    copy = ring2.index_select(torch.tensor([1, 1, 0]))
+    y = torch.randn(2, 1, 16)
+    a = gpt(y[[1, 1, 0]], cache=copy)
+    b = gpt(y, cache=ring2)
+    torch.testing.assert_close(a, b[[1, 1, 0]], atol=1e-6, rtol=0)
+
+
+def test_ring_cache_refuses_a_mask():
+    gpt = _gpt(rope=True, attn_window=4)
+    with pytest.raises(ValueError, match="attendable"):
+        gpt(torch.randn(1, 2, 16), cache=gpt.new_ring_cache(1), mask=causal_mask(2, 2))
+
+
+def test_rope_is_shift_invariant_at_large_positions():
+    gpt = _gpt(rope=True, attn_window=8)
+    x = torch.randn(2, 12, 16)
+    base = gpt(x)
+    far = gpt(x, positions=torch.arange(12) + 3_000_000)
+    torch.testing.assert_close(far, base, atol=1e-5, rtol=0)
+
+
+def test_attention_mask_never_leaves_a_row_empty():
+    m = attention_mask(torch.tensor([[False, False, True, False]]), window=2)[0, 0]
+    assert m.any(-1).all()
+    assert m.tolist() == [
+        [True, False, False, False],
+        [False, True, False, False],
+        [False, False, True, False],
+        [False, False, True, False],
+    ]
+
+
+def test_ring_cache_dtype_and_device_follow_the_model():
+    gpt = _gpt(rope=True, attn_window=3).double()
+    ring = gpt.new_ring_cache(batch=2)
+    assert ring.k.dtype == torch.float64 and isinstance(ring, RingKVCache)
+    assert isinstance(_gpt().new_cache(), KVCache)
+
+
+def test_fork_cache_matches_copied_rings():
+    """Children sharing their parent's ring decode exactly like full copies, and select() hands back the copies."""
+    gpt = _gpt(rope=True, attn_window=5)
+    ring = gpt.new_ring_cache(batch=2)
+    attendable = torch.tensor([[True, False, True, True, True, False, True], [False, False, True, True, True, True, True]])
+    gpt(torch.randn(2, 7, 16), cache=ring, attendable=attendable)
+    C = 3
+    kids = ring.fork(C, max_suffix=4)
+    copies = ring.index_select(torch.arange(2).repeat_interleave(C))
+    for _ in range(4):
+        x = torch.randn(2 * C, 1, 16)
+        hide = torch.rand(2 * C, 1) > 0.7
+        a = gpt(x, cache=kids, attendable=~hide)
+        b = gpt(x, cache=copies, attendable=~hide)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="select"):
+        gpt(torch.randn(2 * C, 1, 16), cache=kids)
+    index = torch.tensor([5, 0, 0, 3])
+    chosen, expected = kids.select(index), copies.index_select(index)
+    assert chosen.steps == expected.steps == 11
+    torch.testing.assert_close(chosen.k, expected.k, atol=1e-6, rtol=0)
+    assert torch.equal(chosen.attendable, expected.attendable)
+    y = torch.randn(4, 1, 16)
+    torch.testing.assert_close(gpt(y, cache=chosen), gpt(y, cache=expected), atol=1e-5, rtol=0)
