@@ -1,8 +1,8 @@
 """The main job, end to end on embedded defaults: ``python scripts/demo.py``.
 
-1. Train a Stable-Baselines3 SAC expert on a MuJoCo task and log rollouts into Minari datasets
-   (``scripts/collect.py``): ``random`` and ``expert`` for the reference scores, and the dataset
-   the agents learn from (``medium-replay`` by default: everything the expert saw while learning).
+1. Train a Stable-Baselines3 SAC expert on a MuJoCo task and log its rollouts into Minari datasets
+   (``scripts/collect.py``): ``random`` and ``expert``, which give the reference scores, and the
+   dataset the agents learn from (``expert`` by default).
 2. Train every agent on that dataset through the same ``agent.fit`` call: BC, the Decision
    Transformer and the Trajectory Transformer (TTPlanner).
 3. Evaluate each on a vector env (one batched ``predict`` per step for all sub-envs) and print a
@@ -42,8 +42,9 @@ class Args:
     """Where datasets, runs and results go."""
     expert_steps: int = 15_000
     """SAC training steps of the expert (RL Zoo uses 1M; this is a quick, weak expert)."""
-    dataset: str = "medium-replay"
-    """The dataset the agents learn from: medium-replay, medium, expert or random."""
+    dataset: str = "expert"
+    """The dataset the agents learn from: expert, medium, medium-replay or random. With this quick expert,
+    medium-replay holds only a few thousand near-random steps; benchmarks.md has runs on larger ones."""
     dataset_steps: int = 10_000
     """Transitions in the rolled-out datasets (random, expert, medium)."""
     max_episode_steps: int = 400
@@ -52,7 +53,7 @@ class Args:
     """Which agents to train and evaluate."""
     bc_steps: int = 2000
     dt_steps: int = 1500
-    tt_steps: int = 2000
+    tt_steps: int = 3000
     """Optimizer steps of each agent."""
     eval_episodes: int = 4
     """Evaluation episodes per agent, spread over --eval-envs sub-envs."""
