@@ -266,10 +266,9 @@ def rollout(
         The returns of the episodes that finished (within the quotas), and the transitions taken.
     """
     n = venv.num_envs
-    next_step = venv.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP) in (
-        gym.vector.AutoresetMode.NEXT_STEP,
-        "NextStep",
-    )
+    from wrappers._autoreset import autoreset_mode
+
+    next_step = autoreset_mode(venv) is gym.vector.AutoresetMode.NEXT_STEP
     quota = np.array([(episodes + i) // n for i in range(n)]) if episodes is not None else None
     counts = np.zeros(n, dtype=np.int64)
     ep_ret = np.zeros(n, dtype=np.float64)

@@ -66,7 +66,7 @@ class Args:
 def collect(args: Args, store: Path) -> dict:
     import collect as collect_script
 
-    from tt_agents.data.loading import load_dataset
+    from tt_agents.data import DatasetError, load_dataset
 
     namespace = collect_script.default_namespace(args.env_id)
     kinds = tuple(dict.fromkeys(("random", "expert", args.dataset)))
@@ -75,7 +75,7 @@ def collect(args: Args, store: Path) -> dict:
         datasets = {k: load_dataset(i) for k, i in zip(kinds, wanted)}
         print(f"reusing datasets {wanted} in {store}")
         return datasets
-    except Exception:
+    except DatasetError:  # not made yet
         pass
     cargs = collect_script.Args(
         env_id=args.env_id,

@@ -43,6 +43,7 @@ from tt_agents.data.minari_io import (
     get_leaf,
     nest_leaves,
 )
+from wrappers._autoreset import autoreset_mode
 
 __all__ = ["ActionLogger", "MissingExtraError", "VectorActionLogger"]
 
@@ -542,8 +543,7 @@ class VectorActionLogger(VectorWrapper):
     ) -> None:
         _check_unfinished(unfinished)
         super().__init__(env)
-        mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
-        self.autoreset_mode = mode if isinstance(mode, AutoresetMode) else AutoresetMode(mode)
+        self.autoreset_mode = autoreset_mode(env)
         meta = {"autoreset_mode": self.autoreset_mode.value, **(metadata or {})}
         self.writer = _make_writer(
             dataset_id,

@@ -29,15 +29,10 @@ from typing import Any
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 
+from tt_agents.agent import REWARD_KEYS
+from wrappers._autoreset import autoreset_mode
+
 __all__ = ["VectorPlanner"]
-
-_REWARD_KEYS = frozenset({"observation", "previous_reward"})
-
-
-def autoreset_mode(env: VectorEnv) -> AutoresetMode:
-    mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
-    return AutoresetMode(mode) if not isinstance(mode, AutoresetMode) else mode
-
 
 class VectorPlanner(VectorWrapper):
     """Drive a vector env with an agent; ``step()`` without actions uses the agent's.
@@ -82,7 +77,7 @@ class VectorPlanner(VectorWrapper):
         return obs, info
 
     def _agent_input(self) -> Any:
-        if isinstance(self._obs, dict) and set(self._obs) == _REWARD_KEYS:
+        if isinstance(self._obs, dict) and set(self._obs) == REWARD_KEYS:
             return self._obs
         return {"observation": self._obs, "previous_reward": self._rewards[:, None].copy()}
 
