@@ -92,6 +92,30 @@ def test_cached_inference_matches_full_recompute_on_images():
     torch.testing.assert_close(out_cache, out_full, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("prompted", [False, True])
+def test_last_step_only_is_the_full_forwards_last_output(prompted):
+    """The recompute path computes the last step's output alone; it equals the training forward's."""
+    from tt_agents.models.dt import DecisionTransformerNet, DTNetConfig
+
+    torch.manual_seed(0)
+    net = DecisionTransformerNet(DTNetConfig((3,), False, 2, "tanh", 4, 2, 1, 16, 0.0, 100, (), prompted)).eval()
+    B, T = 2, 6
+
+    def fields(steps):
+        valid = torch.ones(B, steps, dtype=torch.bool)
+        valid[1, :2] = False  # left padding
+        return (torch.randn(B, steps), torch.randn(B, steps, 3), torch.rand(B, steps, 2) * 2 - 1,
+                torch.arange(steps).repeat(B, 1), valid)
+
+    names = ("returns_to_go", "observations", "actions", "timesteps", "valid")
+    prompt = dict(zip(names, fields(3))) if prompted else None
+    x = fields(T)
+    with torch.no_grad():
+        full = net(*x, prompt=prompt)[:, -1]
+        last = net(*x, prompt=prompt, last_step_only=True)
+    torch.testing.assert_close(last, full, atol=1e-6, rtol=0)
+
+
 def test_returns_to_go_start_at_the_target_and_subtract_previous_rewards():
     env = make_env("vector", "continuous")
     agent = DecisionTransformer(env.observation_space, env.action_space, TINY, device="cpu", seed=0)

@@ -147,3 +147,24 @@ def test_fork_cache_matches_copied_rings():
     assert torch.equal(chosen.attendable, expected.attendable)
     y = torch.randn(4, 1, 16)
     torch.testing.assert_close(gpt(y, cache=chosen), gpt(y, cache=expected), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["full", "mask", "attendable", "kv", "ring"])
+def test_n_out_gives_the_last_outputs_and_caches_every_token(kind):
+    """``n_out`` keeps only the last outputs, equal to the full ones; caches still get every token's keys."""
+    gpt = _gpt(rope=kind in ("attendable", "ring"), attn_window=5)
+    x = torch.randn(2, 9, 16)
+    if kind == "full":
+        torch.testing.assert_close(gpt(x, n_out=2), gpt(x)[:, -2:], atol=1e-6, rtol=0)
+    elif kind == "mask":
+        mask = causal_mask(9, 9, 5) & (torch.arange(9) != 3)  # a hidden key
+        torch.testing.assert_close(gpt(x, mask=mask, n_out=3), gpt(x, mask=mask)[:, -3:], atol=1e-6, rtol=0)
+    elif kind == "attendable":
+        att = torch.tensor([[True] * 9, [False, False] + [True] * 7])
+        torch.testing.assert_close(gpt(x, attendable=att, n_out=1), gpt(x, attendable=att)[:, -1:], atol=1e-6, rtol=0)
+    else:
+        cache = gpt.new_cache() if kind == "kv" else gpt.new_ring_cache(batch=2)
+        first = gpt(x[:, :6], cache=cache, n_out=1)  # keys and values of all six tokens are cached
+        assert first.shape == (2, 1, 16)
+        rest = torch.cat([gpt(x[:, i : i + 1], cache=cache) for i in range(6, 9)], 1)
+        torch.testing.assert_close(torch.cat([first, rest], 1), gpt(x)[:, 5:], atol=1e-5, rtol=0)

@@ -1,6 +1,7 @@
 """TTPlanner: the discretizer, the network, cached planning against the reference, and the agent harness."""
 
 import dataclasses
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -324,3 +325,13 @@ def test_presets_and_config_json():
     assert config_from_dict(TTConfig, config_to_dict(small)) == small
     with pytest.raises(ValueError):
         TTConfig(n_embd=30, n_head=4)
+
+
+def test_planning_benchmark_runs_at_a_tiny_size(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    from benches import planning as bench
+
+    bench.main(bench.Args(searches=("2x2",), n_envs=(1, 2), repeats=1, modes=("recompute",), full_reference=("2x2",),
+                          warmup_steps=2, obs_dim=3, action_dim=2, write=False))
+    out = capsys.readouterr().out
+    assert "lowest / 1-env cache at peak" in out and "GFLOP/s" in out

@@ -351,10 +351,6 @@ class DecisionTransformer(Agent):
         )
 
     def _predict(self, observation, previous_reward, state, episode_start, deterministic):
-        with torch.inference_mode():  # lighter than no_grad per op; the state's tensors never need gradients
-            return self._act(observation, previous_reward, state, episode_start, deterministic)
-
-    def _act(self, observation, previous_reward, state, episode_start, deterministic):
         n = len(observation)
         if previous_reward is None:
             raise MissingRewardError(
@@ -379,10 +375,8 @@ class DecisionTransformer(Agent):
         starts_t = torch.as_tensor(starts, device=self.device)
         if state.prev_action is None:
             state.prev_action = self._action_tensor(np.zeros((n, *self.action_space.shape)), (n,))
-        if state.inference == "cache":
-            out = self._step_cached(state, obs, rtg, ts, starts_t)
-        else:
-            out = self._step_recompute(state, obs, rtg, ts, starts_t)
+        step = self._step_cached if state.inference == "cache" else self._step_recompute
+        out = step(state, obs, rtg, ts, starts_t, bool(starts.any()))
         if self.discrete:
             action = out.argmax(-1) if deterministic else torch.distributions.Categorical(logits=out).sample()
         else:
@@ -392,7 +386,7 @@ class DecisionTransformer(Agent):
             state.history["actions"][:, -1] = action  # now known: the next step's context
         return self._env_actions(action), state
 
-    def _step_cached(self, state: DTState, obs, rtg, ts, starts: torch.Tensor) -> torch.Tensor:
+    def _step_cached(self, state: DTState, obs, rtg, ts, starts: torch.Tensor, new_episodes: bool) -> torch.Tensor:
         model: DecisionTransformerNet = self.model  # type: ignore[assignment]
         n = len(ts)
         if state.cache is None:
@@ -405,13 +399,14 @@ class DecisionTransformer(Agent):
             state.cache = model.new_cache(prefix_k, prefix_v)
             state.cached_valid = torch.zeros(n, 0, dtype=torch.bool, device=self.device)
         assert state.cached_valid is not None
-        state.cached_valid[starts] = False  # the previous episodes' tokens of restarting envs
+        if new_episodes:
+            state.cached_valid[starts] = False  # the previous episodes' tokens of restarting envs
         out, state.cached_valid = model.step(
             state.cache, state.cached_valid, state.prompt_valid, state.prev_action, ~starts, rtg, obs, ts
         )
         return out
 
-    def _step_recompute(self, state: DTState, obs, rtg, ts, starts: torch.Tensor) -> torch.Tensor:
+    def _step_recompute(self, state: DTState, obs, rtg, ts, starts: torch.Tensor, new_episodes: bool) -> torch.Tensor:
         model: DecisionTransformerNet = self.model  # type: ignore[assignment]
         cfg = model.config
         if state.history is None:
@@ -432,14 +427,16 @@ class DecisionTransformer(Agent):
         h = state.history
         new = {"returns_to_go": rtg, "observations": obs, "actions": state.prev_action * 0, "timesteps": ts,
                "valid": torch.ones_like(starts)}
-        h["valid"][starts] = False  # the previous episodes' steps of restarting envs
+        if new_episodes:
+            h["valid"][starts] = False  # the previous episodes' steps of restarting envs
         for k, v in new.items():
             h[k] = torch.cat([h[k][:, 1:], v[:, None]], dim=1)  # (n_envs, keep, ...): drop the oldest step
         prompt = None
         if state.prompt is not None:
             prompt = {k: v.expand(len(ts), *v.shape[1:]) for k, v in state.prompt.items()}  # (n_envs, P, ...)
-        out = model(h["returns_to_go"], h["observations"], h["actions"], h["timesteps"], h["valid"], prompt)
-        return out[:, -1]  # (n_envs, A), from the last step's observation token
+        return model(
+            h["returns_to_go"], h["observations"], h["actions"], h["timesteps"], h["valid"], prompt, last_step_only=True
+        )  # (n_envs, A), from the last step's observation token
 
     def _env_actions(self, action: torch.Tensor) -> np.ndarray:
         a = action.cpu().numpy()

@@ -26,6 +26,7 @@ training forward over the whole history with the same mask (see ``tests/test_dt.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -110,6 +111,15 @@ def prompt_mask(prompt_valid: torch.Tensor) -> torch.Tensor:
     return (causal[None] & prompt_valid[:, None, :]) | itself[None]  # (B, P, P)
 
 
+@functools.lru_cache(maxsize=64)
+def _bands(n_query: int, n_keys: int, window: int | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The banded causal mask and the diagonal of ``n_query`` queries over ``n_keys`` keys.
+
+    Cached: a decode step asks for the same shapes every step (read-only tensors, never written).
+    """
+    return causal_mask(n_query, n_keys, window, device), causal_mask(n_query, n_keys, 1, device)
+
+
 def episode_mask(prompt_valid: torch.Tensor | None, valid: torch.Tensor, n_query: int, window: int | None) -> torch.Tensor:
     """``(B, Q, P + E)`` mask of episode queries over ``[prompt keys, episode keys]``.
 
@@ -126,8 +136,7 @@ def episode_mask(prompt_valid: torch.Tensor | None, valid: torch.Tensor, n_query
         [[[0, 1, 1, 0], [0, 0, 1, 1]]]
     """
     B, E = valid.shape
-    band = causal_mask(n_query, E, window, device=valid.device)  # (Q, E)
-    itself = causal_mask(n_query, E, window=1, device=valid.device)  # (Q, E)
+    band, itself = _bands(n_query, E, window, valid.device)  # (Q, E) each
     mask = (band[None] & valid[:, None, :]) | itself[None]  # (B, Q, E)
     if prompt_valid is None:
         return mask
@@ -252,7 +261,7 @@ class DecisionTransformerNet(nn.Module):
     # ---- embeddings
     def _time(self, timesteps: torch.Tensor) -> torch.Tensor:
         # steps past the table reuse its last entry (documented in DTConfig.max_timestep)
-        return self.embed_timestep(timesteps.long().clamp(0, self.config.max_timestep - 1))
+        return F.embedding(timesteps.long().clamp(0, self.config.max_timestep - 1), self.embed_timestep.weight)
 
     def _embed_observations(self, obs: torch.Tensor, n: int) -> torch.Tensor:
         return self.embed_observation(obs.reshape(n, *self.config.obs_shape))  # (n, C)
@@ -285,11 +294,14 @@ class DecisionTransformerNet(nn.Module):
         timesteps: torch.Tensor,
         valid: torch.Tensor,
         prompt: dict[str, torch.Tensor] | None = None,
+        last_step_only: bool = False,
     ) -> torch.Tensor:
         """Action outputs ``(B, T, A)``, each read from its step's observation token.
 
         ``prompt``: the same five fields under the names ``returns_to_go``, ``observations``,
         ``actions``, ``timesteps``, ``valid``, each ``(B, P_steps, ...)``; prompted models only.
+        ``last_step_only``: ``(B, A)``, the last step's output alone (the final block computes
+        nothing else), what acting by recomputing needs.
         """
         B, T = timesteps.shape
         x = self.embed_steps(returns_to_go, observations, actions, timesteps)  # (B, 3T, C)
@@ -306,12 +318,15 @@ class DecisionTransformerNet(nn.Module):
             bottom = episode_mask(pvalid, valid3, 3 * T, self.config.attn_window)  # (B, 3T, 3P + 3T)
             mask = torch.cat([top, bottom], dim=1)  # (B, 3P + 3T, 3P + 3T)
             x = torch.cat([p, x], dim=1)  # (B, 3P + 3T, C)
+        if last_step_only:  # the last observation token and the action token after it
+            h = self.gpt(x, mask=mask[:, None], n_out=2)  # (B, 2, C)
+            return self.action_output(h[:, 0])  # (B, A)
         h = self.gpt(x, mask=mask[:, None])  # (B, 3P + 3T, C)
         h = h[:, -3 * T :].reshape(B, T, 3, -1)  # (B, T, 3, C)
         return self.action_output(h[:, :, 1])  # (B, T, A)
 
     def action_output(self, h: torch.Tensor) -> torch.Tensor:
-        out = self.head(h)
+        out = F.linear(h, self.head.weight, self.head.bias)
         return torch.tanh(out) if self.config.head == "tanh" else out
 
     # ---- inference
@@ -352,14 +367,24 @@ class DecisionTransformerNet(nn.Module):
         Returns:
             ``(B, A)`` action outputs, and the validity of the cached tokens after the append.
         """
+        # called once per env step with a handful of rows, so every torch op counts: the modules'
+        # weights are used directly (no nn.Module calls) and the mask's bands are cached
         B = timestep.shape[0]
-        a = self._embed_actions(prev_action, (B,))  # (B, C)
-        r = self.embed_return(rtg.float()[:, None])  # (B, C)
-        s = self._embed_observations(obs, B)  # (B, C)
-        t = torch.stack([(timestep - 1).clamp(min=0), timestep, timestep], dim=1)  # (B, 3)
-        x = self.embed_ln(torch.stack([a, r, s], dim=1) + self._time(t))  # (B, 3, C)
-        ones = torch.ones_like(has_prev)
-        valid = torch.cat([cached_valid, torch.stack([has_prev, ones, ones], dim=1)], dim=1)  # (B, T_cached + 3)
+        if self.discrete:
+            a = F.embedding(prev_action.long().reshape(B), self.embed_action.weight)  # (B, C)
+        else:
+            a = F.linear(prev_action.float().reshape(B, -1), self.embed_action.weight, self.embed_action.bias)
+        r = F.linear(rtg.float()[:, None], self.embed_return.weight, self.embed_return.bias)  # (B, C)
+        if self.config.image:
+            s = self._embed_observations(obs, B)  # (B, C)
+        else:
+            lin = self.embed_observation[1]  # Sequential(Flatten, Linear)
+            s = F.linear(obs.reshape(B, -1), lin.weight, lin.bias)  # (B, C)
+        # timesteps t - 1, t, t (a_{t-1} at t = 0 is hidden, and _time clamps it to 0)
+        t = torch.stack([timestep - 1, timestep, timestep], dim=1)  # (B, 3)
+        ln = self.embed_ln
+        x = F.layer_norm(torch.stack([a, r, s], dim=1) + self._time(t), ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+        valid = torch.cat([cached_valid, has_prev[:, None], has_prev.new_ones(B, 2)], dim=1)  # (B, T_cached + 3)
         mask = episode_mask(prompt_valid, valid, 3, self.config.attn_window)  # (B, 3, 3P + T_cached + 3)
-        h = self.gpt(x, cache=cache, mask=mask[:, None])  # (B, 3, C)
-        return self.action_output(h[:, 2]), valid[:, -self.config.attn_window :]
+        h = self.gpt(x, cache=cache, mask=mask[:, None], n_out=1)  # (B, 1, C): s_t's hidden state
+        return self.action_output(h[:, 0]), valid[:, -self.config.attn_window :]

@@ -238,7 +238,7 @@ class RingKVCache:
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Attention of the new queries ``(B, n_head, n, head_dim)`` over the cache; writes ``k, v``."""
         keys, values = self.append(layer, k, v)
-        if q.shape[2] > 1:
+        if k.shape[2] > 1:
             return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, n_head, n, head_dim)
         # one query per row: two small matmuls beat the fused CPU kernel several times over
         scores = (q @ keys.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5).add_(self._bias)  # (B, n_head, 1, W)
@@ -427,6 +427,17 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, n_head, T, head_dim)
 
 
+# Blocks call their parts' weights through these (and their children's ``forward`` directly) rather
+# than through ``nn.Module.__call__``: decoding one token runs the blocks at tiny sizes, where the
+# call machinery costs as much as the arithmetic. The modules stay, for names and state dicts.
+def _linear(m: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, m.weight, m.bias)
+
+
+def _norm(m: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -444,36 +455,41 @@ class CausalSelfAttention(nn.Module):
         cache: KVCache | RingKVCache | ForkKVCache | None = None,
         layer: int = 0,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        n_out: int | None = None,
     ) -> torch.Tensor:
+        """Attention outputs ``(B, n_out or T, C)``: every token's keys and values enter ``cache``,
+        queries are computed for the last ``n_out`` tokens only (``mask``'s query rows already cut)."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, n_head, T, head_dim)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, n_head, T, head_dim)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, n_head, T, head_dim)
+        H = self.n_head
+        q, k, v = _linear(self.c_attn, x).view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4).unbind(0)  # (B, n_head, T, head_dim)
+        if n_out is not None:
+            q = q[:, :, T - n_out :]  # (B, n_head, n_out, head_dim)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            cos, sin = rope
+            k = apply_rope(k, cos, sin)
+            q = apply_rope(q, cos[..., T - q.shape[2] :, :], sin[..., T - q.shape[2] :, :])
         if isinstance(cache, (RingKVCache, ForkKVCache)):
-            y = cache.attend(layer, q, k, v, mask)  # (B, n_head, T, head_dim)
+            y = cache.attend(layer, q, k, v, mask)  # (B, n_head, Q, head_dim)
         else:
             if cache is not None:
                 k, v = cache.append(layer, k, v)  # (B, n_head, T_keys, head_dim)
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-            )  # (B, n_head, T, head_dim)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+            )  # (B, n_head, Q, head_dim)
+        y = _linear(self.c_proj, y.transpose(1, 2).reshape(B, q.shape[2], C))  # (B, Q, C)
+        return self.resid_dropout(y) if self.training else y
 
 
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        y = _linear(self.c_proj, F.gelu(_linear(self.c_fc, x)))
+        return self.dropout(y) if self.training else y  # no module call at inference, where it is a no-op
 
 
 class Block(nn.Module):
@@ -493,10 +509,12 @@ class Block(nn.Module):
         cache: KVCache | RingKVCache | ForkKVCache | None,
         layer: int,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        n_out: int | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), mask, cache, layer, rope)
-        x = x + self.mlp(self.ln_2(x))
-        return x
+        """``(B, n_out or T, C)``: with ``n_out``, only the last ``n_out`` tokens go on (keys and values of all)."""
+        y = self.attn.forward(_norm(self.ln_1, x), mask, cache, layer, rope, n_out)
+        x = (x if n_out is None else x[:, x.shape[1] - n_out :]) + y
+        return x + self.mlp.forward(_norm(self.ln_2, x))
 
 
 @dataclass
@@ -528,7 +546,9 @@ class GPT(nn.Module):
     the default causal (windowed) mask, for example to hide left padding; ``attendable``
     ``(B, T)`` is the short way to hide keys (see :func:`attention_mask`), and the only way with a
     :class:`RingKVCache`. ``positions`` (``(T,)`` or ``(B, T)`` integers) feed rotary embeddings;
-    by default they continue from the cache.
+    by default they continue from the cache. ``n_out``: return ``(B, n_out, n_embd)``, the last
+    ``n_out`` tokens only; the final block then computes nothing else (every token's keys and
+    values still enter the cache), which is what decoding needs.
 
     Example:
         >>> gpt = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=8, dropout=0.0)).eval()
@@ -574,6 +594,7 @@ class GPT(nn.Module):
         mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         attendable: torch.Tensor | None = None,
+        n_out: int | None = None,
     ) -> torch.Tensor:
         T = x.shape[1]
         window = self.config.attn_window
@@ -592,6 +613,10 @@ class GPT(nn.Module):
             if cache is None or T > 1 or window is not None:
                 mask = causal_mask(T, t_k, window, x.device)
             # a single new token with a full-history cache sees everything: no mask needed
+        if not ring and mask is not None and mask.dtype == torch.bool and not self.training:
+            # one additive mask for all layers (attention would convert a boolean one in each); not
+            # in training, where autocast may run attention in another dtype than x's
+            mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
         rope = None
         if self.config.rope:
             if positions is None:
@@ -599,14 +624,21 @@ class GPT(nn.Module):
             rope = rope_cos_sin(positions, self.config.n_embd // self.config.n_head, self.config.rope_base, x.dtype)
             if positions.dim() == 2:
                 rope = (rope[0][:, None], rope[1][:, None])  # (B, 1, T, head_dim // 2)
-        x = self.drop(x)
+        if self.training:
+            x = self.drop(x)
+        last = len(self.h) - 1
         for i, block in enumerate(self.h):
-            x = block(x, mask, cache, i, rope)
+            if i == last and n_out is not None and n_out < T:
+                if mask is not None:
+                    mask = mask[..., T - n_out :, :]  # the kept queries' rows
+                x = block.forward(x, mask, cache, i, rope, n_out)
+            else:
+                x = block.forward(x, mask, cache, i, rope)
         if ring:
             cache.end()  # type: ignore[union-attr]
         elif cache is not None:
             cache.seen += T  # type: ignore[union-attr]
-        return self.ln_f(x)
+        return _norm(self.ln_f, x)
 
 
 def init_weights(module: nn.Module) -> None:

@@ -291,7 +291,7 @@ class TrajectoryTransformer(nn.Module):
         attendable = dims != self.value_dim  # (n,)
         if pad is not None:
             attendable = attendable[None] & ~pad  # (B, n)
-        h = self.gpt(x, cache=cache, attendable=attendable)  # (B, n, C)
+        h = self.gpt(x, cache=cache, attendable=attendable, n_out=1)  # (B, 1, C)
         return h[:, -1] @ self.head[(start_dim + n - 1) % self.transition_dim]  # (B, n_bins)
 
     def last_logits(self, tokens: torch.Tensor, start_dim: int, pad: torch.Tensor | None = None) -> torch.Tensor:
@@ -305,5 +305,5 @@ class TrajectoryTransformer(nn.Module):
         attendable = (dims != self.value_dim)[None]  # (1, T)
         if pad is not None:
             attendable = attendable & ~pad  # (B, T)
-        h = self.gpt(x, positions=torch.arange(T, device=x.device), attendable=attendable)  # (B, T, C)
+        h = self.gpt(x, positions=torch.arange(T, device=x.device), attendable=attendable, n_out=1)  # (B, 1, C)
         return h[:, -1] @ self.head[(start_dim + T - 1) % self.transition_dim]  # (B, n_bins)
