@@ -71,6 +71,17 @@ def test_same_seed_same_weights_and_run_dir_contents(tmp_path):
     assert type(load_agent(run / "checkpoints" / "last.zip", device="cpu")) is BCPolicy
 
 
+def test_keep_checkpoints_keeps_one_file_per_save(tmp_path):
+    ds = make_dataset("vector", "discrete", n_episodes=3)
+    agent = BCPolicy(ds.observation_space, ds.action_space, BCConfig(hidden_sizes=(8,)), device="cpu", seed=0)
+    agent.fit(ds, TrainConfig(steps=6, batch_size=4, run_dir=str(tmp_path), progress=False, checkpoint_every=2,
+                              keep_checkpoints=True))
+    ckpts = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step_*.zip")) == ["step_2.zip", "step_4.zip", "step_6.zip"]
+    assert [read_checkpoint(ckpts / f"step_{s}.zip").manifest["trainer"]["step"] for s in (2, 4, 6)] == [2, 4, 6]
+    assert (ckpts / "step_6.zip").read_bytes() == (ckpts / "last.zip").read_bytes()
+
+
 def test_bad_config_and_nan_loss_are_reported():
     ds = make_dataset("vector", "continuous", n_episodes=2)
     agent = BCPolicy(ds.observation_space, ds.action_space, device="cpu", seed=0)

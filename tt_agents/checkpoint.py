@@ -42,6 +42,7 @@ __all__ = [
     "write_checkpoint",
     "read_checkpoint",
     "atomic_write_bytes",
+    "encode_checkpoint",
 ]
 
 FORMAT_VERSION = 1
@@ -113,6 +114,13 @@ def write_checkpoint(
         tensors: ``payload name -> {tensor name -> tensor}``; each payload becomes one
             ``<name>.safetensors`` member.
     """
+    path = Path(path)
+    atomic_write_bytes(path, encode_checkpoint(kind, sections, tensors))
+    return path
+
+
+def encode_checkpoint(kind: str, sections: dict[str, Any], tensors: dict[str, dict[str, torch.Tensor]]) -> bytes:
+    """The bytes of the checkpoint :func:`write_checkpoint` writes (to write one checkpoint to several files)."""
     payloads: dict[str, bytes] = {}
     for name, tdict in tensors.items():
         clean = {k: v.detach().cpu().contiguous() for k, v in tdict.items()}
@@ -128,9 +136,7 @@ def write_checkpoint(
         },
     }
     members = {MANIFEST: json.dumps(manifest, indent=1, allow_nan=False).encode(), **payloads}
-    path = Path(path)
-    atomic_write_bytes(path, sealed_zip(members))
-    return path
+    return sealed_zip(members)
 
 
 def sealed_zip(members: dict[str, bytes]) -> bytes:

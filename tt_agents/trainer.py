@@ -38,7 +38,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from tt_agents.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from tt_agents.checkpoint import CheckpointError, atomic_write_bytes, encode_checkpoint, read_checkpoint
 from tt_agents.utils import resolve_device, set_seed
 
 if TYPE_CHECKING:
@@ -211,10 +211,10 @@ class Trainer:
             "numpy_rng": _numpy_rng_state(),
         }
         tensors = {"model": self.agent.model.state_dict(), "optimizer": opt_tensors, "rng": rng}
-        path = self.run_dir / "checkpoints" / "last.zip"
-        write_checkpoint(path, "agent", sections, tensors)
+        data = encode_checkpoint("agent", sections, tensors)
+        atomic_write_bytes(self.run_dir / "checkpoints" / "last.zip", data)
         if self.config.keep_checkpoints:
-            write_checkpoint(self.run_dir / "checkpoints" / f"step_{step}.zip", "agent", sections, tensors)
+            atomic_write_bytes(self.run_dir / "checkpoints" / f"step_{step}.zip", data)
 
     def _restore(self, optimizer: torch.optim.Optimizer, scaler: Any) -> int:
         from tt_agents.agent import load_weights
