@@ -46,8 +46,8 @@ def discounted_cumsum(x: np.ndarray, gamma: float) -> np.ndarray:
 
 @dataclass
 class _Flat:
-    obs: np.ndarray
-    next_obs: np.ndarray
+    all_obs: np.ndarray  # every episode's observations, final ones included, each stored once
+    obs_index: np.ndarray  # per step: its observation's row in all_obs (the next one is the row after)
     actions: np.ndarray
     rewards: np.ndarray
     rtg: np.ndarray
@@ -120,8 +120,8 @@ class WindowSampler:
         self._flat = self._flatten()
 
     def _flatten(self) -> _Flat:
-        obs, next_obs, actions, rewards, rtg, values, ts, terms, ends = ([] for _ in range(9))
-        offset = 0
+        obs, obs_index, actions, rewards, rtg, values, ts, terms, ends = ([] for _ in range(9))
+        offset = obs_offset = 0
         for ep in self.dataset:
             n = len(ep)
             if n == 0:
@@ -135,8 +135,9 @@ class WindowSampler:
             term = np.asarray(ep.terminations, dtype=bool)
             if self.termination_penalty is not None:
                 r[term] += self.termination_penalty
-            obs.append(np.asarray(ep.observations[:-1]))
-            next_obs.append(np.asarray(ep.observations[1:]))
+            obs.append(np.asarray(ep.observations[: n + 1]))
+            obs_index.append(obs_offset + np.arange(n, dtype=np.int64))
+            obs_offset += n + 1
             actions.append(np.asarray(ep.field(self.action_field)))
             rewards.append(r.astype(np.float32))
             rtg.append(np.cumsum(r[::-1])[::-1].astype(np.float32))
@@ -145,7 +146,7 @@ class WindowSampler:
             terms.append(term)
             ends.append(np.full(n, offset + n, dtype=np.int64))
             offset += n
-        return _Flat(*(np.concatenate(x) for x in (obs, next_obs, actions, rewards, rtg, values, ts, terms, ends)))
+        return _Flat(*(np.concatenate(x) for x in (obs, obs_index, actions, rewards, rtg, values, ts, terms, ends)))
 
     def __len__(self) -> int:
         """Number of possible window starts (steps in the dataset)."""
@@ -170,14 +171,15 @@ class WindowSampler:
             mask = cols >= 0
             idx = np.where(mask, np.take_along_axis(idx, np.clip(cols, 0, K - 1), 1), 0)
 
-        def take(a: np.ndarray) -> np.ndarray:
-            out = a[idx]
+        def take(a: np.ndarray, index: np.ndarray = idx) -> np.ndarray:
+            out = a[index]
             m = mask.reshape(mask.shape + (1,) * (out.ndim - 2))
             return np.where(m, out, np.zeros((), dtype=out.dtype))
 
+        obs_rows = f.obs_index[idx]  # (B, K)
         return {
-            "observations": take(f.obs),
-            "next_observations": take(f.next_obs),
+            "observations": take(f.all_obs, obs_rows),
+            "next_observations": take(f.all_obs, obs_rows + 1),
             "actions": take(f.actions),
             "rewards": take(f.rewards),
             "returns_to_go": take(f.rtg),
