@@ -241,7 +241,8 @@ class RingKVCache:
         if k.shape[2] > 1:
             return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, n_head, n, head_dim)
         # one query per row: two small matmuls beat the fused CPU kernel several times over
-        scores = (q @ keys.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5).add_(self._bias)  # (B, n_head, 1, W)
+        q = q * q.shape[-1] ** -0.5  # scaled here, where it is head_dim numbers rather than W
+        scores = (q @ keys.transpose(-1, -2)).add_(self._bias)  # (B, n_head, 1, W)
         return scores.softmax(-1) @ values  # (B, n_head, 1, head_dim)
 
     def end(self) -> None:
@@ -327,11 +328,11 @@ class ForkKVCache:
         P, C = self.parent.batch_size, self.n_children
         self.k[layer, :, :, j] = k[:, :, 0]
         self.v[layer, :, :, j] = v[:, :, 0]
-        scale = D**-0.5
+        q = q * D**-0.5  # scaled once, before both products
         q_par = q.view(P, C, H, D).transpose(1, 2)  # (P, H, C, D): the children's queries, by parent
-        s_par = (q_par @ self.parent.k[layer].transpose(-1, -2)).mul_(scale).add_(self._parent_bias)  # (P, H, C, W)
+        s_par = (q_par @ self.parent.k[layer].transpose(-1, -2)).add_(self._parent_bias)  # (P, H, C, W)
         own_k, own_v = self.k[layer, :, :, : j + 1], self.v[layer, :, :, : j + 1]  # (P * C, H, j + 1, D)
-        s_own = (q @ own_k.transpose(-1, -2)).mul_(scale)  # (P * C, H, 1, j + 1)
+        s_own = q @ own_k.transpose(-1, -2)  # (P * C, H, 1, j + 1)
         s_own = s_own.add_(self._own_bias[:, None]).view(P, C, H, j + 1).transpose(1, 2)  # (P, H, C, j + 1)
         p = torch.cat([s_par, s_own], dim=-1).softmax(-1)  # (P, H, C, W + j + 1)
         W = self.window
