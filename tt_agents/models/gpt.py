@@ -614,9 +614,12 @@ class GPT(nn.Module):
             if cache is None or T > 1 or window is not None:
                 mask = causal_mask(T, t_k, window, x.device)
             # a single new token with a full-history cache sees everything: no mask needed
-        if not ring and mask is not None and mask.dtype == torch.bool and not self.training:
+        if (
+            not ring and mask is not None and mask.dtype == torch.bool and not self.training
+            and not torch.is_autocast_enabled(x.device.type)
+        ):
             # one additive mask for all layers (attention would convert a boolean one in each); not
-            # in training, where autocast may run attention in another dtype than x's
+            # in training or under autocast, where attention may run in another dtype than x's
             mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
         rope = None
         if self.config.rope:
