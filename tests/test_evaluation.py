@@ -75,3 +75,12 @@ def test_normalized_score_from_training_metadata_video_and_json(tmp_path):
     assert saved["n_episodes"] == 3 and saved["returns"] == res.returns
     with pytest.raises(ValueError, match="differ"):
         normalized_score(1.0, 2.0, 2.0)
+
+
+def test_progress_bar_shows_env_steps_before_any_episode_ends(capsys):
+    venv = gym.vector.SyncVectorEnv(_fake_factory([4, 4]))
+    env = FakeEnv()
+    agent = RecordingAgent(env.observation_space, env.action_space, device="cpu")
+    evaluate(agent, venv, n_episodes=2, progress=True)
+    err = capsys.readouterr().err
+    assert "env_steps=2" in err and "mean_return=-" in err  # shown at the first step, before any return

@@ -159,8 +159,9 @@ def evaluate(
     recording = video_path is not None
     t0 = time.perf_counter()
     bar = tqdm(total=n_episodes, desc=f"eval {type(agent).__name__}", disable=not progress, dynamic_ncols=True)
+    shown = -math.inf  # when the bar's step count was last shown (a planner may take seconds per step)
     try:
-        for _ in range(max_steps):
+        for step in range(max_steps):
             if (counts >= targets).all():
                 break
             if recording:
@@ -170,6 +171,11 @@ def evaluate(
             done = np.logical_or(terms, truncs) & counted
             ep_ret += np.where(counted, rewards, 0.0)
             ep_len += counted
+            if progress and time.perf_counter() - shown >= 1.0:
+                shown = time.perf_counter()
+                rate = (step + 1) * n / (shown - t0)
+                bar.set_postfix(env_steps=(step + 1) * n, steps_per_s=f"{rate:.3g}",
+                                mean_return=f"{np.mean(returns):.1f}" if returns else "-")
             for i in np.flatnonzero(done):
                 if counts[i] < targets[i]:
                     returns.append(float(ep_ret[i]))

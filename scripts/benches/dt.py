@@ -226,8 +226,8 @@ Notes:
 
 - The goal is at least 5x against the full-recompute path (`full / cache`); `recompute / cache` is
   the same comparison against a recompute that also skips the outputs it does not need.
-- At 1 env on a CPU a cached step is latency-bound: 16 matrix products of 1 to 3 rows (about 15 us
-  each here, whatever their size) and about 60 other small torch ops, so the cache's advantage is
+- At 1 env on a CPU a cached step is latency-bound: 16 matrix products of 1 to 3 rows (7 to 17 us
+  each here, for a few hundred thousand flops) and about 60 other small torch ops, so the cache's advantage is
   smallest there; it grows with the number of envs, with K, and with image observations (the
   recompute modes re-encode every frame of the context).
 """
