@@ -376,7 +376,7 @@ class DecisionTransformer(Agent):
         if state.prev_action is None:
             state.prev_action = self._action_tensor(np.zeros((n, *self.action_space.shape)), (n,))
         step = self._step_cached if state.inference == "cache" else self._step_recompute
-        out = step(state, obs, rtg, ts, starts_t, bool(starts.any()))
+        out = step(state, obs, rtg, ts, starts_t)
         if self.discrete:
             action = out.argmax(-1) if deterministic else torch.distributions.Categorical(logits=out).sample()
         else:
@@ -386,7 +386,7 @@ class DecisionTransformer(Agent):
             state.history["actions"][:, -1] = action  # now known: the next step's context
         return self._env_actions(action), state
 
-    def _step_cached(self, state: DTState, obs, rtg, ts, starts: torch.Tensor, new_episodes: bool) -> torch.Tensor:
+    def _step_cached(self, state: DTState, obs, rtg, ts, starts: torch.Tensor) -> torch.Tensor:
         model: DecisionTransformerNet = self.model  # type: ignore[assignment]
         n = len(ts)
         if state.cache is None:
@@ -399,14 +399,13 @@ class DecisionTransformer(Agent):
             state.cache = model.new_cache(prefix_k, prefix_v)
             state.cached_valid = torch.zeros(n, 0, dtype=torch.bool, device=self.device)
         assert state.cached_valid is not None
-        if new_episodes:
-            state.cached_valid[starts] = False  # the previous episodes' tokens of restarting envs
+        state.cached_valid &= ~starts[:, None]  # hide the previous episodes' tokens of restarting envs
         out, state.cached_valid = model.step(
             state.cache, state.cached_valid, state.prompt_valid, state.prev_action, ~starts, rtg, obs, ts
         )
         return out
 
-    def _step_recompute(self, state: DTState, obs, rtg, ts, starts: torch.Tensor, new_episodes: bool) -> torch.Tensor:
+    def _step_recompute(self, state: DTState, obs, rtg, ts, starts: torch.Tensor) -> torch.Tensor:
         model: DecisionTransformerNet = self.model  # type: ignore[assignment]
         cfg = model.config
         if state.history is None:
@@ -427,8 +426,7 @@ class DecisionTransformer(Agent):
         h = state.history
         new = {"returns_to_go": rtg, "observations": obs, "actions": state.prev_action * 0, "timesteps": ts,
                "valid": torch.ones_like(starts)}
-        if new_episodes:
-            h["valid"][starts] = False  # the previous episodes' steps of restarting envs
+        h["valid"] &= ~starts[:, None]  # hide the previous episodes' steps of restarting envs
         for k, v in new.items():
             h[k] = torch.cat([h[k][:, 1:], v[:, None]], dim=1)  # (n_envs, keep, ...): drop the oldest step
         prompt = None

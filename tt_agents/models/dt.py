@@ -258,18 +258,19 @@ class DecisionTransformerNet(nn.Module):
         if config.prompt:
             self.prompt_marker = nn.Parameter(torch.randn(C) * 0.02)
 
-    # ---- embeddings
+    # ---- embeddings (they also run once per env step in :meth:`step`, with a handful of rows, where
+    # ``nn.Module.__call__`` costs as much as the arithmetic: the modules' ``forward`` is called directly)
     def _time(self, timesteps: torch.Tensor) -> torch.Tensor:
         # steps past the table reuse its last entry (documented in DTConfig.max_timestep)
-        return F.embedding(timesteps.long().clamp(0, self.config.max_timestep - 1), self.embed_timestep.weight)
+        return self.embed_timestep.forward(timesteps.long().clamp(0, self.config.max_timestep - 1))
 
     def _embed_observations(self, obs: torch.Tensor, n: int) -> torch.Tensor:
-        return self.embed_observation(obs.reshape(n, *self.config.obs_shape))  # (n, C)
+        return self.embed_observation.forward(obs.reshape(n, *self.config.obs_shape))  # (n, C)
 
     def _embed_actions(self, actions: torch.Tensor, lead: tuple[int, ...]) -> torch.Tensor:
         if self.discrete:
-            return self.embed_action(actions.long().reshape(lead))  # (*lead, C)
-        return self.embed_action(actions.float().reshape(*lead, self.config.action_dim))  # (*lead, C)
+            return self.embed_action.forward(actions.long().reshape(lead))  # (*lead, C)
+        return self.embed_action.forward(actions.float().reshape(*lead, self.config.action_dim))  # (*lead, C)
 
     def embed_steps(
         self, rtg: torch.Tensor, obs: torch.Tensor, actions: torch.Tensor, timesteps: torch.Tensor, prompt: bool = False
@@ -326,7 +327,7 @@ class DecisionTransformerNet(nn.Module):
         return self.action_output(h[:, :, 1])  # (B, T, A)
 
     def action_output(self, h: torch.Tensor) -> torch.Tensor:
-        out = F.linear(h, self.head.weight, self.head.bias)
+        out = self.head.forward(h)
         return torch.tanh(out) if self.config.head == "tanh" else out
 
     # ---- inference
@@ -367,23 +368,13 @@ class DecisionTransformerNet(nn.Module):
         Returns:
             ``(B, A)`` action outputs, and the validity of the cached tokens after the append.
         """
-        # called once per env step with a handful of rows, so every torch op counts: the modules'
-        # weights are used directly (no nn.Module calls) and the mask's bands are cached
         B = timestep.shape[0]
-        if self.discrete:
-            a = F.embedding(prev_action.long().reshape(B), self.embed_action.weight)  # (B, C)
-        else:
-            a = F.linear(prev_action.float().reshape(B, -1), self.embed_action.weight, self.embed_action.bias)
-        r = F.linear(rtg.float()[:, None], self.embed_return.weight, self.embed_return.bias)  # (B, C)
-        if self.config.image:
-            s = self._embed_observations(obs, B)  # (B, C)
-        else:
-            lin = self.embed_observation[1]  # Sequential(Flatten, Linear)
-            s = F.linear(obs.reshape(B, -1), lin.weight, lin.bias)  # (B, C)
+        a = self._embed_actions(prev_action, (B,))  # (B, C)
+        r = self.embed_return.forward(rtg.float()[:, None])  # (B, C)
+        s = self._embed_observations(obs, B)  # (B, C)
         # timesteps t - 1, t, t (a_{t-1} at t = 0 is hidden, and _time clamps it to 0)
         t = torch.stack([timestep - 1, timestep, timestep], dim=1)  # (B, 3)
-        ln = self.embed_ln
-        x = F.layer_norm(torch.stack([a, r, s], dim=1) + self._time(t), ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+        x = self.embed_ln.forward(torch.stack([a, r, s], dim=1) + self._time(t))  # (B, 3, C)
         valid = torch.cat([cached_valid, has_prev[:, None], has_prev.new_ones(B, 2)], dim=1)  # (B, T_cached + 3)
         mask = episode_mask(prompt_valid, valid, 3, self.config.attn_window)  # (B, 3, 3P + T_cached + 3)
         h = self.gpt(x, cache=cache, mask=mask[:, None], n_out=1)  # (B, 1, C): s_t's hidden state

@@ -428,17 +428,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, n_head, T, head_dim)
 
 
-# Blocks call their parts' weights through these (and their children's ``forward`` directly) rather
-# than through ``nn.Module.__call__``: decoding one token runs the blocks at tiny sizes, where the
-# call machinery costs as much as the arithmetic. The modules stay, for names and state dicts.
-def _linear(m: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    return F.linear(x, m.weight, m.bias)
-
-
-def _norm(m: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    return F.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps)
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -462,7 +451,7 @@ class CausalSelfAttention(nn.Module):
         queries are computed for the last ``n_out`` tokens only (``mask``'s query rows already cut)."""
         B, T, C = x.shape
         H = self.n_head
-        q, k, v = _linear(self.c_attn, x).view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4).unbind(0)  # (B, n_head, T, head_dim)
+        q, k, v = self.c_attn.forward(x).view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4).unbind(0)  # (B, n_head, T, head_dim)
         if n_out is not None:
             q = q[:, :, T - n_out :]  # (B, n_head, n_out, head_dim)
         if rope is not None:
@@ -477,7 +466,7 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
             )  # (B, n_head, Q, head_dim)
-        y = _linear(self.c_proj, y.transpose(1, 2).reshape(B, q.shape[2], C))  # (B, Q, C)
+        y = self.c_proj.forward(y.transpose(1, 2).reshape(B, q.shape[2], C))  # (B, Q, C)
         return self.resid_dropout(y) if self.training else y
 
 
@@ -489,12 +478,17 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _linear(self.c_proj, F.gelu(_linear(self.c_fc, x)))
+        y = self.c_proj.forward(F.gelu(self.c_fc.forward(x)))
         return self.dropout(y) if self.training else y  # no module call at inference, where it is a no-op
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: normalise the branch input, never the residual stream."""
+    """Pre-norm transformer block: normalise the branch input, never the residual stream.
+
+    Blocks call their parts' ``forward`` directly rather than through ``nn.Module.__call__``:
+    decoding one token runs them at tiny sizes, where the call machinery (hooks) costs as much as
+    the arithmetic. Module hooks on the parts therefore do not fire.
+    """
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -513,9 +507,9 @@ class Block(nn.Module):
         n_out: int | None = None,
     ) -> torch.Tensor:
         """``(B, n_out or T, C)``: with ``n_out``, only the last ``n_out`` tokens go on (keys and values of all)."""
-        y = self.attn.forward(_norm(self.ln_1, x), mask, cache, layer, rope, n_out)
+        y = self.attn.forward(self.ln_1.forward(x), mask, cache, layer, rope, n_out)
         x = (x if n_out is None else x[:, x.shape[1] - n_out :]) + y
-        return x + self.mlp.forward(_norm(self.ln_2, x))
+        return x + self.mlp.forward(self.ln_2.forward(x))
 
 
 @dataclass
@@ -630,19 +624,18 @@ class GPT(nn.Module):
                 rope = (rope[0][:, None], rope[1][:, None])  # (B, 1, T, head_dim // 2)
         if self.training:
             x = self.drop(x)
-        last = len(self.h) - 1
+        if n_out is not None and n_out >= T:
+            n_out = None  # every token is kept anyway
         for i, block in enumerate(self.h):
-            if i == last and n_out is not None and n_out < T:
-                if mask is not None:
-                    mask = mask[..., T - n_out :, :]  # the kept queries' rows
-                x = block.forward(x, mask, cache, i, rope, n_out)
-            else:
-                x = block.forward(x, mask, cache, i, rope)
+            keep = n_out if i == len(self.h) - 1 else None  # the final block computes the kept tokens only
+            if keep is not None and mask is not None:
+                mask = mask[..., T - keep :, :]  # the kept queries' rows
+            x = block.forward(x, mask, cache, i, rope, keep)
         if ring:
             cache.end()  # type: ignore[union-attr]
         elif cache is not None:
             cache.seen += T  # type: ignore[union-attr]
-        return _norm(self.ln_f, x)
+        return self.ln_f.forward(x)
 
 
 def init_weights(module: nn.Module) -> None:
