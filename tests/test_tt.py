@@ -1,6 +1,7 @@
 """TTPlanner: the discretizer, the network, cached planning against the reference, and the agent harness."""
 
 import dataclasses
+import re
 from pathlib import Path
 
 import gymnasium as gym
@@ -335,3 +336,7 @@ def test_planning_benchmark_runs_at_a_tiny_size(monkeypatch, capsys):
                           warmup_steps=2, obs_dim=3, action_dim=2, write=False))
     out = capsys.readouterr().out
     assert "lowest / 1-env cache at peak" in out and "GFLOP/s" in out
+    assert "attention GB/s" in out and "linear / 1-env linear" in out
+    # the 2-env row's note: what the linear layers and attention alone cost against the whole 1-env call
+    note = re.search(r"2x2: .* take (\d+)% of the 1-env call.* would still cost ([\d.]+)x", out)
+    assert note is not None and 0 < int(note.group(1)) <= 100 and float(note.group(2)) > 0

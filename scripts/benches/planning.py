@@ -112,11 +112,18 @@ def seconds(agent: TTPlanner, state: TTState, x: dict[str, np.ndarray], horizon:
     return dt
 
 
-def matmul_flops(agent: TTPlanner, state: TTState, x: dict[str, np.ndarray]) -> float:
-    """Matrix-multiply FLOPs of one predict call (untimed; ``state`` moves on one env step)."""
+def matmul_flops(agent: TTPlanner, state: TTState, x: dict[str, np.ndarray]) -> dict[str, float]:
+    """Matrix-multiply FLOPs of one predict call, by group: ``total``, ``linear`` (``addmm``, ``mm``:
+    projections, MLPs, heads) and ``attention`` (``bmm``: queries with cached keys, weights with
+    cached values). Untimed; ``state`` moves on one env step."""
     with FlopCounterMode(display=False) as counter:
         agent.predict(x, state)
-    return float(counter.get_total_flops())
+    by_op = {str(op): float(n) for op, n in counter.get_flop_counts()["Global"].items()}
+    return {
+        "total": float(counter.get_total_flops()),
+        "linear": by_op.get("aten.addmm", 0.0) + by_op.get("aten.mm", 0.0),
+        "attention": by_op.get("aten.bmm", 0.0),
+    }
 
 
 # where a cached call's time goes, by torch op (self CPU time under torch.profiler)
@@ -127,15 +134,41 @@ TIME_SHARES = {
 }
 
 
-def time_shares(agent: TTPlanner, state: TTState, x: dict[str, np.ndarray]) -> dict[str, float]:
-    """Fraction of one predict call's op time in each of :data:`TIME_SHARES` (untimed; ``state`` moves on)."""
+def op_profile(agent: TTPlanner, state: TTState, x: dict[str, np.ndarray]) -> dict[str, float]:
+    """One predict call under torch.profiler (untimed; ``state`` moves on one env step).
+
+    Returns the fraction of op time in each group of :data:`TIME_SHARES`, and, in seconds of
+    self CPU time, ``linear_s`` (``addmm``, ``mm``), ``attention_s`` (``bmm``) and ``profiled_s``
+    (every op).
+    """
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         agent.predict(x, state)
     by_op = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
     total = sum(by_op.values())
-    return {name: sum(by_op.get(op, 0.0) for op in ops) / total for name, ops in TIME_SHARES.items()}
+    out = {name: sum(by_op.get(op, 0.0) for op in ops) / total for name, ops in TIME_SHARES.items()}
+    out["linear_s"] = (by_op.get("aten::addmm", 0.0) + by_op.get("aten::mm", 0.0)) / 1e6
+    out["attention_s"] = by_op.get("aten::bmm", 0.0) / 1e6
+    out["profiled_s"] = total / 1e6
+    return out
+
+
+def attention_bytes(agent: TTPlanner, state: TTState, x: dict[str, np.ndarray]) -> float:
+    """Bytes of the attention products' (``bmm``) operands and results in one predict call, float32.
+
+    A separate call from :func:`op_profile`, since recording shapes slows the small ops down.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        agent.predict(x, state)
+    total = 0
+    for e in prof.events():
+        if e.name == "aten::bmm":
+            (b, n, k), (_, _, m) = e.input_shapes[:2]
+            total += 4 * b * (n * k + k * m + n * m)
+    return float(total)
 
 
 def peak_gflops(repeats: int = 20) -> float:
@@ -159,8 +192,10 @@ def main(args: Args) -> None:
             agent = make_agent(args, beam, horizon, "cache")
             state = warm_state(agent, "cache", xs, args.warmup_steps)
             cache = min(seconds(agent, state, xs[args.warmup_steps + i]) for i in range(args.repeats))
-            row = {"cache": cache, "flops": matmul_flops(agent, state, xs[args.warmup_steps + args.repeats])}
-            row.update(time_shares(agent, state, xs[args.warmup_steps + args.repeats + 1]))
+            row: dict[str, float] = {"cache": cache}
+            row.update({f"{k}_flops": v for k, v in matmul_flops(agent, state, xs[args.warmup_steps + args.repeats]).items()})
+            row.update(op_profile(agent, state, xs[args.warmup_steps + args.repeats + 1]))
+            row["attention_bytes"] = attention_bytes(agent, state, xs[args.warmup_steps + args.repeats + 2])
             kinds = {}
             if n_envs in args.reference_envs:
                 for mode in args.modes:
@@ -186,24 +221,41 @@ def main(args: Args) -> None:
 
     peak = peak_gflops()
     print(f"peak matmul rate: {peak:.1f} GFLOP/s", flush=True)
-    one_env = {(b, h): r["cache"] for b, h, n, r, _ in rows if n == 1}
+    first = {(b, h): r for b, h, n, r, _ in rows if n == 1}  # the 1-env row of each search
     header = ["beam", "horizon", "envs", "cache s/action"]
     for m in args.modes:
         header += [f"{m} s/action", f"{m} / cache"]
     header += ["cache / 1-env cache", "cache GFLOP/s", "lowest / 1-env cache at peak"]
+    header += ["linear GFLOP/s", "linear / 1-env linear", "attention GB/s", "attention / 1-env attention"]
     header += [f"{name} share" for name in TIME_SHARES] + ["reference timing"]
     table = []
     for b, h, n, r, kinds in rows:
+        one = first.get((b, h))
         line: list[object] = [b, h, n, r["cache"]]
         for m in args.modes:
             line += [r[m], r[m] / r["cache"]] if m in r else ["not run", ""]
-        line.append(r["cache"] / one_env[(b, h)] if (b, h) in one_env else "")
-        line.append(r["flops"] / r["cache"] / 1e9)
+        line.append(r["cache"] / one["cache"] if one else "")
+        line.append(r["total_flops"] / r["cache"] / 1e9)
         # the search's matmuls alone, run at the machine's peak rate, against the measured 1-env call
-        line.append(r["flops"] / (peak * 1e9) / one_env[(b, h)] if (b, h) in one_env and n > 1 else "")
+        line.append(r["total_flops"] / (peak * 1e9) / one["cache"] if one and n > 1 else "")
+        line.append(r["linear_flops"] / r["linear_s"] / 1e9)
+        line.append(r["linear_s"] / one["linear_s"] if one and n > 1 else "")
+        line.append(r["attention_bytes"] / r["attention_s"] / 1e9)
+        line.append(r["attention_s"] / one["attention_s"] if one and n > 1 else "")
         line += [f"{r[name]:.0%}" for name in TIME_SHARES]
         line.append("; ".join(f"{m}: {k}" for m, k in kinds.items()) or "")
         table.append(line)
+        if one and n > 1:  # what the two big parts alone cost at n envs, in multiples of the whole 1-env call
+            both = (r["linear_s"] + r["attention_s"]) / one["profiled_s"]
+            part = (one["linear_s"] + one["attention_s"]) / one["profiled_s"]
+            notes.append(
+                f"{b}x{h}: the linear layers and the attention products take {part:.0%} of the 1-env call's profiled "
+                f"op time; at {n} envs they take {r['linear_s'] / one['linear_s']:.1f}x and "
+                f"{r['attention_s'] / one['attention_s']:.1f}x their 1-env time, so that with everything else free "
+                f"{n} envs would still cost {both:.1f}x the whole 1-env call. At 1 env the linear layers already run "
+                f"at {one['linear_flops'] / one['linear_s'] / 1e9:.0f} GFLOP/s ({n} envs: "
+                f"{r['linear_flops'] / r['linear_s'] / 1e9:.0f}; peak {peak:.0f})."
+            )
     body = (
         f"The HalfCheetah shape ({args.obs_dim}-dim observations, {args.action_dim}-dim actions; 4 layers, 4 heads, "
         f"width 128, 100 bins, attention over the last 5 transitions = 125 tokens), untrained weights, CPU, "
@@ -224,6 +276,12 @@ def main(args: Args) -> None:
         "- `lowest / 1-env cache at peak`: how long the 8-env search's matmuls alone would take at that peak rate, "
         "over the measured 1-env call: a lower bound on the 8-env cost, in multiples of the 1-env cost, for any "
         "implementation of the same search on this machine.\n"
+        "- `linear GFLOP/s`: the FLOPs of the linear layers and heads (`addmm`, `mm`) over their profiled self time; "
+        "`attention GB/s`: the bytes of the attention products' operands and results (`bmm`, float32) over their "
+        "profiled self time. `linear / 1-env linear` and `attention / 1-env attention`: those profiled times at "
+        "8 envs over the same search's at 1 env. A part that ran far below the machine's rate at 1 env could "
+        "gain from batching; one that already runs at the peak matmul rate, or at the memory's bandwidth, "
+        "costs about 8 times as much for 8 times the beams.\n"
         "- `... share`: the fraction of one call's torch op time (torch.profiler, self CPU time) in attention "
         "products with the cached keys and values (`bmm`, softmax), in the linear layers (`addmm`, `mm`, GELU, "
         "layer norm) and in copying the caches of surviving beams (`index_select`, `copy_`, indexing). Every "
