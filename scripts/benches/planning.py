@@ -193,7 +193,9 @@ def main(args: Args) -> None:
             state = warm_state(agent, "cache", xs, args.warmup_steps)
             cache = min(seconds(agent, state, xs[args.warmup_steps + i]) for i in range(args.repeats))
             row: dict[str, float] = {"cache": cache}
-            row.update({f"{k}_flops": v for k, v in matmul_flops(agent, state, xs[args.warmup_steps + args.repeats]).items()})
+            row.update(
+                {f"{k}_flops": v for k, v in matmul_flops(agent, state, xs[args.warmup_steps + args.repeats]).items()}
+            )
             row.update(op_profile(agent, state, xs[args.warmup_steps + args.repeats + 1]))
             row["attention_bytes"] = attention_bytes(agent, state, xs[args.warmup_steps + args.repeats + 2])
             kinds = {}
