@@ -84,3 +84,29 @@ def test_progress_bar_shows_env_steps_before_any_episode_ends(capsys):
     evaluate(agent, venv, n_episodes=2, progress=True)
     err = capsys.readouterr().err
     assert "env_steps=2" in err and "mean_return=-" in err  # shown at the first step, before any return
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".gif"])
+def test_videos_read_back_frame_for_frame(tmp_path, suffix):
+    import imageio.v3 as iio
+
+    from tt_agents.evaluation import _write_video
+
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (128, 128, 128)]
+    frames = [np.full((37, 51, 3), c, np.uint8) for c in colours]  # odd sizes: H.264 needs even ones
+    path = tmp_path / "sub" / f"clip{suffix}"
+    _write_video(frames, path)
+    back = iio.imread(path, plugin="pyav" if suffix == ".mp4" else "pillow", index=None)
+    assert back.shape[0] == len(frames)
+    assert back.shape[1:3] == ((38, 52) if suffix == ".mp4" else (37, 51))  # padded to even, or as given
+    for got, colour in zip(back, colours):
+        assert np.abs(got[:37, :51, :3].astype(int).mean(axis=(0, 1)) - colour).max() < 8
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no partial file left behind
+
+
+def test_evaluate_refuses_a_video_format_it_cannot_write(tmp_path):
+    env = FakeEnv()
+    agent = BCPolicy(env.observation_space, env.action_space, device="cpu", seed=0)
+    with pytest.raises(ValueError, match=r"\.mp4.*clip\.avi"):
+        evaluate(agent, lambda: FakeEnv(render_mode="rgb_array"), n_episodes=1, video_path=tmp_path / "clip.avi")
+    assert not list(tmp_path.iterdir())

@@ -137,6 +137,8 @@ def evaluate(
 
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
+    if video_path is not None and Path(video_path).suffix.lower() not in VIDEO_SUFFIXES:
+        raise ValueError(f"video_path must end in one of {VIDEO_SUFFIXES}, got {str(video_path)!r}")
     env_id = env if isinstance(env, str) else None
     venv = make_vec_env(env, n_envs, render=video_path is not None)
     n = venv.num_envs
@@ -214,6 +216,10 @@ def evaluate(
     return result
 
 
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".gif")
+"""What ``video_path`` may end in."""
+
+
 def _first_frame(venv: VectorEnv) -> np.ndarray:
     frames = venv.render()
     if frames is None:
@@ -222,12 +228,25 @@ def _first_frame(venv: VectorEnv) -> np.ndarray:
     return np.asarray(frame)
 
 
-def _write_video(frames: list[np.ndarray], path: str | os.PathLike) -> None:
-    import imageio.v2 as imageio
+def _write_video(frames: list[np.ndarray], path: str | os.PathLike, fps: int = 30) -> None:
+    """Write RGB ``frames`` to ``path``: a GIF (Pillow) or an H.264 video (PyAV's bundled FFmpeg).
+
+    Frames are edge-padded to even sizes (H.264 with 4:2:0 colour needs them). The file is
+    written next to ``path`` and renamed into place, so a crash never leaves half a video there.
+    """
+    import imageio.v3 as iio
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".gif":
-        imageio.mimsave(path, frames, duration=1 / 30)
-    else:
-        imageio.mimsave(path, frames, fps=30, macro_block_size=1)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        if path.suffix.lower() == ".gif":
+            iio.imwrite(tmp, np.stack(frames), plugin="pillow", duration=1000 / fps, loop=0)
+        else:
+            h, w = frames[0].shape[:2]
+            pad = ((0, h % 2), (0, w % 2)) + ((0, 0),) * (frames[0].ndim - 2)
+            video = np.stack([np.pad(f, pad, mode="edge") for f in frames])
+            iio.imwrite(tmp, video, plugin="pyav", fps=fps, codec="libx264")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
