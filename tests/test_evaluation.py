@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import gymnasium as gym
 import numpy as np
@@ -110,3 +112,33 @@ def test_evaluate_refuses_a_video_format_it_cannot_write(tmp_path):
     with pytest.raises(ValueError, match=r"\.mp4.*clip\.avi"):
         evaluate(agent, lambda: FakeEnv(render_mode="rgb_array"), n_episodes=1, video_path=tmp_path / "clip.avi")
     assert not list(tmp_path.iterdir())
+
+
+def test_headless_rendering_defaults_to_egl_and_respects_the_user(monkeypatch):
+    from tt_agents.evaluation import make_vec_env
+
+    monkeypatch.delenv("MUJOCO_GL", raising=False)
+    monkeypatch.setenv("DISPLAY", ":0")
+    make_vec_env(lambda: FakeEnv(render_mode="rgb_array"), render=True).close()
+    assert "MUJOCO_GL" not in os.environ  # a display: MuJoCo's own default
+    monkeypatch.delenv("DISPLAY")
+    make_vec_env(lambda: FakeEnv(), render=False).close()
+    assert "MUJOCO_GL" not in os.environ  # no rendering asked for: nothing changed
+    make_vec_env(lambda: FakeEnv(render_mode="rgb_array"), render=True).close()
+    assert os.environ["MUJOCO_GL"] == ("egl" if sys.platform.startswith("linux") else os.environ["MUJOCO_GL"])
+    monkeypatch.setenv("MUJOCO_GL", "osmesa")
+    make_vec_env(lambda: FakeEnv(render_mode="rgb_array"), render=True).close()
+    assert os.environ["MUJOCO_GL"] == "osmesa"
+
+
+def test_hopper_video_headless(tmp_path, monkeypatch):
+    import imageio.v3 as iio
+
+    pytest.importorskip("mujoco")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    env = gym.make("Hopper-v5")
+    agent = BCPolicy(env.observation_space, env.action_space, device="cpu", seed=0)
+    res = evaluate(agent, "Hopper-v5", n_episodes=1, progress=False, video_path=tmp_path / "hopper.mp4")
+    video = iio.imread(tmp_path / "hopper.mp4", plugin="pyav")
+    assert video.shape == (res.lengths[0] + 1, 480, 480, 3)  # the first frame, then one per step
+    assert video.std() > 5  # a scene, not a blank frame

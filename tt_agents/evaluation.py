@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,7 +22,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.vector import VectorEnv
+from gymnasium.vector import AutoresetMode, VectorEnv
 from tqdm.auto import tqdm
 
 __all__ = ["EvalResult", "evaluate", "normalized_score", "make_vec_env"]
@@ -77,12 +78,24 @@ class EvalResult:
         return s
 
 
+def use_egl_when_headless() -> None:
+    """Render MuJoCo offscreen with EGL on a Linux machine without a display, unless told otherwise.
+
+    MuJoCo's default (GLFW) needs a display; without one every frame fails. An explicit
+    ``MUJOCO_GL`` (``egl``, ``osmesa``, ``glfw``) is always respected.
+    """
+    if sys.platform.startswith("linux") and "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+        os.environ["MUJOCO_GL"] = "egl"
+
+
 def make_vec_env(
     env: str | gym.Env | VectorEnv | Callable[[], gym.Env], n_envs: int = 1, render: bool = False
 ) -> VectorEnv:
     """A vector env from an env id, an env, a factory, or a vector env (returned as it is)."""
     if isinstance(env, VectorEnv):
         return env
+    if render:
+        use_egl_when_headless()
     if isinstance(env, str):
         kwargs = {"render_mode": "rgb_array"} if render else {}
         return gym.make_vec(env, num_envs=n_envs, vectorization_mode="sync", **kwargs)
@@ -187,6 +200,8 @@ def evaluate(
                     bar.set_postfix(mean_return=f"{np.mean(returns):.1f}")
                 if i == 0 and recording:
                     recording = False
+                    if planner.mode == AutoresetMode.NEXT_STEP:  # the final state, reset only at the next step
+                        frames.append(_first_frame(venv))
                     _write_video(frames, video_path)  # type: ignore[arg-type]
                 ep_ret[i], ep_len[i] = 0.0, 0
         else:
