@@ -34,6 +34,7 @@ from wrappers._autoreset import autoreset_mode
 
 __all__ = ["VectorPlanner"]
 
+
 class VectorPlanner(VectorWrapper):
     """Drive a vector env with an agent; ``step()`` without actions uses the agent's.
 

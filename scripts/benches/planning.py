@@ -126,10 +126,13 @@ def matmul_flops(agent: TTPlanner, state: TTState, x: dict[str, np.ndarray]) -> 
     }
 
 
+LINEAR_OPS = ("aten::addmm", "aten::mm")  # the matmuls of the linear layers and heads
+ATTENTION_OPS = ("aten::bmm",)  # the products of queries with the cached keys, and of weights with the values
+
 # where a cached call's time goes, by torch op (self CPU time under torch.profiler)
 TIME_SHARES = {
-    "attention": ("aten::bmm", "aten::_softmax"),  # products of queries with the cached keys and values
-    "linear": ("aten::addmm", "aten::mm", "aten::gelu", "aten::native_layer_norm"),  # the MLPs, projections, heads
+    "attention": (*ATTENTION_OPS, "aten::_softmax"),  # products of queries with the cached keys and values
+    "linear": (*LINEAR_OPS, "aten::gelu", "aten::native_layer_norm"),  # the MLPs, projections, heads
     "cache copies": ("aten::index_select", "aten::copy_", "aten::_index_put_impl_", "aten::index"),  # pruning beams
 }
 
@@ -148,8 +151,8 @@ def op_profile(agent: TTPlanner, state: TTState, x: dict[str, np.ndarray]) -> di
     by_op = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
     total = sum(by_op.values())
     out = {name: sum(by_op.get(op, 0.0) for op in ops) / total for name, ops in TIME_SHARES.items()}
-    out["linear_s"] = (by_op.get("aten::addmm", 0.0) + by_op.get("aten::mm", 0.0)) / 1e6
-    out["attention_s"] = by_op.get("aten::bmm", 0.0) / 1e6
+    out["linear_s"] = sum(by_op.get(op, 0.0) for op in LINEAR_OPS) / 1e6
+    out["attention_s"] = sum(by_op.get(op, 0.0) for op in ATTENTION_OPS) / 1e6
     out["profiled_s"] = total / 1e6
     return out
 
