@@ -36,38 +36,29 @@ import torch
 import torch.nn as nn
 
 from tt_agents.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
-from tt_agents.spaces import SpaceMismatchError, check_observation, space_from_json, space_to_json, spaces_equal
+from tt_agents.spaces import (
+    REWARD_KEYS,
+    SpaceMismatchError,
+    check_observation,
+    space_from_json,
+    space_to_json,
+    spaces_equal,
+    split_previous_reward,
+)
 from tt_agents.utils import config_from_dict, config_to_dict, resolve_device, set_seed
 
-__all__ = ["Agent", "load_agent", "AGENT_REGISTRY", "split_previous_reward"]
+__all__ = ["Agent", "load_agent", "AGENT_REGISTRY"]
 
 AGENT_REGISTRY: dict[str, type[Agent]] = {}
 """Agent classes by name; filled by subclassing, read by :func:`load_agent` (no code is loaded)."""
 
 A = TypeVar("A", bound="Agent")
 
-REWARD_KEYS = frozenset({"observation", "previous_reward"})
 DATA_INFO_KEYS = ("env_id", "dataset_id", "ref_min_score", "ref_max_score")
 
 
 def _jsonable(x: Any) -> Any:
     return x.item() if isinstance(x, np.generic) else x
-
-
-def split_previous_reward(observation: Any) -> tuple[Any, np.ndarray | None]:
-    """Split an :class:`wrappers.AddPreviousReward` observation into ``(observation, reward)``.
-
-    Plain observations come back unchanged with ``None``.
-
-    Example:
-        >>> obs, r = split_previous_reward({"observation": np.zeros(3), "previous_reward": np.array([1.5])})
-        >>> obs.shape, r.tolist()
-        ((3,), [1.5])
-    """
-    if isinstance(observation, dict) and set(observation) == REWARD_KEYS:
-        r = np.asarray(observation["previous_reward"], dtype=np.float32).reshape(-1)
-        return observation["observation"], r
-    return observation, None
 
 
 @dataclass

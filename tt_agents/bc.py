@@ -22,7 +22,7 @@ from tt_agents.agent import Agent
 from tt_agents.data.sampler import WindowSampler
 from tt_agents.models.bc import BCNet
 from tt_agents.preprocessing import ActionScaler, ObservationNormalizer
-from tt_agents.spaces import SpaceMismatchError
+from tt_agents.spaces import SpaceMismatchError, is_image_space
 
 __all__ = ["BCConfig", "BCPolicy"]
 
@@ -35,10 +35,6 @@ class BCConfig:
     """Standardise vector observations with the training data's statistics."""
     action_field: str = "actions"
     """Which per-step dataset field to imitate (e.g. ``latent_actions`` on relabeled data)."""
-
-
-def is_image_space(space: gym.Space) -> bool:
-    return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
 
 
 class BCPolicy(Agent):

@@ -39,13 +39,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tt_agents.agent import Agent
-from tt_agents.bc import is_image_space
 from tt_agents.data.episodes import Episode
 from tt_agents.data.prompts import PromptSampler, make_prompt
 from tt_agents.data.sampler import WindowSampler
 from tt_agents.models.dt import DecisionTransformerNet, DTNetConfig, PrefixKVCache
 from tt_agents.preprocessing import ActionScaler, ObservationNormalizer
-from tt_agents.spaces import SpaceMismatchError
+from tt_agents.spaces import SpaceMismatchError, is_image_space
 from tt_agents.trainer import TrainConfig
 
 __all__ = ["DTConfig", "DTPreset", "DT_PRESETS", "DTState", "DecisionTransformer", "MissingRewardError"]

@@ -1,4 +1,11 @@
-"""Gymnasium spaces as JSON (no pickle), and checks of observations against a space."""
+"""Gymnasium spaces as JSON (no pickle), checks of observations against a space, and the space predicates.
+
+- :func:`space_to_json` / :func:`space_from_json` / :func:`spaces_equal`: spaces as data.
+- :func:`check_observation`: one observation or a batch, against a space.
+- :func:`is_image_space`: what the agents treat as frames (uint8 ``(H, W, C)``).
+- :data:`REWARD_KEYS` / :func:`split_previous_reward`: the observation layout of
+  :class:`wrappers.AddPreviousReward` (the one way agents receive the previous reward).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +20,13 @@ __all__ = [
     "space_from_json",
     "spaces_equal",
     "check_observation",
+    "is_image_space",
+    "REWARD_KEYS",
+    "split_previous_reward",
 ]
+
+REWARD_KEYS = frozenset({"observation", "previous_reward"})
+"""The keys of an :class:`wrappers.AddPreviousReward` observation."""
 
 
 class SpaceMismatchError(ValueError):
@@ -145,3 +158,32 @@ def check_observation(observation: Any, space: gym.Space) -> tuple[np.ndarray, b
         f"observation has shape {obs.shape}, but the agent's observation space is {space}: expected {shape} "
         f"for one observation or (n_envs, {', '.join(map(str, shape))}) for a batch"
     )
+
+
+def is_image_space(space: gym.Space) -> bool:
+    """Frames, as the agents see them: a uint8 Box of shape ``(H, W, C)`` (encoded with a CNN).
+
+    Minari's rule for storing a space as JPEG is stricter (see
+    :func:`tt_agents.data.minari_io.is_jpeg_space`).
+
+    Example:
+        >>> is_image_space(gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)), is_image_space(gym.spaces.Box(0, 1, (3,)))
+        (True, False)
+    """
+    return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
+
+
+def split_previous_reward(observation: Any) -> tuple[Any, np.ndarray | None]:
+    """Split an :class:`wrappers.AddPreviousReward` observation into ``(observation, reward)``.
+
+    Plain observations come back unchanged with ``None``.
+
+    Example:
+        >>> obs, r = split_previous_reward({"observation": np.zeros(3), "previous_reward": np.array([1.5])})
+        >>> obs.shape, r.tolist()
+        ((3,), [1.5])
+    """
+    if isinstance(observation, dict) and set(observation) == REWARD_KEYS:
+        r = np.asarray(observation["previous_reward"], dtype=np.float32).reshape(-1)
+        return observation["observation"], r
+    return observation, None

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 
-from tt_agents.agent import REWARD_KEYS
+from tt_agents.spaces import REWARD_KEYS
 from wrappers._autoreset import autoreset_mode
 
 __all__ = ["VectorPlanner"]

@@ -10,9 +10,10 @@ import numpy as np
 
 from tt_agents.data.minari_io import EpisodeRecord, MinariWriter
 
-# The real datasets written by Minari's DataCollector live beside the repository (../shared/data).
-SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-FIXTURES = {  # id: (episodes, steps, env id), from ../shared/data/README.md
+# Real datasets written by Minari's own DataCollector (with jax), checked in under tests/data/minari
+# (see its README.md): the loaders are tested against the real format, with nothing beside the repo.
+FIXTURE_DATA = Path(__file__).resolve().parent / "minari"
+FIXTURES = {  # id: (episodes, steps, env id), from tests/data/minari/README.md
     "fixtures/hopper/random-v0": (20, 550, "Hopper-v5"),
     "fixtures/cartpole/random-v0": (20, 390, "CartPole-v1"),
     "fixtures/hopper/random-minari054-v0": (10, 209, "Hopper-v5"),

@@ -12,7 +12,7 @@ import minari
 import numpy as np
 import pytest
 
-from tests.data.helpers import ACT_SPACE, FIXTURES, OBS_SPACE, SHARED_DATA, write_d4rl
+from tests.data.helpers import ACT_SPACE, FIXTURE_DATA, FIXTURES, OBS_SPACE, write_d4rl
 from tt_agents.data import DatasetError, EpisodeDataset, WindowSampler, load_dataset
 from tt_agents.data.minari_io import (
     EpisodeRecord,
@@ -25,11 +25,9 @@ from tt_agents.data.minari_io import (
 
 @pytest.fixture
 def shared_data(tmp_path: Path) -> Path:
-    """A writable copy of ../shared/data, the real datasets written by Minari (read-only where they live)."""
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"the shared fixture datasets are not at {SHARED_DATA.resolve()}: clone the repo beside ../shared")
-    dst = tmp_path / "shared-data"
-    shutil.copytree(SHARED_DATA, dst)
+    """A writable copy of tests/data/minari, the real datasets written by Minari (kept pristine in the repo)."""
+    dst = tmp_path / "minari-data"
+    shutil.copytree(FIXTURE_DATA, dst)
     return dst
 
 

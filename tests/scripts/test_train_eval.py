@@ -12,15 +12,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO.parent / "shared" / "data"
+FIXTURE_DATA = REPO / "tests" / "data" / "minari"  # real Minari-written datasets, checked in
 
 
 @pytest.fixture
 def minari_store(tmp_path):
-    if not (SHARED_DATA / "fixtures").exists():
-        pytest.fail(f"the real Minari fixtures are missing: expected {SHARED_DATA}/fixtures beside the repo")
     store = tmp_path / "store"
-    shutil.copytree(SHARED_DATA, store)
+    shutil.copytree(FIXTURE_DATA, store)
     return store
 
 

@@ -145,7 +145,7 @@ def load_dataset(source: str | os.PathLike, *, lazy: bool = False, validate: boo
     Raises:
         DatasetError: the source cannot be found or read, or its data is malformed.
 
-    Example (with ``MINARI_DATASETS_PATH`` pointing at ``../shared/data``; tested in
+    Example (with ``MINARI_DATASETS_PATH`` pointing at the repository's ``tests/data/minari``; tested in
     ``tests/data/test_loading.py``)::
 
         ds = load_dataset("fixtures/hopper/random-v0")

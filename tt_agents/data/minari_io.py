@@ -27,7 +27,7 @@ milliseconds of the write itself can leave the HDF5 file damaged, as with any HD
 - :class:`EpisodeRecord`: one finished episode, as the writer takes it.
 - :class:`MinariReader`: open a dataset folder, check its structure, read episodes.
 - :func:`serialize_space`, :func:`deserialize_space`: Minari's space JSON, parsed without eval.
-- :func:`flatten_space`, :func:`get_leaf`, :func:`nest_leaves`, :func:`is_image_space`: the
+- :func:`flatten_space`, :func:`get_leaf`, :func:`nest_leaves`, :func:`is_jpeg_space`: the
   array leaves of Dict/Tuple spaces and values, and Minari's rule for image spaces.
 - :func:`datasets_root`, :func:`dataset_path`, :func:`parse_dataset_id`: the local store.
 - :class:`DatasetMismatchError`: appending data that does not match the dataset on disk.
@@ -62,7 +62,7 @@ __all__ = [
     "deserialize_space",
     "flatten_space",
     "get_leaf",
-    "is_image_space",
+    "is_jpeg_space",
     "nest_leaves",
     "open_hdf5",
     "parse_dataset_id",
@@ -220,7 +220,7 @@ def deserialize_space(desc: str | Mapping[str, Any]) -> gym.Space:
     )
 
 
-def is_image_space(space: gym.Space) -> bool:
+def is_jpeg_space(space: gym.Space) -> bool:
     """Minari's rule for spaces stored as JPEG: uint8 Box ``(H, W[, C])``, ``H, W >= 32``, bounds 0..255."""
     return (
         isinstance(space, gym.spaces.Box)
@@ -480,8 +480,8 @@ class MinariWriter:
         if bad:
             raise ValueError(f"metadata keys {sorted(bad)} are set by the writer; remove them from metadata=")
         self._jpeg_paths = {
-            "observations": {p for p, s in self._obs_leaves if self.jpeg_encoding and is_image_space(s)},
-            "actions": {p for p, s in self._act_leaves if self.jpeg_encoding and is_image_space(s)},
+            "observations": {p for p, s in self._obs_leaves if self.jpeg_encoding and is_jpeg_space(s)},
+            "actions": {p for p, s in self._act_leaves if self.jpeg_encoding and is_jpeg_space(s)},
         }
         spec_json = _env_spec_json(env_spec)
         meta_file = self.data_path / METADATA_FILE
@@ -500,7 +500,7 @@ class MinariWriter:
         self.data_path.mkdir(parents=True, exist_ok=True)
         self._write_namespace_metadata()
         raw_images = not self.jpeg_encoding and any(
-            is_image_space(s) for _, s in [*self._obs_leaves, *self._act_leaves]
+            is_jpeg_space(s) for _, s in [*self._obs_leaves, *self._act_leaves]
         )
         meta: dict[str, Any] = {
             "total_episodes": 0,
@@ -934,7 +934,7 @@ class MinariReader:
                 label = key if parent is g else f"extras/{key}"
                 if not isinstance(ds, h5py.Dataset):
                     raise DatasetError(f"{where}: the field {label!r} is missing")
-                encoded = jpeg and is_image_space(space) and ds.shape[1:] != space.shape
+                encoded = jpeg and is_jpeg_space(space) and ds.shape[1:] != space.shape
                 expected = (n,) if encoded else (n, *space.shape)
                 got = ds.shape[:1] if encoded else ds.shape
                 if got != expected:
@@ -954,7 +954,7 @@ class MinariReader:
         out = {}
         for path, space in leaves:
             ds = parent["/".join([name, *(_h5name(p) for p in path)])]
-            if jpeg and is_image_space(space) and ds.shape[1:] != space.shape:
+            if jpeg and is_jpeg_space(space) and ds.shape[1:] != space.shape:
                 out[path] = _decode_jpeg(ds[()], space.shape, f"{where}, {name}")
             else:
                 out[path] = ds[()]
