@@ -11,11 +11,12 @@ Functions: :func:`load_agent` (any checkpoint), :func:`evaluate` (episodes on a 
 
 __version__ = "0.1.0"
 
-from tt_agents.agent import AGENT_REGISTRY, Agent, load_agent
+from tt_agents.agent import AGENT_REGISTRY, Agent, NonFiniteInputError, Preset, load_agent
 from tt_agents.bc import BCConfig, BCPolicy
 from tt_agents.checkpoint import CheckpointError
 from tt_agents.dt import DT_PRESETS, DecisionTransformer, DTConfig, DTState, MissingRewardError
 from tt_agents.evaluation import EvalResult, evaluate
+from tt_agents.registry import register_agent
 from tt_agents.spaces import SpaceMismatchError
 from tt_agents.trainer import TrainConfig, Trainer, TrainResult
 from tt_agents.tt import TT_PRESETS, PlanConfig, TTConfig, TTPlanner, TTState
@@ -31,6 +32,8 @@ __all__ = [
     "DTState",
     "DecisionTransformer",
     "MissingRewardError",
+    "NonFiniteInputError",
+    "Preset",
     "EvalResult",
     "SpaceMismatchError",
     "PlanConfig",
@@ -44,4 +47,5 @@ __all__ = [
     "__version__",
     "evaluate",
     "load_agent",
+    "register_agent",
 ]

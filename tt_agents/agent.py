@@ -18,6 +18,16 @@ observations are ``{"observation": obs, "previous_reward": r}``. ``predict`` acc
 What an agent does when it is *not* given a reward is its own documented choice (TT fills in its
 own predicted reward; DT refuses), never a silent zero.
 
+**Training.** An agent trains as named stages (:meth:`Agent.stages`, see :mod:`tt_agents.stages`),
+in order or one at a time: ``agent.fit(dataset, TrainConfig(...), stage=None)``. An agent with one
+gradient stage only implements ``make_sampler`` and ``compute_loss``.
+
+**Hooks**, in the order the constructor calls them: ``_check_spaces`` (refuse spaces the agent
+cannot handle), ``_setup_preprocessing`` (create the normalizers, bins, scales that ``fit``
+fits and checkpoints save), ``_build_model``. Agents register with
+:func:`~tt_agents.registry.register_agent` (the package's own are listed in
+:mod:`tt_agents.registry`), so :func:`load_agent` needs no import by the user.
+
 **Checkpoints.** ``agent.save(path)`` writes one atomic file (see :mod:`tt_agents.checkpoint`);
 ``SomeAgent.load(path, env=None, device="auto")`` re-creates the agent (a new object, like SB3's
 ``load``); :func:`load_agent` finds the class from the file.
@@ -25,8 +35,10 @@ own predicted reward; DT refuses), never a silent zero.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -36,6 +48,7 @@ import torch
 import torch.nn as nn
 
 from tt_agents.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from tt_agents.registry import AGENT_REGISTRY, agent_class
 from tt_agents.spaces import (
     REWARD_KEYS,
     SpaceMismatchError,
@@ -45,12 +58,11 @@ from tt_agents.spaces import (
     spaces_equal,
     split_previous_reward,
 )
+from tt_agents.stages import GradientStage, Stage
+from tt_agents.trainer import TrainConfig, Trainer, TrainResult
 from tt_agents.utils import config_from_dict, config_to_dict, resolve_device, set_seed
 
-__all__ = ["Agent", "load_agent", "AGENT_REGISTRY"]
-
-AGENT_REGISTRY: dict[str, type[Agent]] = {}
-"""Agent classes by name; filled by subclassing, read by :func:`load_agent` (no code is loaded)."""
+__all__ = ["Agent", "Preset", "NonFiniteInputError", "load_agent", "load_weights", "AGENT_REGISTRY"]
 
 A = TypeVar("A", bound="Agent")
 
@@ -66,28 +78,51 @@ class EmptyConfig:
     pass
 
 
+@dataclass
+class Preset:
+    """A named starting point for an agent: its network config and the training settings it is meant for.
+
+    ``train`` is one :class:`~tt_agents.trainer.TrainConfig` for every stage, or one per stage name.
+    """
+
+    config: Any
+    train: TrainConfig | dict[str, TrainConfig] = field(default_factory=TrainConfig)
+    description: str = ""
+    """One line for ``--help``: what the preset is for and what it costs."""
+
+
+class NonFiniteInputError(SpaceMismatchError):
+    """``predict`` was given an observation or a previous reward holding NaN or Inf."""
+
+
 class Agent:
     """Base class of every agent. Subclasses set ``config_class`` and implement the hooks below.
 
     Hooks:
+        ``_check_spaces()``: raise :class:`SpaceMismatchError` for spaces the agent cannot handle.
+        ``_setup_preprocessing()``: create the preprocessing objects (normalizers, bins, scales).
         ``_build_model() -> nn.Module``: the torch module, from ``config`` and the spaces.
         ``_predict(obs, previous_reward, state, episode_start, deterministic) -> (actions, state)``:
             ``obs`` is a validated batch ``(n_envs, *obs_shape)``, ``previous_reward`` is ``(n_envs,)``
-            or ``None``; ``state`` is ``None`` on the first call.
+            or ``None``; ``state`` is ``None`` on the first call unless the caller passed
+            :meth:`initial_state`'s.
+        ``initial_state(n_envs) -> state``: the per-env context ``predict`` starts from (``None``
+            for stateless agents).
         ``_preprocessing_state() -> dict`` / ``_load_preprocessing_state(dict)``: JSON-able
             preprocessing saved with the weights.
-        ``_fit_preprocessing(dataset)``: fit normalizers / bins on the training data.
-        ``make_sampler(dataset, batch_size, seed, rank, world_size)`` and
-        ``compute_loss(model, batch) -> (loss, metrics)``: what the shared trainer calls.
+        ``stages() -> list[Stage]``: what ``fit`` trains, in order. The default is one
+            :class:`~tt_agents.stages.GradientStage` named ``"model"`` over ``self.model``, built
+            from ``_fit_preprocessing(dataset)`` (its setup), ``make_sampler(dataset, batch_size,
+            seed, rank, world_size)`` and ``compute_loss(model, batch) -> (loss, metrics)``.
     """
 
     config_class: ClassVar[type] = EmptyConfig
     needs_reward: ClassVar[bool] = False
     """Whether ``predict`` uses the previous reward (see the module docstring)."""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        AGENT_REGISTRY[cls.__name__] = cls
+    presets: ClassVar[dict[str, Preset]] = {}
+    """Named configs with their training settings; the scripts offer each as a subcommand."""
+    cli_name: ClassVar[str | None] = None
+    """The agent's subcommand in ``scripts/train.py`` (default: the class name in lower case)."""
 
     def __init__(
         self,
@@ -108,6 +143,7 @@ class Agent:
         self.action_space = action_space
         self.device = resolve_device(device)
         self._check_spaces()
+        self._setup_preprocessing()
         self.data_info: dict[str, Any] = {}
         """What the agent was trained on: env id, dataset id, reference scores (used by ``evaluate``)."""
         if seed is not None:
@@ -118,6 +154,9 @@ class Agent:
     # ------------------------------------------------------------------ hooks
     def _check_spaces(self) -> None:
         """Raise :class:`SpaceMismatchError` if this agent cannot handle the spaces."""
+
+    def _setup_preprocessing(self) -> None:
+        """Create the preprocessing objects (unfitted); ``_fit_preprocessing`` fits them on data."""
 
     def _build_model(self) -> nn.Module:
         raise NotImplementedError
@@ -143,10 +182,32 @@ class Agent:
         """Fit preprocessing (normalizers, bins) on the training data; called by ``fit``."""
 
     def make_sampler(self, dataset: Any, batch_size: int, seed: int, rank: int, world_size: int) -> Any:
-        raise NotImplementedError
+        """The batches of the default one-stage training (see :meth:`stages`)."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither make_sampler nor its own stages()")
 
     def compute_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        raise NotImplementedError
+        """The loss of the default one-stage training; ``model`` is what to call (DDP-wrapped under torchrun)."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither compute_loss nor its own stages()")
+
+    def stages(self) -> list[Stage]:
+        """What :meth:`fit` trains, in order (see :mod:`tt_agents.stages`)."""
+        return [
+            GradientStage(
+                "model",
+                module=self.model,
+                # looked up at call time, so that an instance's compute_loss / make_sampler may be replaced
+                loss=lambda model, batch: self.compute_loss(model, batch),
+                make_sampler=lambda *args: self.make_sampler(*args),
+                setup=self._fit_preprocessing,
+            )
+        ]
+
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.stages()]
+
+    def initial_state(self, n_envs: int) -> Any:
+        """The state ``predict`` starts from for ``n_envs`` envs (``None``: a stateless agent)."""
+        return None
 
     # ------------------------------------------------------------------ predict
     def predict(
@@ -155,6 +216,7 @@ class Agent:
         state: Any = None,
         episode_start: np.ndarray | None = None,
         deterministic: bool = True,
+        check_finite: bool = True,
     ) -> tuple[np.ndarray, Any]:
         """Actions for one observation or a batch, SB3-style.
 
@@ -165,18 +227,24 @@ class Agent:
             episode_start: ``(n_envs,)`` bools; true rows reset their context. ``None`` means
                 "all true" when ``state`` is ``None`` and "all false" otherwise.
             deterministic: the most likely action rather than a sample.
+            check_finite: refuse NaN and Inf in observations and previous rewards before anything
+                enters the agent's context (``False`` skips the check, for speed).
 
         Returns:
             ``(action, state)``; ``action`` is batched exactly when ``observation`` was.
 
         Raises:
             SpaceMismatchError: the observation's shape or dtype does not fit ``observation_space``.
+            NonFiniteInputError: an observation or previous reward holds NaN or Inf (the message
+                names the env rows); the state is unchanged.
         """
         obs, reward = split_previous_reward(observation)
         batch, vectorized = check_observation(obs, self.observation_space)
         n = batch.shape[0]
         if reward is not None and reward.shape != (n,):
             raise SpaceMismatchError(f"previous_reward has {reward.shape[0]} entries for {n} observations")
+        if check_finite:
+            _check_finite(batch, reward)
         if episode_start is None:
             starts = np.full(n, state is None, dtype=bool)
         else:
@@ -204,29 +272,35 @@ class Agent:
         return np.asarray(actions)
 
     # ------------------------------------------------------------------ training
-    def fit(self, dataset: Any, config: Any = None, **overrides: Any) -> Any:
+    def fit(
+        self,
+        dataset: Any,
+        config: TrainConfig | Mapping[str, TrainConfig] | None = None,
+        stage: str | None = None,
+        **overrides: Any,
+    ) -> TrainResult:
         """Train on ``dataset`` (an :class:`~tt_agents.data.EpisodeDataset`) with the shared trainer.
 
         Args:
             dataset: the episodes; their spaces must match the agent's.
-            config: a :class:`~tt_agents.trainer.TrainConfig` (defaults if ``None``).
-            **overrides: fields of the config to replace, e.g. ``steps=1000``.
+            config: a :class:`~tt_agents.trainer.TrainConfig` for every stage, or one per stage
+                name (defaults if ``None``).
+            stage: train only this stage (see :meth:`stages`); ``None`` trains them all, in order.
+            **overrides: fields of the config(s) to replace, e.g. ``steps=1000``.
 
         Returns:
-            The :class:`~tt_agents.trainer.TrainResult`.
+            The :class:`~tt_agents.trainer.TrainResult` of the last stage trained (``.stages``
+            holds every stage's).
         """
-        from tt_agents.trainer import TrainConfig, Trainer
-
-        config = config or TrainConfig()
         if overrides:
-            import dataclasses
-
-            config = dataclasses.replace(config, **overrides)
+            if isinstance(config, Mapping):
+                config = {k: dataclasses.replace(v, **overrides) for k, v in config.items()}
+            else:
+                config = dataclasses.replace(config or TrainConfig(), **overrides)
         self._check_dataset(dataset)
         meta = getattr(dataset, "metadata", {}) or {}
         self.data_info = {k: _jsonable(meta[k]) for k in DATA_INFO_KEYS if meta.get(k) is not None}
-        self._fit_preprocessing(dataset)
-        return Trainer(self, config).fit(dataset)
+        return Trainer(self, config, stage).fit(dataset)
 
     def _check_dataset(self, dataset: Any) -> None:
         """The dataset's observations, and the field the agent learns as actions, fit the agent's spaces.
@@ -314,9 +388,10 @@ class Agent:
         if not isinstance(info, dict):
             raise CheckpointError(f"{path}: the checkpoint holds no agent")
         name = info.get("class")
-        agent_cls = AGENT_REGISTRY.get(name)  # type: ignore[arg-type]
-        if agent_cls is None:
-            raise CheckpointError(f"{path}: unknown agent class {name!r}; known: {sorted(AGENT_REGISTRY)}")
+        try:
+            agent_cls = agent_class(name)  # type: ignore[arg-type]
+        except KeyError as e:
+            raise CheckpointError(f"{path}: {e.args[0]}") from None
         if cls is not Agent and not issubclass(agent_cls, cls):
             raise CheckpointError(f"{path}: holds a {name}, not a {cls.__name__}; use tt_agents.load_agent")
         try:
@@ -334,14 +409,40 @@ class Agent:
                     raise SpaceMismatchError(
                         f"{path}: the env's {what} space {theirs} differs from the agent's {saved}"
                     )
-        agent = agent_cls(obs_space, act_space, config, device=device)
-        agent._load_preprocessing_state(info.get("preprocessing") or {})
-        agent.data_info = dict(info.get("data") or {})
         weights = tensors.get("model")
         if weights is None:
             raise CheckpointError(f"{path}: no model weights in the checkpoint")
-        load_weights(agent.model, weights, path)
+        # build the network without memory first: a config that does not fit the weights (a crafted
+        # file asking for a huge network, say) is refused before anything is allocated
+        try:
+            with torch.device("meta"):
+                shapes = {k: tuple(v.shape) for k, v in agent_cls(obs_space, act_space, config, device="meta")
+                          .model.state_dict().items()}
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"{path}: the agent's config or spaces are invalid: {e}") from e
+        _check_shapes(shapes, weights, path)
+        agent = agent_cls(obs_space, act_space, config, device=device)
+        agent._restore_training_state(manifest, tensors, path)
+        agent.data_info = dict(info.get("data") or {})
         return agent  # type: ignore[return-value]
+
+    def _restore_training_state(
+        self, manifest: dict[str, Any], tensors: dict[str, dict[str, torch.Tensor]], path: Path | str
+    ) -> None:
+        """Load a checkpoint's preprocessing and weights into this agent (the trainer's resume, and ``load``)."""
+        info = manifest.get("agent")
+        if not isinstance(info, dict):
+            raise CheckpointError(f"{path}: the checkpoint holds no agent")
+        if info.get("class") != type(self).__name__:
+            raise CheckpointError(f"{path}: was written by a {info.get('class')}, cannot load it into a {type(self).__name__}")
+        try:
+            self._load_preprocessing_state(info.get("preprocessing") or {})
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: malformed preprocessing state: {type(e).__name__}: {e}") from e
+        weights = tensors.get("model")
+        if weights is None:
+            raise CheckpointError(f"{path}: no model weights in the checkpoint")
+        load_weights(self.model, weights, path)
 
     def __repr__(self) -> str:
         return (
@@ -350,19 +451,38 @@ class Agent:
         )
 
 
-def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path | str) -> None:
-    """Load ``weights`` into ``model``, refusing missing, extra or mis-shaped tensors."""
-    own = model.state_dict()
+def _check_shapes(own: Mapping[str, tuple[int, ...]], weights: Mapping[str, torch.Tensor], path: Path | str) -> None:
     missing = sorted(set(own) - set(weights))
     extra = sorted(set(weights) - set(own))
     if missing or extra:
         raise CheckpointError(f"{path}: weights do not fit the model: missing {missing}, unexpected {extra}")
     for k, v in weights.items():
-        if own[k].shape != v.shape:
+        if tuple(own[k]) != tuple(v.shape):
             raise CheckpointError(
-                f"{path}: weight {k!r} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}"
+                f"{path}: weight {k!r} has shape {tuple(v.shape)}, the model expects {tuple(own[k])}"
             )
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path | str) -> None:
+    """Load ``weights`` into ``model``, refusing missing, extra or mis-shaped tensors."""
+    _check_shapes({k: tuple(v.shape) for k, v in model.state_dict().items()}, weights, path)
     model.load_state_dict(weights, strict=True)
+
+
+def _check_finite(observation: np.ndarray, reward: np.ndarray | None) -> None:
+    bad: dict[str, np.ndarray] = {}
+    if np.issubdtype(observation.dtype, np.floating):
+        finite = np.isfinite(observation.reshape(len(observation), -1)).all(axis=1)
+        if not finite.all():
+            bad["observations"] = np.flatnonzero(~finite)
+    if reward is not None and not np.isfinite(reward).all():
+        bad["previous rewards"] = np.flatnonzero(~np.isfinite(reward))
+    if bad:
+        where = "; ".join(f"{what} of env rows {rows.tolist()}" for what, rows in bad.items())
+        raise NonFiniteInputError(
+            f"predict got NaN or Inf in the {where}; nothing was added to the agent's context. Reset or repair "
+            "those envs (or pass check_finite=False to skip this check)"
+        )
 
 
 def _single_space(env: Any, what: str) -> gym.Space:
@@ -387,7 +507,7 @@ def _with_suffix(path: str | os.PathLike) -> Path:
 
 
 def load_agent(path: str | os.PathLike, env: Any = None, device: str | torch.device = "auto") -> Agent:
-    """Load any tt-agents checkpoint; the agent class is read from the file.
+    """Load any tt-agents checkpoint; the agent class is read from the file (see :mod:`tt_agents.registry`).
 
     Example:
         >>> import tempfile, gymnasium as gym
@@ -398,6 +518,4 @@ def load_agent(path: str | os.PathLike, env: Any = None, device: str | torch.dev
         ...     type(load_agent(agent.save(f"{d}/bc"), device="cpu")).__name__
         'BCPolicy'
     """
-    import tt_agents  # noqa: F401  (registers every agent class)
-
     return Agent.load(path, env=env, device=device)

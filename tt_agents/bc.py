@@ -22,6 +22,7 @@ from tt_agents.agent import Agent
 from tt_agents.data.sampler import WindowSampler
 from tt_agents.models.bc import BCNet
 from tt_agents.preprocessing import ActionScaler, ObservationNormalizer
+from tt_agents.registry import register_agent
 from tt_agents.spaces import SpaceMismatchError, is_image_space
 
 __all__ = ["BCConfig", "BCPolicy"]
@@ -37,6 +38,7 @@ class BCConfig:
     """Which per-step dataset field to imitate (e.g. ``latent_actions`` on relabeled data)."""
 
 
+@register_agent
 class BCPolicy(Agent):
     """Behaviour cloning with an MLP (vectors) or CNN (images).
 
@@ -58,13 +60,16 @@ class BCPolicy(Agent):
             raise SpaceMismatchError(f"BCPolicy needs a Box observation space, got {self.observation_space}")
         if not isinstance(self.action_space, (gym.spaces.Box, gym.spaces.Discrete)):
             raise SpaceMismatchError(f"BCPolicy needs a Box or Discrete action space, got {self.action_space}")
-        self.image = is_image_space(self.observation_space)
-        self.discrete = isinstance(self.action_space, gym.spaces.Discrete)
-        if not self.discrete and not (np.isfinite(self.action_space.low).all() and np.isfinite(self.action_space.high).all()):
+        discrete = isinstance(self.action_space, gym.spaces.Discrete)
+        if not discrete and not (np.isfinite(self.action_space.low).all() and np.isfinite(self.action_space.high).all()):
             raise SpaceMismatchError(
                 f"BCPolicy needs a bounded Box action space (its head is tanh-squashed), got {self.action_space}; "
                 "rescale the actions (gymnasium.wrappers.RescaleAction) first"
             )
+
+    def _setup_preprocessing(self) -> None:
+        self.image = is_image_space(self.observation_space)
+        self.discrete = isinstance(self.action_space, gym.spaces.Discrete)
         self.normalizer = ObservationNormalizer(
             self.observation_space.shape, enabled=self.config.normalize_observations and not self.image
         )

@@ -44,6 +44,7 @@ from tt_agents.data.prompts import PromptSampler, make_prompt
 from tt_agents.data.sampler import WindowSampler
 from tt_agents.models.dt import DecisionTransformerNet, DTNetConfig, PrefixKVCache
 from tt_agents.preprocessing import ActionScaler, ObservationNormalizer
+from tt_agents.registry import register_agent
 from tt_agents.spaces import SpaceMismatchError, is_image_space
 from tt_agents.trainer import TrainConfig
 
@@ -148,6 +149,7 @@ class DTState:
         return len(self.timesteps)
 
 
+@register_agent
 class DecisionTransformer(Agent):
     """Decision Transformer over vector or image observations, discrete or continuous actions.
 
@@ -173,12 +175,7 @@ class DecisionTransformer(Agent):
         cfg = self.config
         if not isinstance(self.observation_space, gym.spaces.Box):
             raise SpaceMismatchError(f"DecisionTransformer needs a Box observation space, got {self.observation_space}")
-        if isinstance(self.action_space, gym.spaces.Discrete):
-            self.head = "categorical"
-        elif isinstance(self.action_space, gym.spaces.Box):
-            bounded = np.all(np.isfinite(self.action_space.low)) and np.all(np.isfinite(self.action_space.high))
-            self.head = "tanh" if bounded else "linear"
-        else:
+        if not isinstance(self.action_space, (gym.spaces.Discrete, gym.spaces.Box)):
             raise SpaceMismatchError(f"DecisionTransformer needs a Box or Discrete action space, got {self.action_space}")
         for name in ("context_len", "n_layer", "n_head", "n_embd", "max_timestep", "prompt_len"):
             if getattr(cfg, name) < 1:
@@ -187,6 +184,14 @@ class DecisionTransformer(Agent):
             raise ValueError(f"DTConfig.prompt_episodes must be >= 0, got {cfg.prompt_episodes}")
         if cfg.return_scale is not None and not cfg.return_scale > 0:
             raise ValueError(f"DTConfig.return_scale must be > 0, got {cfg.return_scale}")
+
+    def _setup_preprocessing(self) -> None:
+        cfg = self.config
+        if isinstance(self.action_space, gym.spaces.Discrete):
+            self.head = "categorical"
+        else:
+            bounded = np.all(np.isfinite(self.action_space.low)) and np.all(np.isfinite(self.action_space.high))
+            self.head = "tanh" if bounded else "linear"
         self.image = is_image_space(self.observation_space)
         self.discrete = self.head == "categorical"
         self.normalizer = ObservationNormalizer(

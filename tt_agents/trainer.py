@@ -1,14 +1,22 @@
-"""The one training loop every agent uses.
+"""The one training loop every agent uses, for each of its stages (see :mod:`tt_agents.stages`).
 
-AdamW with decoupled weight decay on matrices only, linear warmup then cosine decay, gradient
+Gradient stages: AdamW with decoupled weight decay on matrices only, linear warmup then cosine decay, gradient
 clipping, mixed precision on GPU (bf16 where supported, else fp16 with a grad scaler), a
 progress bar with loss and throughput, TensorBoard scalars plus a crash-safe ``metrics.jsonl``,
 periodic atomic checkpoints, exact resume after a kill, seeded determinism, and data-parallel
-training under ``torchrun`` (PyTorch DDP; NCCL on GPUs, gloo on CPUs).
+training under ``torchrun`` (PyTorch DDP; NCCL on GPUs, gloo on CPUs). Gradient-free stages
+(CMA-ES, random search) get the same progress bar, logs, checkpoints and resume, with their own
+``step`` per generation.
+
+Stages run in the order the agent declares them (``agent.fit(dataset)``), or one at a time
+(``agent.fit(dataset, stage="vae")``); a run directory holds one checkpoint for the whole agent,
+which records every finished stage and the state of the current one, so a run killed in any
+stage resumes in that stage, at the step of its last checkpoint.
 
 Resuming is exact because batch ``i`` is a pure function of ``(seed, rank, i)`` (see
 :class:`~tt_agents.data.WindowSampler`), and a checkpoint holds the weights, the optimizer's
-moments, the scheduler's step, the grad scaler and every RNG state.
+moments (or the search's state), the scheduler's step, the grad scaler and the RNG states of
+every rank.
 
 A run directory looks like::
 
@@ -16,21 +24,24 @@ A run directory looks like::
       checkpoints/last.zip      # latest (agent + trainer state), loadable with tt_agents.load_agent
       checkpoints/step_N.zip    # kept if keep_checkpoints is set
       final.zip                 # the trained agent
-      metrics.jsonl             # one JSON line per log step, flushed as written
+      metrics.jsonl             # one JSON line per log step, flushed as written (with "stage" when
+                                # the agent has several)
       tb/                       # TensorBoard event files
-      training_curve.png        # loss over steps
+      training_curve.png        # loss over steps (one panel per stage)
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,10 +50,8 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from tt_agents.checkpoint import CheckpointError, atomic_write_bytes, encode_checkpoint, read_checkpoint
+from tt_agents.stages import GradientStage, SearchStage, Stage
 from tt_agents.utils import resolve_device, set_seed
-
-if TYPE_CHECKING:
-    from tt_agents.agent import Agent
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "lr_at"]
 
@@ -87,11 +96,16 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     steps: int
+    """The stage's step budget (``TrainConfig.steps``)."""
     losses: list[float] = field(default_factory=list)
     """Loss at every step of this process (steps run before a resume are not included)."""
     final_loss: float = float("nan")
     run_dir: str | None = None
     seconds: float = 0.0
+    stage: str = ""
+    """The stage this result is of (the last one trained)."""
+    stages: dict[str, TrainResult] = field(default_factory=dict)
+    """Every stage trained by this call, in order (the result itself is the last one's)."""
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -164,155 +178,288 @@ class _Distributed:
             dist.destroy_process_group()
 
 
-class Trainer:
-    """Train ``agent.model`` with ``agent.compute_loss`` on batches from ``agent.make_sampler``.
+def _rng_tensors(ddp: _Distributed) -> dict[str, torch.Tensor]:
+    """Every rank's torch (and CUDA) RNG state, gathered on every rank (a collective call).
 
-    Usually reached through ``agent.fit(dataset, TrainConfig(...))``.
+    Rank 0's keep the names of single-process checkpoints (``torch``, ``cuda<i>``); rank ``r > 0``'s
+    are ``rank<r>.torch`` and ``rank<r>.cuda``. Each rank resumes with its own (its dropout masks
+    differ from the other ranks' and must continue where they were).
+    """
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        if ddp.enabled:
+            rng["cuda"] = torch.cuda.get_rng_state(ddp.device)
+        else:
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                rng[f"cuda{i}"] = s
+    if not ddp.enabled:
+        return rng
+    out: dict[str, torch.Tensor] = {}
+    for key in sorted(rng):
+        mine = rng[key].to(ddp.device) if ddp.device.type == "cuda" else rng[key]
+        gathered = [torch.empty_like(mine) for _ in range(ddp.world_size)]
+        dist.all_gather(gathered, mine)
+        for r, t in enumerate(gathered):
+            if r > 0:
+                out[f"rank{r}.{key}"] = t.cpu()
+            else:  # rank 0: the single-process names (written by rank 0, so its own device index)
+                out[key if key == "torch" else f"cuda{ddp.device.index}"] = t.cpu()
+    return out
+
+
+def _numpy_rng_states(ddp: _Distributed) -> list[dict[str, Any]]:
+    """Every rank's numpy global RNG state (a collective call under DDP)."""
+    own = _numpy_rng_state()
+    if not ddp.enabled:
+        return [own]
+    keys = torch.tensor(own["keys"] + [own["pos"], own["has_gauss"]], dtype=torch.int64)
+    cached = torch.tensor([own["cached"]], dtype=torch.float64)
+    if ddp.device.type == "cuda":
+        keys, cached = keys.to(ddp.device), cached.to(ddp.device)
+    all_keys = [torch.empty_like(keys) for _ in range(ddp.world_size)]
+    all_cached = [torch.empty_like(cached) for _ in range(ddp.world_size)]
+    dist.all_gather(all_keys, keys)
+    dist.all_gather(all_cached, cached)
+    return [
+        {"name": own["name"], "keys": k[:-2].tolist(), "pos": int(k[-2]), "has_gauss": int(k[-1]), "cached": float(c)}
+        for k, c in zip(all_keys, all_cached)
+    ]
+
+
+def _restore_rng(rng: dict[str, torch.Tensor], trainer_state: dict[str, Any], ddp: _Distributed) -> None:
+    """Put this rank's RNG states back (checkpoints from before per-rank states give every rank rank 0's)."""
+    prefix = f"rank{ddp.rank}." if ddp.rank else ""
+    torch_state = rng.get(f"{prefix}torch", rng.get("torch"))
+    if torch_state is not None:
+        torch.set_rng_state(torch_state)
+    if torch.cuda.is_available():
+        if ddp.enabled:
+            cuda = rng.get(f"rank{ddp.rank}.cuda") if ddp.rank else rng.get(f"cuda{ddp.device.index}")
+            if cuda is not None:
+                torch.cuda.set_rng_state(cuda, ddp.device)
+        else:
+            states = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
+            if len(states) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(states)
+    ranks = trainer_state.get("numpy_rng_ranks") or []
+    _set_numpy_rng_state(ranks[ddp.rank - 1] if 0 < ddp.rank <= len(ranks) else trainer_state.get("numpy_rng"))
+
+
+@dataclass
+class _Resume:
+    """What a run directory's checkpoint says about the stages."""
+
+    stage: str | None
+    """The stage the checkpoint was written in."""
+    step: int
+    """Steps done in that stage."""
+    done: dict[str, int]
+    """Finished stages and their steps."""
+    manifest: dict[str, Any]
+    tensors: dict[str, dict[str, torch.Tensor]]
+    path: Path
+
+
+class Trainer:
+    """Train an agent's stages (``agent.stages()``) with the shared loop.
+
+    Usually reached through ``agent.fit(dataset, TrainConfig(...), stage=None)``.
+
+    Args:
+        agent: any :class:`tt_agents.Agent`.
+        config: the settings of every stage trained (one :class:`TrainConfig`), or a mapping from
+            stage names to settings (stages not in it get ``TrainConfig()``). The run-level fields
+            (``run_dir``, ``seed``, ``device``, ``resume``, ``progress``, logging and checkpoint
+            cadence) must agree between the stages of one call.
+        stage: train only this stage (the earlier ones must be trained already: in this agent, or
+            in the run directory's checkpoint); ``None`` trains every stage in order.
     """
 
-    def __init__(self, agent: Agent, config: TrainConfig) -> None:
-        if config.steps < 1:
-            raise ValueError(f"TrainConfig.steps must be >= 1, got {config.steps}")
-        if config.checkpoint_every < 1:
-            raise ValueError(f"TrainConfig.checkpoint_every must be >= 1, got {config.checkpoint_every}")
+    _RUN_FIELDS = ("run_dir", "seed", "device", "resume", "amp", "progress")
+
+    def __init__(
+        self, agent: Any, config: TrainConfig | Mapping[str, TrainConfig] | None = None, stage: str | None = None
+    ) -> None:
         self.agent = agent
-        self.config = config
-        self.run_dir = Path(config.run_dir) if config.run_dir else None
+        stages: list[Stage] = list(agent.stages())
+        names = [s.name for s in stages]
+        if not stages or len(set(names)) != len(names):
+            raise ValueError(f"{type(agent).__name__}.stages() must name at least one stage, each once; got {names}")
+        if stage is not None and stage not in names:
+            raise ValueError(f"{type(agent).__name__} has no stage {stage!r}; its stages are {names}")
+        self.all_stages = stages
+        self.stages = stages if stage is None else [s for s in stages if s.name == stage]
+        if isinstance(config, Mapping):
+            unknown = sorted(set(config) - set(names))
+            if unknown:
+                raise ValueError(f"TrainConfig given for unknown stages {unknown}; {type(agent).__name__}'s stages are {names}")
+            self.configs = {n: config.get(n) or TrainConfig() for n in names}
+        else:
+            self.configs = {n: config or TrainConfig() for n in names}
+        for s in self.stages:
+            c = self.configs[s.name]
+            if c.steps < 1:
+                raise ValueError(f"TrainConfig.steps must be >= 1, got {c.steps}")
+            if c.checkpoint_every < 1:
+                raise ValueError(f"TrainConfig.checkpoint_every must be >= 1, got {c.checkpoint_every}")
+        first = self.configs[self.stages[0].name]
+        for s in self.stages[1:]:
+            for f in self._RUN_FIELDS:
+                if getattr(self.configs[s.name], f) != getattr(first, f):
+                    raise ValueError(
+                        f"stages {self.stages[0].name!r} and {s.name!r} of one run must share TrainConfig.{f}; "
+                        f"got {getattr(first, f)!r} and {getattr(self.configs[s.name], f)!r}"
+                    )
+        self.config = first
+        """The run-level settings (those of the first stage trained)."""
+        self.run_dir = Path(first.run_dir) if first.run_dir else None
+        self.multi_stage = len(stages) > 1
 
     # ---------------------------------------------------------------- checkpoints
     @property
     def last_checkpoint(self) -> Path | None:
         return self.run_dir / "checkpoints" / "last.zip" if self.run_dir else None
 
-    def _save(self, step: int, optimizer: torch.optim.Optimizer, scaler: Any, sampler_state: dict) -> None:
-        assert self.run_dir is not None
-        opt_state = optimizer.state_dict()
-        opt_tensors: dict[str, torch.Tensor] = {}
-        opt_meta: dict[str, Any] = {"param_groups": opt_state["param_groups"], "state": {}}
-        for pid, st in opt_state["state"].items():
-            meta = {}
-            for k, v in st.items():
-                if torch.is_tensor(v):
-                    opt_tensors[f"{pid}.{k}"] = v
-                else:
-                    meta[k] = v
-            opt_meta["state"][str(pid)] = meta
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                rng[f"cuda{i}"] = s
-        sections = self.agent.checkpoint_sections()
-        sections["trainer"] = {
-            "step": step,
-            "config": asdict(self.config),
-            "optimizer": opt_meta,
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "sampler": sampler_state,
-            "numpy_rng": _numpy_rng_state(),
-        }
-        tensors = {"model": self.agent.model.state_dict(), "optimizer": opt_tensors, "rng": rng}
-        data = encode_checkpoint("agent", sections, tensors)
-        atomic_write_bytes(self.run_dir / "checkpoints" / "last.zip", data)
-        if self.config.keep_checkpoints:
-            atomic_write_bytes(self.run_dir / "checkpoints" / f"step_{step}.zip", data)
+    def _save(self, ddp: _Distributed, stage: Stage, step: int, done: dict[str, int],
+              state: dict[str, Any], tensors: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Write ``checkpoints/last.zip`` (a collective call under DDP: every rank's RNG is gathered)."""
+        rng = _rng_tensors(ddp)
+        numpy_rng = _numpy_rng_states(ddp)
+        if ddp.is_main:
+            assert self.run_dir is not None
+            sections = self.agent.checkpoint_sections()
+            sections["trainer"] = {
+                "step": step,
+                "config": asdict(self.configs[stage.name]),
+                "stage": stage.name,
+                "stages_done": done,
+                **state,
+                "numpy_rng": numpy_rng[0],
+            }
+            if len(numpy_rng) > 1:
+                sections["trainer"]["numpy_rng_ranks"] = numpy_rng[1:]
+            data = encode_checkpoint("agent", sections, {"model": self.agent.model.state_dict(), **tensors, "rng": rng})
+            atomic_write_bytes(self.run_dir / "checkpoints" / "last.zip", data)
+            if self.config.keep_checkpoints:
+                atomic_write_bytes(self.run_dir / "checkpoints" / f"step_{step}.zip", data)
+        ddp.barrier()
 
-    def _restore(self, optimizer: torch.optim.Optimizer, scaler: Any) -> int:
-        from tt_agents.agent import load_weights
-
+    def _read_resume(self) -> _Resume | None:
         path = self.last_checkpoint
-        assert path is not None
+        if path is None or not self.config.resume or not path.exists():
+            return None
         ckpt = read_checkpoint(path)
         tr = ckpt.manifest.get("trainer")
         if not isinstance(tr, dict):
             raise CheckpointError(f"{path}: no trainer state to resume from")
-        info = ckpt.manifest.get("agent", {})
-        if info.get("class") != type(self.agent).__name__:
-            raise CheckpointError(
-                f"{path}: was written by a {info.get('class')}, cannot resume a {type(self.agent).__name__}"
-            )
-        self.agent._load_preprocessing_state(info.get("preprocessing") or {})
-        load_weights(self.agent.model, ckpt.tensors["model"], path)
-        opt_t = ckpt.tensors.get("optimizer", {})
-        meta = tr["optimizer"]
-        state = {}
-        for pid, m in meta["state"].items():
-            st = dict(m)
-            for key, t in opt_t.items():
-                p, _, name = key.partition(".")
-                if p == pid:
-                    st[name] = t.to(self.agent.device) if name != "step" else t
-            state[int(pid)] = st
-        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        if scaler is not None and tr.get("scaler"):
-            scaler.load_state_dict(tr["scaler"])
-        rng = ckpt.tensors.get("rng", {})
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if torch.cuda.is_available():
-            states = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
-            if len(states) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(states)
-        _set_numpy_rng_state(tr.get("numpy_rng"))
-        return int(tr["step"])
+        # checkpoints of one-stage training before stages existed: the agent's first (only) stage
+        stage = tr.get("stage", self.all_stages[0].name)
+        if stage not in {s.name for s in self.all_stages}:
+            raise CheckpointError(f"{path}: was written in stage {stage!r}, which {type(self.agent).__name__} does not have")
+        self.agent._restore_training_state(ckpt.manifest, ckpt.tensors, path)
+        return _Resume(stage, int(tr["step"]), dict(tr.get("stages_done") or {}), ckpt.manifest, ckpt.tensors, path)
 
     # ---------------------------------------------------------------- the loop
     def fit(self, dataset: Any) -> TrainResult:
-        cfg = self.config
-        ddp = _Distributed(cfg.device)
+        ddp = _Distributed(self.config.device)
         try:
             return self._fit(dataset, ddp)
         finally:
             ddp.close()
 
     def _fit(self, dataset: Any, ddp: _Distributed) -> TrainResult:
-        cfg, agent = self.config, self.agent
-        set_seed(cfg.seed + ddp.rank)
+        agent = self.agent
         agent.device = ddp.device
         agent.model.to(ddp.device)
-        model: nn.Module = agent.model
+        resume = self._read_resume()
+        done = dict(resume.done) if resume else {}
+        if resume is not None and resume.stage not in done:
+            done_before = [s.name for s in self.all_stages[: [s.name for s in self.all_stages].index(resume.stage)]]
+            done.update({n: done.get(n, 0) for n in done_before})
+        logger = _Logger(self.run_dir, ddp.is_main, self.multi_stage)
+        results: dict[str, TrainResult] = {}
+        try:
+            for stage in self.stages:
+                cfg = self.configs[stage.name]
+                start = 0
+                restore = None
+                if resume is not None and stage.name == resume.stage:
+                    start, restore = resume.step, resume
+                elif stage.name in done:
+                    if done[stage.name] < cfg.steps:
+                        raise CheckpointError(
+                            f"{resume.path if resume else self.run_dir}: stage {stage.name!r} finished at "
+                            f"{done[stage.name]} steps in this run; to train it for {cfg.steps}, start a new run_dir "
+                            "(or set resume=False)"
+                        )
+                    start = cfg.steps
+                if start >= cfg.steps and restore is None:
+                    continue  # finished in an earlier run
+                set_seed(cfg.seed + ddp.rank)
+                if start == 0 and stage.setup is not None:
+                    stage.setup(dataset)
+                if restore is not None:
+                    if ddp.is_main:
+                        print(f"resuming from {restore.path} at step {start}" +
+                              (f" of stage {stage.name!r}" if self.multi_stage else ""))
+                    logger.drop_rows_after(stage.name, start)
+                logger.open(start, {n: asdict(c) for n, c in self.configs.items()} if self.multi_stage else asdict(cfg))
+                loop = self._gradient_stage if isinstance(stage, GradientStage) else self._search_stage
+                result = loop(stage, cfg, dataset, ddp, start, restore, done, logger)
+                done[stage.name] = cfg.steps
+                results[stage.name] = result
+                resume = None
+        finally:
+            logger.close()
+        agent.model.eval()
+        if self.run_dir is not None and ddp.is_main:
+            agent.save(self.run_dir / "final.zip")
+            plot_training_curve(self.run_dir / "metrics.jsonl", self.run_dir / "training_curve.png")
+        if not results:  # every stage was finished already
+            last = self.stages[-1]
+            return TrainResult(steps=self.configs[last.name].steps, run_dir=str(self.run_dir), stage=last.name)
+        final = dataclasses.replace(list(results.values())[-1])
+        final.stages = results
+        return final
+
+    def _bar(self, stage: Stage, cfg: TrainConfig, start: int, ddp: _Distributed) -> tqdm:
+        desc = f"train {type(self.agent).__name__}" + (f" [{stage.name}]" if self.multi_stage else "")
+        return tqdm(total=cfg.steps, initial=start, desc=desc, disable=not (cfg.progress and ddp.is_main),
+                    dynamic_ncols=True)
+
+    def _gradient_stage(self, stage: GradientStage, cfg: TrainConfig, dataset: Any, ddp: _Distributed, start: int,
+                        restore: _Resume | None, done: dict[str, int], logger: _Logger) -> TrainResult:
+        agent = self.agent
+        module = stage.module
+        # only this stage's parameters learn; the modules of other stages stay as they are (and in eval mode)
+        frozen = [p for p in agent.model.parameters() if p.requires_grad and all(p is not q for q in module.parameters())]
+        for p in frozen:
+            p.requires_grad_(False)
+        model: nn.Module = module
         if ddp.enabled:
             model = nn.parallel.DistributedDataParallel(
-                agent.model, device_ids=[ddp.device.index] if ddp.device.type == "cuda" else None
+                module, device_ids=[ddp.device.index] if ddp.device.type == "cuda" else None
             )
-        sampler = agent.make_sampler(dataset, cfg.batch_size, cfg.seed, ddp.rank, ddp.world_size)
-
+        sampler = stage.make_sampler(dataset, cfg.batch_size, cfg.seed, ddp.rank, ddp.world_size)
         use_cuda = ddp.device.type == "cuda"
         amp_dtype = None
         if cfg.amp and use_cuda:
             amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-        fused = use_cuda
-        optimizer = torch.optim.AdamW(
-            _optim_groups(agent.model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=fused
-        )
+        optimizer = torch.optim.AdamW(_optim_groups(module, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=use_cuda)
+        if restore is not None:
+            tr = restore.manifest["trainer"]
+            _load_optimizer(optimizer, tr["optimizer"], restore.tensors.get("optimizer", {}), ddp.device)
+            if scaler is not None and tr.get("scaler"):
+                scaler.load_state_dict(tr["scaler"])
+            _restore_rng(restore.tensors.get("rng", {}), tr, ddp)
 
-        start = 0
-        if self.run_dir is not None and cfg.resume and self.last_checkpoint.exists():  # type: ignore[union-attr]
-            start = self._restore(optimizer, scaler)
-            if ddp.is_main:
-                print(f"resuming from {self.last_checkpoint} at step {start}")
-
-        writer = None
-        metrics_file = None
-        if self.run_dir is not None and ddp.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start if start else None)
-            metrics_file = open(self.run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
-            (self.run_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
-
-        result = TrainResult(steps=cfg.steps, run_dir=str(self.run_dir) if self.run_dir else None)
-        bar = tqdm(
-            total=cfg.steps,
-            initial=start,
-            desc=f"train {type(agent).__name__}",
-            disable=not (cfg.progress and ddp.is_main),
-            dynamic_ncols=True,
-        )
+        result = TrainResult(steps=cfg.steps, run_dir=str(self.run_dir) if self.run_dir else None, stage=stage.name)
+        bar = self._bar(stage, cfg, start, ddp)
         t0 = time.perf_counter()
         t_log, samples_since = t0, 0
-        model.train()
+        agent.model.eval()
+        module.train()
         try:
             for step in range(start, cfg.steps):
                 lr = lr_at(step, cfg)
@@ -321,10 +468,12 @@ class Trainer:
                 batch = _to_tensors(sampler.sample(step), ddp.device)
                 ctx = torch.autocast(device_type="cuda", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
                 with ctx:
-                    loss, metrics = agent.compute_loss(model, batch)
+                    loss, metrics = stage.loss(model, batch)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
-                        f"loss became {loss.item()} at step {step}; lower TrainConfig.lr or check the data for NaN/Inf"
+                        f"loss became {loss.item()} at step {step}"
+                        + (f" of stage {stage.name!r}" if self.multi_stage else "")
+                        + "; lower TrainConfig.lr or check the data for NaN/Inf"
                     )
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
@@ -333,7 +482,7 @@ class Trainer:
                 else:
                     loss.backward()
                 grad_norm = (
-                    torch.nn.utils.clip_grad_norm_(agent.model.parameters(), cfg.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
                     if cfg.grad_clip > 0
                     else torch.tensor(0.0)
                 )
@@ -345,45 +494,150 @@ class Trainer:
                 loss_value = float(loss.detach())
                 result.losses.append(loss_value)
                 samples_since += cfg.batch_size * ddp.world_size
-                done = step + 1
-                if ddp.is_main and (done % cfg.log_every == 0 or done == cfg.steps):
+                done_steps = step + 1
+                if ddp.is_main and (done_steps % cfg.log_every == 0 or done_steps == cfg.steps):
                     now = time.perf_counter()
                     throughput = samples_since / max(now - t_log, 1e-9)
                     t_log, samples_since = now, 0
-                    row = {
-                        "step": done,
-                        "loss": loss_value,
-                        "lr": lr,
-                        "grad_norm": float(grad_norm),
-                        "samples_per_s": throughput,
-                        **metrics,
-                    }
+                    row = {"step": done_steps, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
+                           "samples_per_s": throughput, **metrics}
                     bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{throughput:.0f}")
-                    if writer is not None:
-                        for k, v in row.items():
-                            if k != "step":
-                                writer.add_scalar(f"train/{k}", v, done)
-                    if metrics_file is not None:
-                        metrics_file.write(json.dumps(row) + "\n")
+                    logger.row(stage.name, row)
                 bar.update(1)
-                if self.run_dir is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-                    if ddp.is_main:
-                        self._save(done, optimizer, scaler, {"seed": cfg.seed, "next_batch": done})
-                    ddp.barrier()
+                if self.run_dir is not None and (done_steps % cfg.checkpoint_every == 0 or done_steps == cfg.steps):
+                    finished = {**done, stage.name: done_steps} if done_steps == cfg.steps else done
+                    state = {
+                        "optimizer": None,
+                        "scaler": scaler.state_dict() if scaler is not None else None,
+                        "sampler": {"seed": cfg.seed, "next_batch": done_steps},
+                    }
+                    state["optimizer"], opt_tensors = _optimizer_state(optimizer)
+                    self._save(ddp, stage, done_steps, finished, state, {"optimizer": opt_tensors})
         finally:
             bar.close()
-            if writer is not None:
-                writer.close()
-            if metrics_file is not None:
-                metrics_file.close()
-        model.eval()
+            for p in frozen:
+                p.requires_grad_(True)
+            module.eval()
         result.final_loss = result.losses[-1] if result.losses else float("nan")
         result.seconds = time.perf_counter() - t0
-        if self.run_dir is not None and ddp.is_main:
-            agent.save(self.run_dir / "final.zip")
-            plot_training_curve(self.run_dir / "metrics.jsonl", self.run_dir / "training_curve.png")
         return result
 
+    def _search_stage(self, stage: SearchStage, cfg: TrainConfig, dataset: Any, ddp: _Distributed, start: int,
+                      restore: _Resume | None, done: dict[str, int], logger: _Logger) -> TrainResult:
+        search = stage.start(dataset, cfg.seed, ddp.rank, ddp.world_size)
+        if restore is not None:
+            tr = restore.manifest["trainer"]
+            search.load_state_dict(tr.get("search") or {}, restore.tensors.get("search", {}))
+            _restore_rng(restore.tensors.get("rng", {}), tr, ddp)
+        result = TrainResult(steps=cfg.steps, run_dir=str(self.run_dir) if self.run_dir else None, stage=stage.name)
+        bar = self._bar(stage, cfg, start, ddp)
+        t0 = time.perf_counter()
+        try:
+            for step in range(start, cfg.steps):
+                metrics = dict(search.step(step))
+                if "loss" not in metrics:
+                    raise KeyError(f"stage {stage.name!r}: Search.step must return a 'loss' metric, got {sorted(metrics)}")
+                loss_value = float(metrics.pop("loss"))
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"the search's loss became {loss_value} at step {step} of stage {stage.name!r}")
+                result.losses.append(loss_value)
+                done_steps = step + 1
+                if ddp.is_main and (done_steps % cfg.log_every == 0 or done_steps == cfg.steps):
+                    bar.set_postfix(loss=f"{loss_value:.4f}")
+                    logger.row(stage.name, {"step": done_steps, "loss": loss_value, **metrics})
+                bar.update(1)
+                if self.run_dir is not None and (done_steps % cfg.checkpoint_every == 0 or done_steps == cfg.steps):
+                    finished = {**done, stage.name: done_steps} if done_steps == cfg.steps else done
+                    meta, tensors = search.state_dict()
+                    self._save(ddp, stage, done_steps, finished, {"search": meta}, {"search": tensors})
+        finally:
+            bar.close()
+        result.final_loss = result.losses[-1] if result.losses else float("nan")
+        result.seconds = time.perf_counter() - t0
+        return result
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """An optimizer's state as JSON (param groups, scalars) and tensors (moments)."""
+    opt_state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {"param_groups": opt_state["param_groups"], "state": {}}
+    for pid, st in opt_state["state"].items():
+        scalars = {}
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v
+            else:
+                scalars[k] = v
+        meta["state"][str(pid)] = scalars
+    return meta, tensors
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, meta: dict[str, Any], tensors: dict[str, torch.Tensor],
+                    device: torch.device) -> None:
+    state = {}
+    for pid, scalars in meta["state"].items():
+        st = dict(scalars)
+        for key, t in tensors.items():
+            p, _, name = key.partition(".")
+            if p == pid:
+                st[name] = t.to(device) if name != "step" else t
+        state[int(pid)] = st
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+class _Logger:
+    """TensorBoard scalars and the crash-safe ``metrics.jsonl`` of a run (rank 0 only)."""
+
+    def __init__(self, run_dir: Path | None, is_main: bool, multi_stage: bool) -> None:
+        self.run_dir = run_dir if is_main else None
+        self.multi_stage = multi_stage
+        self.writer: Any = None
+        self.file: Any = None
+
+    def drop_rows_after(self, stage: str, step: int) -> None:
+        """Forget logged rows past the checkpoint being resumed (they are about to be logged again)."""
+        if self.run_dir is None or not (self.run_dir / "metrics.jsonl").exists():
+            return
+        kept = []
+        for line in (self.run_dir / "metrics.jsonl").read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a torn last line after a crash
+                continue
+            if row.get("stage", stage) == stage and row.get("step", 0) > step:
+                continue
+            kept.append(line + "\n")
+        atomic_write_bytes(self.run_dir / "metrics.jsonl", "".join(kept).encode())
+
+    def open(self, start: int, config: dict[str, Any]) -> None:
+        if self.run_dir is None:
+            return
+        self.close()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=start if start else None)
+        self.file = open(self.run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
+        (self.run_dir / "train_config.json").write_text(json.dumps(config, indent=1))
+
+    def row(self, stage: str, row: dict[str, Any]) -> None:
+        if self.run_dir is None:
+            return
+        prefix = stage if self.multi_stage else "train"
+        for k, v in row.items():
+            if k != "step":
+                self.writer.add_scalar(f"{prefix}/{k}", v, row["step"])
+        if self.multi_stage:
+            row = {"stage": stage, **row}
+        self.file.write(json.dumps(row) + "\n")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.file is not None:
+            self.file.close()
+        self.writer = self.file = None
 
 def _numpy_rng_state() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -398,7 +652,7 @@ def _set_numpy_rng_state(state: dict[str, Any] | None) -> None:
 
 
 def plot_training_curve(metrics_path: Path, out_path: Path) -> None:
-    """Plot loss against step from ``metrics.jsonl`` into a PNG (skipped if there are no rows)."""
+    """Plot loss against step from ``metrics.jsonl`` into a PNG, one panel per stage (skipped if there are no rows)."""
     rows = []
     with contextlib.suppress(FileNotFoundError):
         for line in metrics_path.read_text().splitlines():
@@ -411,12 +665,15 @@ def plot_training_curve(metrics_path: Path, out_path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(out_path.parent.name)
-    ax.grid(alpha=0.3)
+    stages = list(dict.fromkeys(r.get("stage", "") for r in rows))
+    fig, axes = plt.subplots(1, len(stages), figsize=(6 * len(stages), 3.5), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        mine = [r for r in rows if r.get("stage", "") == stage]
+        ax.plot([r["step"] for r in mine], [r["loss"] for r in mine])
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_title(f"{out_path.parent.name}: {stage}" if stage else out_path.parent.name)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     plt.close(fig)

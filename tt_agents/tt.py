@@ -40,6 +40,7 @@ from tt_agents.data.sampler import WindowSampler, discounted_cumsum
 from tt_agents.models.gpt import GPTConfig
 from tt_agents.models.tt import STRATEGIES, Discretizer, TrajectoryTransformer
 from tt_agents.planning import CachedContext, Noise, Plan, PlanConfig, ReferenceContext, beam_plan
+from tt_agents.registry import register_agent
 from tt_agents.spaces import SpaceMismatchError
 
 __all__ = ["TTConfig", "TTPlanner", "TTState", "TT_PRESETS", "PlanConfig"]
@@ -160,6 +161,7 @@ class TTState:
             self.generators[i].manual_seed(seed)
 
 
+@register_agent
 class TTPlanner(Agent):
     """The Trajectory Transformer: a GPT over discretized transitions, acting by beam search.
 
@@ -190,7 +192,9 @@ class TTPlanner(Agent):
                 f"TTPlanner needs a flat Box action space (continuous actions), got {act}; "
                 "discrete actions are not supported"
             )
-        self.obs_dim, self.act_dim = int(obs.shape[0]), int(act.shape[0])
+
+    def _setup_preprocessing(self) -> None:
+        self.obs_dim, self.act_dim = int(self.observation_space.shape[0]), int(self.action_space.shape[0])
         self.discretizer = self._default_discretizer()
 
     def _default_discretizer(self) -> Discretizer:

@@ -5,6 +5,8 @@ Read top to bottom: the image encoder, the vector encoder, the policy network.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -64,7 +66,7 @@ class BCNet(nn.Module):
         if image:
             self.encoder: nn.Module = NatureCNN(obs_shape, hidden[-1] if hidden else 256)  # type: ignore[arg-type]
         else:
-            self.encoder = MLP(int(torch.tensor(obs_shape).prod()), hidden)
+            self.encoder = MLP(math.prod(obs_shape), hidden)
         self.head = nn.Linear(self.encoder.out_dim, n_out)  # type: ignore[arg-type]
         self.discrete = discrete
 
