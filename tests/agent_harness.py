@@ -75,9 +75,10 @@ def _roll(agent: Agent, obs: np.ndarray, rew: np.ndarray, starts: np.ndarray) ->
 
 _FRESH = textwrap.dedent(
     """
-    import sys, numpy as np, torch
+    import importlib, sys, numpy as np, torch
     torch.set_num_threads(1)
     sys.path.insert(0, {repo!r})
+    importlib.import_module({module!r})  # registers the agent's class, wherever it is defined
     from tests.agent_harness import _roll
     from tt_agents import load_agent
     agent = load_agent({ckpt!r}, device="cpu")
@@ -147,7 +148,7 @@ def check_agent(
     expected = _roll(agent, o_seq, r_seq, s_seq)
     np.savez(tmp_path / "inputs.npz", obs=o_seq, rew=r_seq, starts=s_seq)
     code = _FRESH.format(
-        repo=str(REPO), ckpt=str(ckpt), inputs=str(tmp_path / "inputs.npz"), out=str(tmp_path / "actions.npy")
+        repo=str(REPO), module=type(agent).__module__, ckpt=str(ckpt), inputs=str(tmp_path / "inputs.npz"), out=str(tmp_path / "actions.npy")
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

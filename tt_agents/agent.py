@@ -123,6 +123,8 @@ class Agent:
     """Named configs with their training settings; the scripts offer each as a subcommand."""
     cli_name: ClassVar[str | None] = None
     """The agent's subcommand in ``scripts/train.py`` (default: the class name in lower case)."""
+    stage_names: ClassVar[tuple[str, ...]] = ("model",)
+    """The names of :meth:`stages`, in order, known without building the agent (for the scripts)."""
 
     def __init__(
         self,
@@ -201,9 +203,6 @@ class Agent:
                 setup=self._fit_preprocessing,
             )
         ]
-
-    def stage_names(self) -> list[str]:
-        return [s.name for s in self.stages()]
 
     def initial_state(self, n_envs: int) -> Any:
         """The state ``predict`` starts from for ``n_envs`` envs (``None``: a stateless agent)."""

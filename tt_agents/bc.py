@@ -18,12 +18,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tt_agents.agent import Agent
+from tt_agents.agent import Agent, Preset
 from tt_agents.data.sampler import WindowSampler
 from tt_agents.models.bc import BCNet
 from tt_agents.preprocessing import ActionScaler, ObservationNormalizer
 from tt_agents.registry import register_agent
 from tt_agents.spaces import SpaceMismatchError, is_image_space
+from tt_agents.trainer import TrainConfig
 
 __all__ = ["BCConfig", "BCPolicy"]
 
@@ -54,6 +55,11 @@ class BCPolicy(Agent):
 
     config_class = BCConfig
     config: BCConfig
+    cli_name = "bc"
+    presets = {
+        "default": Preset(BCConfig(), TrainConfig(steps=5000, batch_size=256, lr=1e-3),
+                          "MLP 256x256 (vectors) or Nature CNN (images)"),
+    }
 
     def _check_spaces(self) -> None:
         if not isinstance(self.observation_space, gym.spaces.Box):

@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tt_agents.agent import Agent
+from tt_agents.agent import Agent, Preset
 from tt_agents.data.episodes import Episode
 from tt_agents.data.prompts import PromptSampler, make_prompt
 from tt_agents.data.sampler import WindowSampler
@@ -97,25 +97,23 @@ class DTConfig:
     (e.g. a Procgen level seed); ``None``: all episodes are one task."""
 
 
-@dataclass
-class DTPreset:
-    """A DT config with the training settings it is meant for."""
-
-    config: DTConfig
-    train: TrainConfig
+DTPreset = Preset
+"""A DT config with the training settings it is meant for (the one preset shape, :class:`tt_agents.Preset`)."""
 
 
-DT_PRESETS: dict[str, DTPreset] = {
+DT_PRESETS: dict[str, Preset] = {
     # Chen et al. (2021), MuJoCo: lr 1e-4, weight decay 1e-4, 10k warmup steps then constant, clip 0.25
-    "paper": DTPreset(
+    "paper": Preset(
         DTConfig(),
         TrainConfig(steps=100_000, batch_size=64, lr=1e-4, weight_decay=1e-4, warmup_steps=10_000,
                     min_lr_ratio=1.0, grad_clip=0.25),
+        "Chen et al.'s MuJoCo model (3 layers x 128, K = 20) and schedule (100k steps)",
     ),
     # a few minutes on 2 CPU cores
-    "cpu": DTPreset(
+    "cpu": Preset(
         DTConfig(context_len=10, n_layer=2, n_head=2, n_embd=64, cnn_channels=(8, 16, 16)),
         TrainConfig(steps=2_000, batch_size=32, lr=3e-4, weight_decay=1e-4, warmup_steps=100, grad_clip=0.25),
+        "2 layers x 64, K = 10: a few minutes on 2 CPU cores",
     ),
 }
 """Named configs for ``scripts/train.py dt``: ``"paper"`` (Chen et al.'s MuJoCo run) and ``"cpu"``."""
@@ -170,6 +168,8 @@ class DecisionTransformer(Agent):
     config_class = DTConfig
     config: DTConfig
     needs_reward = True
+    cli_name = "dt"
+    presets = DT_PRESETS
 
     def _check_spaces(self) -> None:
         cfg = self.config

@@ -283,8 +283,12 @@ class Trainer:
         self.agent = agent
         stages: list[Stage] = list(agent.stages())
         names = [s.name for s in stages]
-        if not stages or len(set(names)) != len(names):
-            raise ValueError(f"{type(agent).__name__}.stages() must name at least one stage, each once; got {names}")
+        declared = list(getattr(agent, "stage_names", names))
+        if not stages or len(set(names)) != len(names) or names != declared:
+            raise ValueError(
+                f"{type(agent).__name__}.stages() must name at least one stage, each once, as its stage_names "
+                f"{declared} say; got {names}"
+            )
         if stage is not None and stage not in names:
             raise ValueError(f"{type(agent).__name__} has no stage {stage!r}; its stages are {names}")
         self.all_stages = stages

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from tt_agents.agent import Agent
+from tt_agents.agent import Agent, Preset
 from tt_agents.checkpoint import CheckpointError
 from tt_agents.data.sampler import WindowSampler, discounted_cumsum
 from tt_agents.models.gpt import GPTConfig
@@ -42,6 +42,7 @@ from tt_agents.models.tt import STRATEGIES, Discretizer, TrajectoryTransformer
 from tt_agents.planning import CachedContext, Noise, Plan, PlanConfig, ReferenceContext, beam_plan
 from tt_agents.registry import register_agent
 from tt_agents.spaces import SpaceMismatchError
+from tt_agents.trainer import TrainConfig
 
 __all__ = ["TTConfig", "TTPlanner", "TTState", "TT_PRESETS", "PlanConfig"]
 
@@ -126,8 +127,14 @@ class TTConfig:
         )
 
 
-TT_PRESETS = {"paper": TTConfig.paper, "small": TTConfig.small, "tiny": TTConfig.tiny}
-"""Named configurations, for command lines (``scripts/train.py tt --preset small``)."""
+TT_PRESETS: dict[str, Preset] = {
+    "paper": Preset(TTConfig.paper(), TrainConfig(steps=20_000, batch_size=256),
+                    "the paper's MuJoCo network (4 layers x 128) and search (beam 128, horizon 15)"),
+    "small": Preset(TTConfig.small(), TrainConfig(steps=3_000, batch_size=64),
+                    "2 layers x 64, beam 16 horizon 5: trains in minutes on a CPU"),
+    "tiny": Preset(TTConfig.tiny(), TrainConfig(steps=200, batch_size=32), "for tests: a few thousand weights"),
+}
+"""Named configurations with their training settings (``scripts/train.py tt-small``)."""
 
 
 class TTState:
@@ -177,6 +184,8 @@ class TTPlanner(Agent):
     config_class = TTConfig
     config: TTConfig
     needs_reward = True
+    cli_name = "tt"
+    presets = TT_PRESETS
 
     # ---- spaces and model
     def _check_spaces(self) -> None:
