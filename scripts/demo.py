@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from tt_agents import TrainConfig  # noqa: E402
+
 
 @dataclass
 class Args:
@@ -50,7 +52,7 @@ class Args:
     max_episode_steps: int = 400
     """Time limit of the env, in collection and evaluation."""
     agents: tuple[str, ...] = ("bc", "dt", "tt")
-    """Which agents to train and evaluate."""
+    """Which agents to train and evaluate (subcommand names of scripts/train.py)."""
     bc_steps: int = 2000
     dt_steps: int = 1500
     tt_steps: int = 3000
@@ -96,31 +98,33 @@ def collect(args: Args, store: Path) -> dict:
     return {k: load_dataset(i) for k, i in zip(kinds, wanted)}
 
 
-def make_agent(name: str, dataset, steps: int, device: str = "auto", seed: int = 0):
-    """An untrained agent for the dataset's spaces and the TrainConfig it trains with (CPU-sized presets)."""
-    from tt_agents import BCConfig, BCPolicy, TrainConfig
+DEMO_PRESETS = ("cpu", "small")
+"""The preset each agent trains with here: the first of these it has, else its first preset."""
 
-    obs, act = dataset.observation_space, dataset.action_space
-    if name == "bc":
-        agent = BCPolicy(obs, act, BCConfig(hidden_sizes=(256, 256)), device=device, seed=seed)
-        train = TrainConfig(steps=steps, batch_size=256, lr=1e-3, warmup_steps=100)
-    elif name == "dt":
-        from tt_agents.dt import DT_PRESETS, DecisionTransformer
 
-        preset = DT_PRESETS["cpu"]
-        agent = DecisionTransformer(obs, act, preset.config, device=device, seed=seed)
-        train = dataclasses.replace(preset.train, steps=steps)
-    elif name == "tt":
-        from tt_agents.tt import TT_PRESETS, TTPlanner
+def make_agent(name: str, dataset, steps: int | None, device: str = "auto", seed: int = 0):
+    """An untrained agent for the dataset's spaces and the TrainConfig it trains with (CPU-sized presets).
 
-        agent = TTPlanner(obs, act, TT_PRESETS["small"](), device=device, seed=seed)
-        train = TrainConfig(steps=steps, batch_size=64, lr=6e-4, warmup_steps=100)
+    ``name`` is an agent's subcommand name in the registry (``bc``, ``dt``, ``tt``, or a plugin's).
+    """
+    from tt_agents.registry import agent_classes
+
+    classes = {c.cli_name or c.__name__.lower(): c for c in agent_classes().values()}
+    if name not in classes:
+        raise ValueError(f"unknown agent {name!r}: choose from {', '.join(sorted(classes))}")
+    agent_cls = classes[name]
+    preset_name = next((p for p in DEMO_PRESETS if p in agent_cls.presets), next(iter(agent_cls.presets), None))
+    if preset_name is None:
+        config, train = agent_cls.config_class(), TrainConfig()
     else:
-        raise ValueError(f"unknown agent {name!r}: choose from bc, dt, tt")
-    return agent, train
+        config, train = agent_cls.presets[preset_name].config, agent_cls.presets[preset_name].train
+    if steps is not None:
+        train = ({k: dataclasses.replace(v, steps=steps) for k, v in train.items()} if isinstance(train, dict)
+                 else dataclasses.replace(train, steps=steps))
+    return agent_cls(dataset.observation_space, dataset.action_space, config, device=device, seed=seed), train
 
 
-def train_and_evaluate(name: str, dataset, steps: int, run_dir: Path, env_fn, ref_min: float, ref_max: float,
+def train_and_evaluate(name: str, dataset, steps: int | None, run_dir: Path, env_fn, ref_min: float, ref_max: float,
                        eval_episodes: int, eval_envs: int, device: str = "auto", seed: int = 0) -> dict:
     """Train agent ``name`` (or reuse ``run_dir/final.zip``), evaluate it, and return a score-table row."""
     from tt_agents import load_agent
@@ -132,7 +136,9 @@ def train_and_evaluate(name: str, dataset, steps: int, run_dir: Path, env_fn, re
         print(f"reusing {final}")
     else:
         agent, train = make_agent(name, dataset, steps, device, seed)
-        train = dataclasses.replace(train, run_dir=str(run_dir), seed=seed, checkpoint_every=500)
+        run = {"run_dir": str(run_dir), "seed": seed, "checkpoint_every": 500}
+        train = ({k: dataclasses.replace(v, **run) for k, v in train.items()} if isinstance(train, dict)
+                 else dataclasses.replace(train, **run))
         t0 = time.perf_counter()
         agent.fit(dataset, train)
         train_s = time.perf_counter() - t0
@@ -174,10 +180,10 @@ def main(args: Args) -> list[dict]:
     # the reference returns collect.py recorded: finished episodes of the random policy and of the expert
     ref_min, ref_max = (float(train_ds.metadata[k]) for k in ("ref_min_score", "ref_max_score"))
     print(f"\ntraining on {train_ds}\nreference returns: random {ref_min:.1f}, expert {ref_max:.1f}\n")
-    steps = {"bc": args.bc_steps, "dt": args.dt_steps, "tt": args.tt_steps}
+    steps = {"bc": args.bc_steps, "dt": args.dt_steps, "tt": args.tt_steps}  # other agents: their preset's
     rows = [dataset_row(f"dataset ({args.dataset})", train_ds, ref_min, ref_max)]
     for name in args.agents:
-        rows.append(train_and_evaluate(name, train_ds, steps[name], out / name, lambda: _make_env(args), ref_min,
+        rows.append(train_and_evaluate(name, train_ds, steps.get(name), out / name, lambda: _make_env(args), ref_min,
                                        ref_max, args.eval_episodes, args.eval_envs, args.device, args.seed))
     text = score_table(rows)
     print(f"\n{args.env_id}, trained on {args.dataset} ({train_ds.total_steps} steps), "
