@@ -1,6 +1,7 @@
-"""Train a tiny BCPolicy on the fake dataset: a subprocess target for the resume and DDP tests.
+"""Train a tiny BCPolicy (or, with ``--dt``, a DT with dropout) on the fake dataset: a subprocess target for the
+resume and DDP tests.
 
-Usage: python tests/_train_bc.py RUN_DIR STEPS [--slow] [--dump PREFIX]
+Usage: python tests/_train_bc.py RUN_DIR STEPS [--slow] [--dt] [--dump PREFIX]
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 torch.set_num_threads(1)
 
 from tests.fake_env import make_dataset  # noqa: E402
-from tt_agents import BCConfig, BCPolicy, TrainConfig  # noqa: E402
+from tt_agents import BCConfig, BCPolicy, DecisionTransformer, DTConfig, TrainConfig  # noqa: E402
 
 
 def main() -> None:
     run_dir, steps = sys.argv[1], int(sys.argv[2])
     ds = make_dataset("vector", "continuous", n_episodes=4)
-    agent = BCPolicy(ds.observation_space, ds.action_space, BCConfig(hidden_sizes=(16, 16)), device="cpu", seed=0)
+    if "--dt" in sys.argv:  # dropout draws from each rank's RNG: an exact resume must restore every rank's
+        agent = DecisionTransformer(ds.observation_space, ds.action_space, DTConfig(
+            context_len=3, n_layer=1, n_head=2, n_embd=16, dropout=0.1, max_timestep=16), device="cpu", seed=0)
+    else:
+        agent = BCPolicy(ds.observation_space, ds.action_space, BCConfig(hidden_sizes=(16, 16)), device="cpu", seed=0)
     if "--slow" in sys.argv:  # slow each step down so that the parent can kill us mid-run
         inner = agent.compute_loss
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -110,3 +111,50 @@ def test_torchrun_ddp_ranks_end_with_identical_weights(tmp_path):
     w_init = torch.cat([p.detach().flatten() for p in init.model.parameters()]).numpy()
     assert not np.allclose(w0, w_init)
     assert (tmp_path / "ddp" / "final.zip").exists()
+
+
+def _kill_all(marker: str) -> None:
+    """SIGKILL every process whose command line holds ``marker`` (torchrun starts its ranks in their own sessions)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
+
+
+def test_torchrun_run_killed_and_resumed_ends_bit_identical(tmp_path):
+    """Two ranks with dropout: a run SIGKILLed mid-way and resumed ends exactly where an uninterrupted one does."""
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(name: str, *extra: str) -> subprocess.Popen:
+        return subprocess.Popen([torchrun, "--standalone", "--nproc_per_node", "2", SCRIPT, str(tmp_path / name), "30",
+                                 "--dt", *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    full = run("full")
+    assert full.wait(timeout=300) == 0, full.stderr.read()[-3000:]
+    part = run("part", "--slow")
+    last = tmp_path / "part" / "checkpoints" / "last.zip"
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline:
+        if last.exists() and read_checkpoint(last).manifest["trainer"]["step"] >= 10:
+            break
+        time.sleep(0.05)
+    _kill_all(str(tmp_path / "part"))  # torchrun and both ranks
+    part.wait()
+    time.sleep(0.5)
+    ckpt = read_checkpoint(last)
+    tr = ckpt.manifest["trainer"]
+    assert 10 <= tr["step"] < 30 and len(tr["numpy_rng_ranks"]) == 1, tr["step"]
+    assert {"torch", "rank1.torch"} <= set(ckpt.tensors["rng"])
+    assert not (tmp_path / "part" / "final.zip").exists()
+    resumed = run("part")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-3000:]
+    a, b = _weights(tmp_path / "full" / "final.zip"), _weights(tmp_path / "part" / "final.zip")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
