@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 from tt_agents.agent import AGENT_REGISTRY, Agent, NonFiniteInputError, Preset, load_agent
 from tt_agents.bc import BCConfig, BCPolicy
 from tt_agents.checkpoint import CheckpointError
-from tt_agents.dt import DT_PRESETS, DecisionTransformer, DTConfig, DTState, MissingRewardError
+from tt_agents.dt import DT_PRESETS, DecisionTransformer, DTActConfig, DTConfig, DTState, MissingRewardError
 from tt_agents.evaluation import EvalResult, evaluate
 from tt_agents.registry import register_agent
 from tt_agents.spaces import SpaceMismatchError
@@ -28,6 +28,7 @@ __all__ = [
     "BCPolicy",
     "CheckpointError",
     "DT_PRESETS",
+    "DTActConfig",
     "DTConfig",
     "DTState",
     "DecisionTransformer",

@@ -123,6 +123,8 @@ class Agent:
     """Named configs with their training settings; the scripts offer each as a subcommand."""
     cli_name: ClassVar[str | None] = None
     """The agent's subcommand in ``scripts/train.py`` (default: the class name in lower case)."""
+    act_class: ClassVar[type | None] = None
+    """The dataclass of the act-time settings (``None``: the agent has none)."""
     stage_names: ClassVar[tuple[str, ...]] = ("model",)
     """The names of :meth:`stages`, in order, known without building the agent (for the scripts)."""
 
@@ -133,9 +135,18 @@ class Agent:
         config: Any = None,
         device: str | torch.device = "auto",
         seed: int | None = None,
+        act: Any = None,
     ) -> None:
         if config is None:
             config = self.config_class()
+        if act is None and self.act_class is not None:
+            act = self.act_class()
+        if self.act_class is not None and not isinstance(act, self.act_class):
+            raise TypeError(f"{type(self).__name__} expects {self.act_class.__name__} act settings, got {type(act).__name__}")
+        self.act = act
+        """How the agent acts (search width, target return, ...): saved as the default with the
+        checkpoint, changeable at any time, and overridable per run (``initial_state(n, act=...)``,
+        ``evaluate(..., act=...)``, ``scripts/eval.py --act.*``)."""
         if not isinstance(config, self.config_class):
             raise TypeError(
                 f"{type(self).__name__} expects a {self.config_class.__name__} config, got {type(config).__name__}"
@@ -204,8 +215,15 @@ class Agent:
             )
         ]
 
-    def initial_state(self, n_envs: int) -> Any:
-        """The state ``predict`` starts from for ``n_envs`` envs (``None``: a stateless agent)."""
+    def initial_state(self, n_envs: int, act: Any = None) -> Any:
+        """The state ``predict`` starts from for ``n_envs`` envs (``None``: a stateless agent).
+
+        Args:
+            n_envs: rows of the observations ``predict`` will get.
+            act: act-time settings for this state (``None``: ``self.act``).
+        """
+        if act is not None and self.act_class is None:
+            raise ValueError(f"{type(self).__name__} has no act-time settings, got {act!r}")
         return None
 
     # ------------------------------------------------------------------ predict
@@ -342,6 +360,7 @@ class Agent:
                 "action_space": space_to_json(self.action_space),
                 "preprocessing": self._preprocessing_state(),
                 "data": self.data_info,
+                **({"act": config_to_dict(self.act)} if self.act is not None else {}),
             }
         }
 
@@ -394,7 +413,11 @@ class Agent:
         if cls is not Agent and not issubclass(agent_cls, cls):
             raise CheckpointError(f"{path}: holds a {name}, not a {cls.__name__}; use tt_agents.load_agent")
         try:
+            info = agent_cls._upgrade_agent_section(dict(info))
             config = config_from_dict(agent_cls.config_class, info["config"], "config")
+            act = None
+            if agent_cls.act_class is not None and "act" in info:
+                act = config_from_dict(agent_cls.act_class, info["act"], "act")
             obs_space = space_from_json(info["observation_space"])
             act_space = space_from_json(info["action_space"])
         except (KeyError, ValueError, TypeError) as e:
@@ -415,15 +438,20 @@ class Agent:
         # file asking for a huge network, say) is refused before anything is allocated
         try:
             with torch.device("meta"):
-                shapes = {k: tuple(v.shape) for k, v in agent_cls(obs_space, act_space, config, device="meta")
+                shapes = {k: tuple(v.shape) for k, v in agent_cls(obs_space, act_space, config, device="meta", act=act)
                           .model.state_dict().items()}
         except (ValueError, TypeError) as e:
             raise CheckpointError(f"{path}: the agent's config or spaces are invalid: {e}") from e
         _check_shapes(shapes, weights, path)
-        agent = agent_cls(obs_space, act_space, config, device=device)
+        agent = agent_cls(obs_space, act_space, config, device=device, act=act)
         agent._restore_training_state(manifest, tensors, path)
         agent.data_info = dict(info.get("data") or {})
         return agent  # type: ignore[return-value]
+
+    @classmethod
+    def _upgrade_agent_section(cls, info: dict[str, Any]) -> dict[str, Any]:
+        """Bring the agent section of a checkpoint written by an older version to today's layout."""
+        return info
 
     def _restore_training_state(
         self, manifest: dict[str, Any], tensors: dict[str, dict[str, torch.Tensor]], path: Path | str
@@ -434,6 +462,7 @@ class Agent:
             raise CheckpointError(f"{path}: the checkpoint holds no agent")
         if info.get("class") != type(self).__name__:
             raise CheckpointError(f"{path}: was written by a {info.get('class')}, cannot load it into a {type(self).__name__}")
+        info = self._upgrade_agent_section(dict(info))
         try:
             self._load_preprocessing_state(info.get("preprocessing") or {})
         except (KeyError, TypeError, ValueError) as e:

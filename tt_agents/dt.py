@@ -4,8 +4,8 @@ The agent is a thin layer over :class:`~tt_agents.models.dt.DecisionTransformerN
 the preprocessing (observation statistics, the return scale, the target return), turns batches
 into the network's inputs and loss, and runs the per-env bookkeeping of ``predict``.
 
-**Return-to-go.** An episode starts at ``target_return`` (settable: ``agent.target_return = x``,
-or per state) and every previous reward is subtracted from it; the network sees it divided by
+**Return-to-go.** An episode starts at ``act.target_return`` (an act-time setting, :class:`DTActConfig`:
+``agent.act.target_return = x``, or per state with ``initial_state(n, act=...)``) and every previous reward is subtracted from it; the network sees it divided by
 ``return_scale``. The previous reward comes from :class:`wrappers.AddPreviousReward` observations;
 given a plain observation, ``predict`` raises :class:`MissingRewardError` (DT never assumes a zero
 reward).
@@ -48,7 +48,7 @@ from tt_agents.registry import register_agent
 from tt_agents.spaces import SpaceMismatchError, is_image_space
 from tt_agents.trainer import TrainConfig
 
-__all__ = ["DTConfig", "DTPreset", "DT_PRESETS", "DTState", "DecisionTransformer", "MissingRewardError"]
+__all__ = ["DTConfig", "DTActConfig", "DTPreset", "DT_PRESETS", "DTState", "DecisionTransformer", "MissingRewardError"]
 
 INFERENCE_MODES = ("cache", "recompute", "window")
 
@@ -76,8 +76,6 @@ class DTConfig:
     Procgen episodes); later steps reuse the last row."""
     cnn_channels: tuple[int, ...] = (16, 32, 32)
     """IMPALA CNN widths for image observations (Espeholt et al., 2018)."""
-    target_return: float | None = None
-    """Return to ask for at evaluation; ``None``: the best episode return of the training data."""
     return_scale: float | None = None
     """Returns-to-go are divided by this; ``None``: the largest absolute episode return of the
     training data, so that they lie in [-1, 1] (Chen et al. use 1000 on MuJoCo)."""
@@ -95,6 +93,22 @@ class DTConfig:
     task_field: str | None = None
     """Per-step extras field giving each episode's task, whose episodes prompt each other
     (e.g. a Procgen level seed); ``None``: all episodes are one task."""
+
+
+@dataclass
+class DTActConfig:
+    """How a :class:`DecisionTransformer` acts (act-time settings: not part of training)."""
+
+    target_return: float | None = None
+    """Return-to-go at every episode start; ``None`` until ``fit`` sets it to the best episode
+    return of the training data (the DT paper asks for about the best return seen)."""
+    inference: str = "cache"
+    """``"cache"`` (constant time per step), ``"recompute"`` (the exact reference) or ``"window"``
+    (the original DT evaluation); see the module docstring."""
+
+    def __post_init__(self) -> None:
+        if self.inference not in INFERENCE_MODES:
+            raise ValueError(f"inference must be one of {INFERENCE_MODES}, got {self.inference!r}")
 
 
 DTPreset = Preset
@@ -170,6 +184,8 @@ class DecisionTransformer(Agent):
     needs_reward = True
     cli_name = "dt"
     presets = DT_PRESETS
+    act_class = DTActConfig
+    act: DTActConfig
 
     def _check_spaces(self) -> None:
         cfg = self.config
@@ -199,8 +215,6 @@ class DecisionTransformer(Agent):
         )
         self.scaler = ActionScaler(self.action_space) if self.head == "tanh" else None
         self.return_scale = float(cfg.return_scale or 1.0)
-        self.target_return: float = float(cfg.target_return or 0.0)
-        """Return-to-go at episode starts for new states; settable."""
         self._prompt: list[dict[str, np.ndarray]] | None = None
 
     def _build_model(self) -> nn.Module:
@@ -222,20 +236,36 @@ class DecisionTransformer(Agent):
         returns = dataset.returns()
         if cfg.return_scale is None:
             self.return_scale = float(np.max(np.abs(returns))) if len(returns) and np.any(returns != 0) else 1.0
-        if cfg.target_return is None and len(returns):
-            self.target_return = float(np.max(returns))
+        if self.act.target_return is None and len(returns):
+            self.act.target_return = float(np.max(returns))
+
+    @property
+    def target_return(self) -> float:
+        """``act.target_return`` (0 while unset): where new states start their returns-to-go; settable."""
+        return float(self.act.target_return or 0.0)
+
+    @target_return.setter
+    def target_return(self, value: float) -> None:
+        self.act.target_return = float(value)
 
     def _preprocessing_state(self) -> dict[str, Any]:
-        return {
-            **self.normalizer.state(),
-            "return_scale": self.return_scale,
-            "target_return": self.target_return,
-        }
+        return {**self.normalizer.state(), "return_scale": self.return_scale}
 
     def _load_preprocessing_state(self, state: dict[str, Any]) -> None:
-        self.normalizer.load_state(state)
+        self.normalizer.load_state({k: v for k, v in state.items() if k != "target_return"})
         self.return_scale = float(state["return_scale"])
-        self.target_return = float(state["target_return"])
+
+    @classmethod
+    def _upgrade_agent_section(cls, info: dict[str, Any]) -> dict[str, Any]:
+        # before act-time settings (commit 014639a): the target return was DTConfig.target_return, and its
+        # resolved value (that, or the data's best return) was saved with the preprocessing
+        config = dict(info.get("config") or {})
+        target = config.pop("target_return", None)
+        if "act" not in info and isinstance(info.get("preprocessing"), dict):
+            target = info["preprocessing"].get("target_return", target)
+            info["act"] = {"target_return": target, "inference": "cache"}
+        info["config"] = config
+        return info
 
     # ---- numpy / batch fields -> network inputs
     def _obs_tensor(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -322,22 +352,28 @@ class DecisionTransformer(Agent):
     def initial_state(
         self,
         n_envs: int,
+        act: DTActConfig | None = None,
         prompt: Sequence[Episode] | Sequence[Sequence[Episode]] | None = None,
         target_return: float | None = None,
-        inference: str = "cache",
+        inference: str | None = None,
     ) -> DTState:
         """A fresh state for ``n_envs`` envs, to pass to ``predict``.
 
         Args:
             n_envs: envs in a batch of observations.
+            act: act-time settings of this state (``None``: ``agent.act``).
             prompt: demonstrations (as in :meth:`set_prompt`); ``None`` takes the agent's prompt.
-            target_return: where returns-to-go start; ``None`` takes ``agent.target_return``.
-            inference: ``"cache"`` (constant time), ``"recompute"`` (the exact reference: every
-                step runs the network over the history that can reach it) or ``"window"``
-                (the original DT: recompute over the last K steps).
+            target_return: overrides ``act.target_return`` for this state.
+            inference: overrides ``act.inference`` for this state: ``"cache"`` (constant time),
+                ``"recompute"`` (the exact reference: every step runs the network over the history
+                that can reach it) or ``"window"`` (the original DT: recompute over the last K steps).
         """
+        act = act if act is not None else self.act
+        inference = act.inference if inference is None else inference
         if inference not in INFERENCE_MODES:
             raise ValueError(f"inference must be one of {INFERENCE_MODES}, got {inference!r}")
+        if target_return is None:
+            target_return = float(act.target_return or 0.0)
         prompts = self._make_prompts(prompt, "end") if prompt is not None else self._prompt
         if self.config.prompt_episodes > 0 and prompts is None:
             raise ValueError(
@@ -349,7 +385,7 @@ class DecisionTransformer(Agent):
         return DTState(
             returns_to_go=np.zeros(n_envs, np.float64),
             timesteps=np.full(n_envs, -1, np.int64),
-            target_return=float(self.target_return if target_return is None else target_return),
+            target_return=float(target_return),
             inference=inference,
             prompt=self._prompt_inputs(prompts) if prompts is not None else None,
         )
