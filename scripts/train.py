@@ -96,15 +96,15 @@ def subcommands() -> dict[str, tuple[type, Any, Any]]:
             train = preset.train if preset is not None else TrainConfig()
             train_cls, train_default = _train_options(agent_cls, names, train)
             stage_type = Optional[Literal[tuple(names)]] if len(names) > 1 else Optional[str]  # type: ignore[misc]  # noqa: UP045
-            args_cls = make_dataclass(
-                f"{agent_cls.__name__}Args",
-                [
-                    ("agent", type(config), field(default_factory=lambda c=config: dataclasses.replace(c))),
-                    ("train", train_cls, field(default_factory=lambda t=train_default: dataclasses.replace(t))),
-                    ("stage", stage_type, field(default=None)),
-                ],
-                bases=(Common,),
-            )
+            fields = [
+                ("agent", type(config), field(default_factory=lambda c=config: dataclasses.replace(c))),
+                ("train", train_cls, field(default_factory=lambda t=train_default: dataclasses.replace(t))),
+                ("stage", stage_type, field(default=None)),
+            ]
+            if agent_cls.act_class is not None:  # the act-time settings saved as the checkpoint's default
+                act = preset.act if preset is not None and preset.act is not None else agent_cls.act_class()
+                fields.append(("act", agent_cls.act_class, field(default_factory=lambda a=act: dataclasses.replace(a))))
+            args_cls = make_dataclass(f"{agent_cls.__name__}Args", fields, bases=(Common,))
             args_cls.__doc__ = " ".join(filter(None, [(agent_cls.__doc__ or "").strip().splitlines()[0],
                                                       preset.description if preset is not None else ""]))
             out[cli if i == 0 else f"{cli}-{pname}"] = (agent_cls, args_cls, args_cls(
@@ -127,7 +127,8 @@ def main(name: str, agent_cls: type, args: Any) -> None:
     dataset = load_dataset(args.dataset)
     print(dataset)
     run_dir = args.run_dir or str(Path("runs") / f"{name}-{args.dataset.replace('/', '_').strip('._')}")
-    agent = agent_cls(dataset.observation_space, dataset.action_space, args.agent, device=args.device, seed=args.seed)
+    agent = agent_cls(dataset.observation_space, dataset.action_space, args.agent, device=args.device, seed=args.seed,
+                      act=getattr(args, "act", None))
     result = agent.fit(dataset, train_configs(args, run_dir), stage=args.stage)
     print(f"trained {type(agent).__name__}: final loss {result.final_loss:.4f} in {result.seconds:.0f} s; "
           f"agent saved to {Path(run_dir) / 'final.zip'}")

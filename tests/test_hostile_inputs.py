@@ -19,7 +19,6 @@ from tt_agents import (
     DecisionTransformer,
     DTConfig,
     NonFiniteInputError,
-    TTConfig,
     TTPlanner,
 )
 from tt_agents.checkpoint import read_checkpoint, write_checkpoint
@@ -31,7 +30,7 @@ def _agents():
     vec_c, vec_d = make_env("vector", "continuous"), make_env("vector", "discrete")
     return {
         "bc": BCPolicy(vec_d.observation_space, vec_d.action_space, BCConfig(hidden_sizes=(8,)), device="cpu", seed=0),
-        "tt": TTPlanner(vec_c.observation_space, vec_c.action_space, TTConfig.tiny(), device="cpu", seed=0),
+        "tt": TTPlanner.from_preset("tiny", vec_c.observation_space, vec_c.action_space, device="cpu", seed=0),
         "dt": DecisionTransformer(vec_c.observation_space, vec_c.action_space,
                                   DTConfig(context_len=3, n_layer=1, n_head=2, n_embd=16, max_timestep=16),
                                   device="cpu", seed=0),

@@ -123,11 +123,9 @@ def test_filters():
 
 # ----------------------------------------------------------------------------- planning
 def _agent(use_cache=True, beam=4, horizon=4, double=True, seed=0, **plan) -> TTPlanner:
-    cfg = TTConfig(
-        n_bins=12, n_layer=2, n_head=2, n_embd=16, dropout=0.0, context_transitions=2,
-        plan=PlanConfig(beam_width=beam, horizon=horizon, n_expand=2, use_cache=use_cache, **plan),
-    )
-    agent = TTPlanner(OBS, ACT, cfg, device="cpu", seed=seed)
+    cfg = TTConfig(n_bins=12, n_layer=2, n_head=2, n_embd=16, dropout=0.0, context_transitions=2)
+    act = PlanConfig(beam_width=beam, horizon=horizon, n_expand=2, use_cache=use_cache, **plan)
+    agent = TTPlanner(OBS, ACT, cfg, device="cpu", seed=seed, act=act)
     with torch.no_grad():  # sharper predictions than a fresh init, so that plans differ from step to step
         for p in agent.model.parameters():
             if p.dim() > 1:
@@ -138,8 +136,7 @@ def _agent(use_cache=True, beam=4, horizon=4, double=True, seed=0, **plan) -> TT
 
 
 def _twin(agent: TTPlanner, **plan) -> TTPlanner:
-    cfg = dataclasses.replace(agent.config, plan=dataclasses.replace(agent.config.plan, **plan))
-    twin = TTPlanner(OBS, ACT, cfg, device="cpu")
+    twin = TTPlanner(OBS, ACT, agent.config, device="cpu", act=dataclasses.replace(agent.act, **plan))
     twin.model.to(next(agent.model.parameters()).dtype)
     twin.model.load_state_dict(agent.model.state_dict())
     twin._set_discretizer(agent.discretizer)
@@ -238,7 +235,7 @@ def test_wrong_state_is_refused_unless_starting_afresh():
 
 # ----------------------------------------------------------------------------- agent
 def test_harness_vector_continuous(tmp_path):
-    check_agent(lambda o, a: TTPlanner(o, a, TTConfig.tiny(), device="cpu", seed=0), "vector", "continuous", tmp_path)
+    check_agent(lambda o, a: TTPlanner(o, a, TTConfig.tiny(), device="cpu", seed=0, act=PlanConfig.tiny()), "vector", "continuous", tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -251,12 +248,13 @@ def test_harness_vector_continuous(tmp_path):
 )
 def test_unsupported_spaces_are_refused(obs_space, act_space, match):
     with pytest.raises(SpaceMismatchError, match=match):
-        TTPlanner(obs_space, act_space, TTConfig.tiny(), device="cpu")
+        TTPlanner(obs_space, act_space, TTConfig.tiny(), device="cpu", act=PlanConfig.tiny())
 
 
 def test_evaluate_policy_with_and_without_rewards_and_a_gymnasium_loop():
     ds = make_dataset("vector", "continuous", n_episodes=3)
-    agent = TTPlanner(ds.observation_space, ds.action_space, TTConfig.tiny(), device="cpu", seed=0)
+    agent = TTPlanner(ds.observation_space, ds.action_space, TTConfig.tiny(), device="cpu", seed=0,
+                      act=PlanConfig.tiny())
     agent.fit(ds, TrainConfig(steps=5, batch_size=4, warmup_steps=1, progress=False))
     for env in (make_env(episode_len=5), AddPreviousReward(make_env(episode_len=5))):
         mean, std = evaluate_policy(agent, env, n_eval_episodes=2, warn=False)
@@ -274,20 +272,22 @@ def test_evaluate_policy_with_and_without_rewards_and_a_gymnasium_loop():
 
 def test_fit_sets_bins_and_checkpoint_round_trip(tmp_path):
     ds = make_dataset("vector", "continuous", n_episodes=3)
-    agent = TTPlanner(ds.observation_space, ds.action_space, TTConfig.tiny(), device="cpu", seed=0)
+    agent = TTPlanner(ds.observation_space, ds.action_space, TTConfig.tiny(), device="cpu", seed=0,
+                      act=PlanConfig.tiny())
     agent.fit(ds, TrainConfig(steps=2, batch_size=4, warmup_steps=1, progress=False))
     # value bins include the termination penalty (every fake episode terminates)
     assert agent.discretizer.thresholds[0, -1] < -50
-    agent.config.plan = PlanConfig(beam_width=2, horizon=3)
+    agent.act = PlanConfig(beam_width=2, horizon=3)
     loaded = TTPlanner.load(agent.save(tmp_path / "tt"), device="cpu")
     np.testing.assert_array_equal(loaded.discretizer.thresholds, agent.discretizer.thresholds)
-    assert loaded.config == agent.config
+    assert loaded.config == agent.config and loaded.act == agent.act
     torch.testing.assert_close(loaded.model.thresholds, agent.model.thresholds)
 
 
 def test_training_lowers_the_loss():
     ds = make_dataset("vector", "continuous", n_episodes=6)
-    agent = TTPlanner(ds.observation_space, ds.action_space, TTConfig.tiny(), device="cpu", seed=0)
+    agent = TTPlanner(ds.observation_space, ds.action_space, TTConfig.tiny(), device="cpu", seed=0,
+                      act=PlanConfig.tiny())
     result = agent.fit(ds, TrainConfig(steps=120, batch_size=16, lr=3e-3, warmup_steps=5, progress=False))
     assert np.mean(result.losses[-10:]) < 0.8 * np.mean(result.losses[:10])
 
@@ -307,8 +307,8 @@ def test_planning_picks_the_rewarding_action():
     space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
     ds = EpisodeDataset(episodes, space, space)
     cfg = TTConfig(n_bins=20, n_layer=1, n_head=2, n_embd=32, dropout=0.0, sequence_transitions=2,
-                   context_transitions=2, plan=PlanConfig(beam_width=8, horizon=1, n_expand=4))
-    agent = TTPlanner(space, space, cfg, device="cpu", seed=0)
+                   context_transitions=2)
+    agent = TTPlanner(space, space, cfg, device="cpu", seed=0, act=PlanConfig(beam_width=8, horizon=1, n_expand=4))
     agent.fit(ds, TrainConfig(steps=300, batch_size=64, lr=3e-3, warmup_steps=10, progress=False))
     actions, _ = agent.predict(rng.uniform(-1, 1, (32, 1)).astype(np.float32))
     assert np.abs(actions - 0.5).mean() < 0.25  # a uniformly random action is 0.625 away on average
@@ -319,7 +319,7 @@ def test_presets_and_config_json():
     c = TTConfig()
     assert (c.n_layer, c.n_head, c.n_embd, c.n_bins, c.sequence_transitions, c.context_transitions) == (4, 4, 128, 100, 10, 5)
     assert (c.action_weight, c.reward_weight, c.value_weight, c.termination_penalty) == (5.0, 1.0, 1.0, -100.0)
-    p = c.plan
+    p = PlanConfig()  # the paper's search: the act-time default of a TTPlanner
     assert (p.beam_width, p.horizon, p.n_expand, p.k_obs, p.k_act, p.cdf_obs, p.cdf_act) == (128, 15, 2, 1, None, None, 0.6)
     assert set(TT_PRESETS) >= {"paper", "small"}
     small = TTConfig.small()

@@ -89,6 +89,8 @@ class Preset:
     train: TrainConfig | dict[str, TrainConfig] = field(default_factory=TrainConfig)
     description: str = ""
     """One line for ``--help``: what the preset is for and what it costs."""
+    act: Any = None
+    """The act-time settings the preset is meant for (``None``: the agent's defaults)."""
 
 
 class NonFiniteInputError(SpaceMismatchError):
@@ -163,6 +165,25 @@ class Agent:
             set_seed(seed)
         self.model: nn.Module = self._build_model().to(self.device)
         self.model.eval()  # acting mode; the trainer switches to train() and back
+
+    @classmethod
+    def from_preset(
+        cls: type[A], name: str, observation_space: gym.Space, action_space: gym.Space, **kwargs: Any
+    ) -> A:
+        """An agent built from ``cls.presets[name]``: its config and its act-time settings.
+
+        Example:
+            >>> import gymnasium as gym
+            >>> from tt_agents import TTPlanner
+            >>> space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+            >>> TTPlanner.from_preset("tiny", space, space, device="cpu").act.beam_width
+            3
+        """
+        if name not in cls.presets:
+            raise KeyError(f"{cls.__name__} has no preset {name!r}; its presets are {sorted(cls.presets)}")
+        preset = cls.presets[name]
+        kwargs.setdefault("act", dataclasses.replace(preset.act) if preset.act is not None else None)
+        return cls(observation_space, action_space, dataclasses.replace(preset.config), **kwargs)
 
     # ------------------------------------------------------------------ hooks
     def _check_spaces(self) -> None:

@@ -121,6 +121,7 @@ def evaluate(
     json_path: str | os.PathLike | None = None,
     max_steps: int = 1_000_000,
     progress: bool = True,
+    act: Any = None,
 ) -> EvalResult:
     """Run ``n_episodes`` episodes of ``agent`` on a vector env and summarise the returns.
 
@@ -136,6 +137,8 @@ def evaluate(
             env id (made with ``render_mode="rgb_array"``) or an env that renders ``rgb_array``.
         json_path: also write the result there as JSON.
         max_steps: a bound on vector steps, so that a never-ending env cannot hang the run.
+        act: the agent's act-time settings for this evaluation (``None``: ``agent.act``), given
+            to ``agent.initial_state(n_envs, act=act)``.
 
     Example:
         >>> from tt_agents import BCPolicy
@@ -166,6 +169,8 @@ def evaluate(
     counts = np.zeros(n, dtype=np.int64)
     planner = VectorPlanner(venv, agent, deterministic=deterministic)
     planner.reset(seed=seed)
+    if act is not None:
+        planner.state = agent.initial_state(n, act=act)
     ep_ret = np.zeros(n, np.float64)
     ep_len = np.zeros(n, np.int64)
     returns: list[float] = []

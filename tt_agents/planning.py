@@ -42,7 +42,8 @@ __all__ = ["PlanConfig", "Plan", "CachedContext", "ReferenceContext", "Noise", "
 
 @dataclass
 class PlanConfig:
-    """Beam-search hyperparameters; the defaults are the paper's for MuJoCo locomotion."""
+    """Beam-search hyperparameters (a TTPlanner's act-time settings); the defaults are the paper's for MuJoCo
+    locomotion."""
 
     beam_width: int = 128
     """Beams kept per env after each transition (paper: 128; 32 is enough for HalfCheetah)."""
@@ -73,6 +74,16 @@ class PlanConfig:
             v = getattr(self, name)
             if v is not None and not 0.0 <= v < 1.0:
                 raise ValueError(f"{name} must be in [0, 1) or None, got {v}")
+
+    @classmethod
+    def small(cls) -> PlanConfig:
+        """The search of ``TT_PRESETS["small"]``: about a second per action on a CPU."""
+        return cls(beam_width=16, horizon=5, n_expand=2)
+
+    @classmethod
+    def tiny(cls) -> PlanConfig:
+        """For tests: a search of a few beams."""
+        return cls(beam_width=3, horizon=2, n_expand=2)
 
 
 @dataclass

@@ -26,7 +26,7 @@ and discrete actions are refused with a :class:`~tt_agents.spaces.SpaceMismatchE
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -49,7 +49,7 @@ __all__ = ["TTConfig", "TTPlanner", "TTState", "TT_PRESETS", "PlanConfig"]
 
 @dataclass
 class TTConfig:
-    """Network, discretization and training targets of a Trajectory Transformer, and its planner.
+    """Network, discretization and training targets of a Trajectory Transformer (its search is ``agent.act``).
 
     The defaults are the paper's for MuJoCo locomotion (``TTConfig.paper()``);
     ``TTConfig.small()`` trains in minutes on a CPU.
@@ -83,8 +83,6 @@ class TTConfig:
     """Loss weight of reward tokens (paper: 1)."""
     value_weight: float = 1.0
     """Loss weight of value tokens (paper: 1)."""
-    plan: PlanConfig = field(default_factory=PlanConfig)
-    """Beam search; may be changed after loading (``agent.config.plan = PlanConfig(...)``)."""
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -109,7 +107,6 @@ class TTConfig:
             n_embd=64,
             sequence_transitions=6,
             context_transitions=3,
-            plan=PlanConfig(beam_width=16, horizon=5, n_expand=2),
         )
 
     @classmethod
@@ -123,24 +120,26 @@ class TTConfig:
             dropout=0.0,
             sequence_transitions=3,
             context_transitions=2,
-            plan=PlanConfig(beam_width=3, horizon=2, n_expand=2),
         )
 
 
 TT_PRESETS: dict[str, Preset] = {
     "paper": Preset(TTConfig.paper(), TrainConfig(steps=20_000, batch_size=256),
-                    "the paper's MuJoCo network (4 layers x 128) and search (beam 128, horizon 15)"),
+                    "the paper's MuJoCo network (4 layers x 128) and search (beam 128, horizon 15)", PlanConfig()),
     "small": Preset(TTConfig.small(), TrainConfig(steps=3_000, batch_size=64),
-                    "2 layers x 64, beam 16 horizon 5: trains in minutes on a CPU"),
-    "tiny": Preset(TTConfig.tiny(), TrainConfig(steps=200, batch_size=32), "for tests: a few thousand weights"),
+                    "2 layers x 64, beam 16 horizon 5: trains in minutes on a CPU", PlanConfig.small()),
+    "tiny": Preset(TTConfig.tiny(), TrainConfig(steps=200, batch_size=32), "for tests: a few thousand weights",
+                   PlanConfig.tiny()),
 }
-"""Named configurations with their training settings (``scripts/train.py tt-small``)."""
+"""Named configurations with their training settings and searches (``scripts/train.py tt-small``)."""
 
 
 class TTState:
     """Per-env planning context, returned by :meth:`TTPlanner.predict` and passed back to it.
 
     Attributes:
+        act: the search this state plans with (may be replaced between calls, in the same
+            ``use_cache`` mode).
         context: one row per env: its history as a KV cache (or as tokens, reference mode).
         pending: ``(n_envs, act_dim + 2)`` tokens of the last chosen action and of the reward and
             value the model predicted for it, appended to the context at the next step.
@@ -149,10 +148,12 @@ class TTState:
         last_plan: the last plans (tokens and scores), for inspection.
     """
 
-    def __init__(self, agent: TTPlanner, n_envs: int) -> None:
+    def __init__(self, agent: TTPlanner, n_envs: int, act: PlanConfig | None = None) -> None:
         model: TrajectoryTransformer = agent.model  # type: ignore[assignment]
         self.n_envs = n_envs
-        self.use_cache = agent.config.plan.use_cache
+        act = act if act is not None else agent.act
+        self.act = act
+        self.use_cache = act.use_cache
         ctx_cls = CachedContext if self.use_cache else ReferenceContext
         self.context: CachedContext | ReferenceContext = ctx_cls.empty(model, n_envs)
         self.pending = torch.zeros(n_envs, model.action_dim + 2, dtype=torch.long, device=agent.device)
@@ -175,7 +176,8 @@ class TTPlanner(Agent):
     Example:
         >>> import gymnasium as gym
         >>> space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
-        >>> agent = TTPlanner(space, gym.spaces.Box(-1.0, 1.0, (2,), np.float32), TTConfig.tiny(), device="cpu", seed=0)
+        >>> agent = TTPlanner(space, gym.spaces.Box(-1.0, 1.0, (2,), np.float32), TTConfig.tiny(), device="cpu", seed=0,
+        ...                   act=PlanConfig.tiny())  # or TTPlanner.from_preset("tiny", ...)
         >>> action, state = agent.predict(np.zeros(3, np.float32))
         >>> action.shape, state.n_envs
         ((2,), 1)
@@ -183,6 +185,8 @@ class TTPlanner(Agent):
 
     config_class = TTConfig
     config: TTConfig
+    act_class = PlanConfig
+    act: PlanConfig
     needs_reward = True
     cli_name = "tt"
     presets = TT_PRESETS
@@ -289,23 +293,41 @@ class TTPlanner(Agent):
         return loss, dict(zip(per_kind, values))
 
     # ---- acting
-    def initial_state(self, n_envs: int) -> TTState:
-        state = TTState(self, n_envs)
-        state.reset(np.ones(n_envs, bool), self.config.plan.seed)
+    def initial_state(self, n_envs: int, act: PlanConfig | None = None) -> TTState:
+        """A fresh planning context for ``n_envs`` envs; ``act`` is its search (``None``: ``agent.act``)."""
+        state = TTState(self, n_envs, act if act is not None else self.act)
+        state.reset(np.ones(n_envs, bool), state.act.seed)
         return state
+
+    @classmethod
+    def _upgrade_agent_section(cls, info: dict[str, Any]) -> dict[str, Any]:
+        # before act-time settings (commit 014639a) the search was TTConfig.plan
+        config = dict(info.get("config") or {})
+        plan = config.pop("plan", None)
+        if plan is not None and "act" not in info:
+            info["act"] = plan
+        info["config"] = config
+        return info
 
     def _predict(self, observation, previous_reward, state, episode_start, deterministic):
         n = observation.shape[0]
-        plan_cfg = self.config.plan
-        if not isinstance(state, TTState) or state.n_envs != n or state.use_cache != plan_cfg.use_cache:
+        if not isinstance(state, TTState) or state.n_envs != n:
             if state is not None and not episode_start.all():
                 raise ValueError(
-                    f"the state passed to predict is not a TTPlanner state for {n} envs in this planning mode; "
+                    f"the state passed to predict is not a TTPlanner state for {n} envs; "
                     "pass state=None (or episode_start all true) to start afresh"
                 )
             state = self.initial_state(n)
+        elif state.use_cache != state.act.use_cache:
+            if not episode_start.all():
+                raise ValueError(
+                    f"this state's context was built with use_cache={state.use_cache}, but its act settings now say "
+                    f"use_cache={state.act.use_cache}; start afresh (episode_start all true) to change the mode"
+                )
+            state = self.initial_state(n, state.act)
         elif episode_start.any():
-            state.reset(episode_start, plan_cfg.seed)
+            state.reset(episode_start, state.act.seed)
+        plan_cfg = state.act
         model: TrajectoryTransformer = self.model  # type: ignore[assignment]
         D, A = self.obs_dim, self.act_dim
         obs_tokens = torch.as_tensor(self.discretizer.subset(0, D).discretize(observation), device=self.device)

@@ -72,7 +72,7 @@ def make_agent(args: Args, beam: int, horizon: int, mode: str) -> TTPlanner:
     obs = gym.spaces.Box(-np.inf, np.inf, (args.obs_dim,), np.float32)
     act = gym.spaces.Box(-1.0, 1.0, (args.action_dim,), np.float32)
     plan = PlanConfig(beam_width=beam, horizon=horizon, use_cache=mode == "cache")
-    return TTPlanner(obs, act, TTConfig(plan=plan), device="cpu", seed=0)  # the paper's network
+    return TTPlanner(obs, act, TTConfig(), device="cpu", seed=0, act=plan)  # the paper's network
 
 
 def inputs(args: Args, n_envs: int, n: int) -> list[dict[str, np.ndarray]]:
@@ -88,27 +88,25 @@ def inputs(args: Args, n_envs: int, n: int) -> list[dict[str, np.ndarray]]:
 
 def warm_state(agent: TTPlanner, mode: str, xs: list[dict[str, np.ndarray]], steps: int) -> TTState:
     """A state whose history is ``steps`` transitions long, built with cheap plans."""
-    plan = agent.config.plan
-    agent.config.plan = dataclasses.replace(plan, beam_width=1, horizon=1, n_expand=1)
     n = xs[0]["observation"].shape[0]
-    state = agent.initial_state(n)
+    state = agent.initial_state(n, act=dataclasses.replace(agent.act, beam_width=1, horizon=1, n_expand=1))
     if mode == "window":
         state.context = ReferenceContext.empty(agent.model, n, window=True)  # type: ignore[arg-type]
     for t in range(steps):
         _, state = agent.predict(xs[t % len(xs)], state)
-    agent.config.plan = plan
+    state.act = agent.act  # the search to time
     return state
 
 
 def seconds(agent: TTPlanner, state: TTState, x: dict[str, np.ndarray], horizon: int | None = None) -> float:
     """Wall seconds of one predict call (optionally at another horizon); ``state`` moves on one env step."""
-    plan = agent.config.plan
+    search = state.act
     if horizon is not None:
-        agent.config.plan = dataclasses.replace(plan, horizon=horizon)
+        state.act = dataclasses.replace(search, horizon=horizon)
     t0 = time.perf_counter()
     agent.predict(x, state)
     dt = time.perf_counter() - t0
-    agent.config.plan = plan
+    state.act = search
     return dt
 
 

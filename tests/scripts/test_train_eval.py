@@ -70,3 +70,46 @@ def test_bench_lists_every_section():
     sections = sorted(p.stem.replace("_", "-") for p in (REPO / "scripts" / "benches").glob("[!_]*.py"))
     for name in sections:
         assert name in proc.stdout
+
+
+def test_eval_act_options_change_a_loaded_tts_search_and_not_the_checkpoint(tmp_path):
+    """``--act.beam-width 4 --act.horizon 2`` plans with that search; the file on disk is unchanged."""
+    from tests.fake_env import make_env
+    from tt_agents import TTPlanner
+
+    env = make_env("vector", "continuous")
+    path = TTPlanner.from_preset("tiny", env.observation_space, env.action_space, device="cpu", seed=0).save(
+        tmp_path / "tt")
+    before = path.read_bytes()
+    probe = tmp_path / "probe.py"  # eval.py's main, with evaluate replaced by a recorder of the search it plans with
+    probe.write_text(
+        "import json, runpy, sys\n"
+        "import tt_agents.evaluation as ev\n"
+        "from tests.fake_env import make_env\n"
+        "real = ev.evaluate\n"
+        "def spy(agent, env_id, **kw):\n"
+        "    seen = []\n"
+        "    inner = type(agent)._predict\n"
+        "    def record(self, obs, reward, state, starts, det):\n"
+        "        seen.append([state.act.beam_width, state.act.horizon] if state is not None else None)\n"
+        "        return inner(self, obs, reward, state, starts, det)\n"
+        "    type(agent)._predict = record\n"
+        "    res = real(agent, lambda: make_env('vector', 'continuous'), **kw)\n"
+        f"    open({str(tmp_path / 'seen.json')!r}, 'w').write(json.dumps(seen))\n"
+        "    return res\n"
+        "ev.evaluate = spy\n"
+        "sys.argv = ['scripts/eval.py', *sys.argv[1:]]\n"
+        "runpy.run_path('scripts/eval.py', run_name='__main__')\n"
+    )
+    env_vars = {**os.environ, "PYTHONPATH": str(REPO)}
+    for extra, expected in (([], [3, 2]), (["--act.beam-width", "4", "--act.horizon", "2"], [4, 2])):
+        proc = subprocess.run([sys.executable, str(probe), "--checkpoint", str(path), "--env-id", "fake",
+                               "--n-episodes", "1", "--n-envs", "1", "--device", "cpu", *extra],
+                              capture_output=True, text=True, cwd=REPO, env=env_vars, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        seen = json.loads((tmp_path / "seen.json").read_text())
+        assert seen and all(s == expected for s in seen), seen
+    proc = subprocess.run([sys.executable, "scripts/eval.py", "--checkpoint", str(path), "--help"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert "--act.beam-width" in proc.stdout and "--act.horizon" in proc.stdout
+    assert path.read_bytes() == before
