@@ -9,8 +9,7 @@ Agents (all follow :class:`Agent`: ``predict``, ``save``, ``load``, ``fit``):
 Functions: :func:`load_agent` (any checkpoint), :func:`evaluate` (episodes on a vector env).
 """
 
-__version__ = "0.1.0"
-
+from tt_agents._version import __version__
 from tt_agents.agent import AGENT_REGISTRY, Agent, NonFiniteInputError, Preset, load_agent
 from tt_agents.bc import BCConfig, BCPolicy
 from tt_agents.checkpoint import CheckpointError

@@ -35,6 +35,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from tt_agents._version import __version__
+
 __all__ = [
     "CheckpointError",
     "Checkpoint",
@@ -67,8 +69,6 @@ class Checkpoint:
 
 
 def _package_version() -> str:
-    from tt_agents import __version__
-
     return __version__
 
 
