@@ -289,19 +289,13 @@ def main(args: Args) -> None:
         "- `linear GFLOP/s`: the FLOPs of the linear layers and heads (`addmm`, `mm`) over their profiled self time; "
         "`attention GB/s`: the bytes of the attention products' operands and results (`bmm`, float32) over their "
         "profiled self time. `linear / 1-env linear` and `attention / 1-env attention`: those profiled times at "
-        "8 envs over the same search's at 1 env. A part that ran far below the machine's rate at 1 env could "
-        "gain from batching; one that already runs at the peak matmul rate, or at the memory's bandwidth, "
-        "costs about 8 times as much for 8 times the beams.\n"
+        "n envs over the same search's at 1 env (n times the beams).\n"
         "- `... share`: the fraction of one call's torch op time (torch.profiler, self CPU time) in attention "
         "products with the cached keys and values (`bmm`, softmax), in the linear layers (`addmm`, `mm`, GELU, "
         "layer norm) and in copying the caches of surviving beams (`index_select`, `copy_`, indexing). Every "
         "decoded token reads each row's whole KV ring "
-        f"({4 * 2 * 125 * 128 * 4 // 1024} KB: 4 layers, keys and values, 125 tokens, width 128, float32), so "
-        "attention and pruning move bytes, in proportion to the number of beams of all envs, at the speed of the "
-        "memory rather than of the arithmetic units; that part cannot gain from batching on a CPU, which is why "
-        "8 envs cost several times one env here.\n"
-        "- Figures come from a 2-core machine shared with other jobs; ratios within a row are more reliable than "
-        "absolute seconds.\n"
+        f"({4 * 2 * 125 * 128 * 4 // 1024} KB: 4 layers, keys and values, 125 tokens, width 128, float32).\n"
+
     )
     if args.write:
         write_section("planning", "Trajectory Transformer: planning time per action", body)
