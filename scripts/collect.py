@@ -247,73 +247,15 @@ def make_vec(args: Args, num_envs: int) -> gym.vector.VectorEnv:
 # rollouts
 
 
-def rollout(
-    venv: gym.vector.VectorEnv,
-    act: Callable[[Any], Any],
-    *,
-    seed: int,
-    steps: int | None = None,
-    episodes: int | None = None,
-    desc: str = "rollout",
-    progress: bool = True,
-) -> tuple[list[float], int]:
-    """Run ``act`` on ``venv`` for ``steps`` transitions or ``episodes`` finished episodes.
+class RandomPolicy:
+    """Uniform random actions, with SB3's ``predict`` (so that it runs through the same rollout loop)."""
 
-    Autoreset steps (NEXT_STEP mode) are not counted. Episodes are counted per sub-env quota, as
-    SB3's ``evaluate_policy`` does, so short episodes are not over-represented.
+    def __init__(self, venv: gym.vector.VectorEnv, seed: int) -> None:
+        self.space = venv.action_space
+        self.space.seed(seed)
 
-    Returns:
-        The returns of the episodes that finished (within the quotas), and the transitions taken.
-    """
-    n = venv.num_envs
-    from wrappers._autoreset import autoreset_mode
-
-    next_step = autoreset_mode(venv) is gym.vector.AutoresetMode.NEXT_STEP
-    quota = np.array([(episodes + i) // n for i in range(n)]) if episodes is not None else None
-    counts = np.zeros(n, dtype=np.int64)
-    ep_ret = np.zeros(n, dtype=np.float64)
-    autoreset = np.zeros(n, dtype=bool)
-    returns: list[float] = []
-    taken = 0
-    obs, _ = venv.reset(seed=seed)
-    bar = tqdm(
-        total=steps if steps is not None else episodes, desc=desc, disable=not progress, unit="step" if steps else "ep"
-    )
-    while True:
-        obs, rewards, term, trunc, _ = venv.step(act(obs))
-        live = ~autoreset
-        ep_ret[live] += np.asarray(rewards)[live]
-        done = (np.asarray(term) | np.asarray(trunc)) & live
-        for i in np.flatnonzero(done):
-            if quota is None or counts[i] < quota[i]:
-                returns.append(float(ep_ret[i]))
-                if quota is not None:
-                    bar.update(1)
-            counts[i] += 1
-            ep_ret[i] = 0.0
-        autoreset = done if next_step else np.zeros(n, bool)
-        k = int(live.sum())
-        taken += k
-        if steps is not None:
-            bar.update(k)
-            if taken >= steps:
-                break
-        elif np.all(counts >= quota):
-            break
-    bar.close()
-    return returns, taken
-
-
-def sb3_policy(model: Any, deterministic: bool) -> Callable[[Any], Any]:
-    def act(obs: Any) -> Any:
-        return model.predict(obs, deterministic=deterministic)[0]
-
-    return act
-
-
-def random_policy(venv: gym.vector.VectorEnv, seed: int) -> Callable[[Any], Any]:
-    venv.action_space.seed(seed)
-    return lambda obs: venv.action_space.sample()
+    def predict(self, obs: Any, state: Any = None, episode_start: Any = None, deterministic: bool = False):
+        return self.space.sample(), state
 
 
 # ----------------------------------------------------------------------------------------------
@@ -431,6 +373,7 @@ def _import_sb3() -> None:
 
 def main(args: Args) -> dict[str, Any]:
     from tt_agents.data.minari_io import MinariReader, MinariWriter, dataset_path
+    from tt_agents.rollout import rollout
     from wrappers.action_logger import VectorActionLogger
 
     _import_sb3()
@@ -486,9 +429,7 @@ def main(args: Args) -> dict[str, Any]:
     writers: dict[str, Any] = {}
     stats: dict[str, dict[str, Any]] = {}
 
-    def collect(
-        kind: str, act_fn: Callable[[Any], Any] | None, model: Any, seed: int, policy: dict[str, Any]
-    ) -> list[float]:
+    def collect(kind: str, model: Any, seed: int, policy: dict[str, Any]) -> list[float]:
         venv = make_vec(args, args.num_envs)
         logger = VectorActionLogger(
             venv,
@@ -501,10 +442,9 @@ def main(args: Args) -> dict[str, Any]:
                 "description": f"{kind} dataset of {args.env_id}, collected by scripts/collect.py",
             },
         )
-        act = act_fn or (random_policy(logger, seed) if model is None else sb3_policy(model, args.deterministic))
-        returns, taken = rollout(
-            logger, act, seed=seed, steps=args.dataset_steps, desc=f"collect {ids[kind]}", progress=args.progress
-        )
+        res = rollout(logger, RandomPolicy(logger, seed) if model is None else model, n_steps=args.dataset_steps,
+                      seed=seed, deterministic=args.deterministic, desc=f"collect {ids[kind]}", progress=args.progress)
+        returns = res.returns
         logger.close()
         writers[kind] = logger.writer
         stats[kind] = {
@@ -515,19 +455,20 @@ def main(args: Args) -> dict[str, Any]:
         }
         return returns
 
-    def evaluate(act_maker: Callable[[gym.vector.VectorEnv], Callable[[Any], Any]], seed: int, desc: str) -> float:
+    def evaluate(model: Any, seed: int, desc: str, random_seed: int = 0) -> float:
+        """Mean return of an SB3 model (``None``: the random policy, seeded with ``random_seed``) over ``--eval-episodes``."""
         venv = make_vec(args, args.num_envs)
-        returns, _ = rollout(
-            venv, act_maker(venv), seed=seed, episodes=args.eval_episodes, desc=desc, progress=args.progress
-        )
+        policy = RandomPolicy(venv, random_seed) if model is None else model
+        res = rollout(venv, policy, n_episodes=args.eval_episodes, seed=seed, deterministic=args.deterministic,
+                      desc=desc, progress=args.progress)
         venv.close()
-        return float(np.mean(returns))
+        return float(np.mean(res.returns))
 
     # 1. the random policy: ref_min_score
-    random_returns = collect("random", None, None, args.seed, {"name": "uniform-random"}) if "random" in kinds else []
+    random_returns = collect("random", None, args.seed, {"name": "uniform-random"}) if "random" in kinds else []
     ref_min = _mean(random_returns)
     if ref_min is None:
-        ref_min = evaluate(lambda v: random_policy(v, args.seed + 1), args.seed + 3000, "evaluate random policy")
+        ref_min = evaluate(None, args.seed + 3000, "evaluate random policy", random_seed=args.seed + 1)
 
     # 2. the expert (trained, with checkpoints and the training log, or loaded)
     checkpoints: list[tuple[int, Path]] = []
@@ -567,10 +508,10 @@ def main(args: Args) -> dict[str, Any]:
     expert_info["deterministic"] = args.deterministic
 
     # 3. the expert's data: ref_max_score
-    expert_returns = collect("expert", None, expert, args.seed + 1000, expert_info) if "expert" in kinds else []
+    expert_returns = collect("expert", expert, args.seed + 1000, expert_info) if "expert" in kinds else []
     ref_max = _mean(expert_returns)
     if ref_max is None:
-        ref_max = evaluate(lambda v: sb3_policy(expert, args.deterministic), args.seed + 3001, "evaluate expert")
+        ref_max = evaluate(expert, args.seed + 3001, "evaluate expert")
 
     # 4. medium: the checkpoint closest to a third of the way from random to expert
     medium_step = None
@@ -592,11 +533,7 @@ def main(args: Args) -> dict[str, Any]:
             for k, (step, path) in enumerate(checkpoints):
                 candidate = _algo_class(algo).load(path, device=args.device)
                 scores.append(
-                    evaluate(
-                        lambda v, m=candidate: sb3_policy(m, args.deterministic),
-                        args.seed + 4000 + k,
-                        f"evaluate checkpoint {step}",
-                    )
+                    evaluate(candidate, args.seed + 4000 + k, f"evaluate checkpoint {step}")
                 )
             best = int(np.argmin([abs(s - target) for s in scores]))
             medium_step, medium_path = checkpoints[best]
@@ -613,7 +550,7 @@ def main(args: Args) -> dict[str, Any]:
             }
         medium_info["deterministic"] = args.deterministic
         if "medium" in kinds:
-            collect("medium", None, medium, args.seed + 2000, medium_info)
+            collect("medium", medium, args.seed + 2000, medium_info)
 
     # 5. medium-replay: the training episodes up to the medium checkpoint
     if "medium-replay" in kinds:

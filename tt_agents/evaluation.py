@@ -14,7 +14,6 @@ import json
 import math
 import os
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
-from tqdm.auto import tqdm
+
+from tt_agents.rollout import PolicyDriver, StepInfo, rollout
 
 __all__ = ["EvalResult", "evaluate", "normalized_score", "make_vec_env"]
 
@@ -126,8 +126,8 @@ def evaluate(
     """Run ``n_episodes`` episodes of ``agent`` on a vector env and summarise the returns.
 
     Args:
-        agent: any :class:`tt_agents.Agent` (one batched ``predict`` per step for all sub-envs,
-            through :class:`wrappers.VectorPlanner`).
+        agent: any :class:`tt_agents.Agent`, or anything with SB3's ``predict`` (one batched
+            ``predict`` per step for all sub-envs, through :func:`tt_agents.rollout.rollout`).
         env: an env id (made with ``n_envs`` sub-envs), an Env, a factory, or a VectorEnv.
         n_episodes: episodes to complete in total.
         seed: sub-env ``i`` is reset with ``seed + i``.
@@ -149,72 +149,28 @@ def evaluate(
         >>> res.n_episodes, res.normalized_score is not None
         (2, True)
     """
-    from wrappers.planning import VectorPlanner
-
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
     if video_path is not None and Path(video_path).suffix.lower() not in VIDEO_SUFFIXES:
         raise ValueError(f"video_path must end in one of {VIDEO_SUFFIXES}, got {str(video_path)!r}")
     env_id = env if isinstance(env, str) else None
     venv = make_vec_env(env, n_envs, render=video_path is not None)
-    n = venv.num_envs
     data_info = getattr(agent, "data_info", {}) or {}
     if ref_min_score is None:
         ref_min_score = data_info.get("ref_min_score")
     if ref_max_score is None:
         ref_max_score = data_info.get("ref_max_score")
     env_id = env_id or data_info.get("env_id")
-
-    targets = np.array([(n_episodes + i) // n for i in range(n)], dtype=np.int64)
-    counts = np.zeros(n, dtype=np.int64)
-    planner = VectorPlanner(venv, agent, deterministic=deterministic)
-    planner.reset(seed=seed)
-    if act is not None:
-        planner.state = agent.initial_state(n, act=act)
-    ep_ret = np.zeros(n, np.float64)
-    ep_len = np.zeros(n, np.int64)
-    returns: list[float] = []
-    lengths: list[int] = []
-    frames: list[np.ndarray] = []
-    recording = video_path is not None
-    t0 = time.perf_counter()
-    bar = tqdm(total=n_episodes, desc=f"eval {type(agent).__name__}", disable=not progress, dynamic_ncols=True)
-    shown = -math.inf  # when the bar's step count was last shown (a planner may take seconds per step)
+    callback = _VideoRecorder(video_path) if video_path is not None else None
     try:
-        for step in range(max_steps):
-            if (counts >= targets).all():
-                break
-            if recording:
-                frames.append(_first_frame(venv))
-            counted = ~planner.autoreset_step  # NEXT_STEP: a pure reset step is not part of any episode
-            _, rewards, terms, truncs, _ = planner.step()
-            done = np.logical_or(terms, truncs) & counted
-            ep_ret += np.where(counted, rewards, 0.0)
-            ep_len += counted
-            if progress and time.perf_counter() - shown >= 1.0:
-                shown = time.perf_counter()
-                rate = (step + 1) * n / (shown - t0)
-                bar.set_postfix(env_steps=(step + 1) * n, steps_per_s=f"{rate:.3g}",
-                                mean_return=f"{np.mean(returns):.1f}" if returns else "-")
-            for i in np.flatnonzero(done):
-                if counts[i] < targets[i]:
-                    returns.append(float(ep_ret[i]))
-                    lengths.append(int(ep_len[i]))
-                    counts[i] += 1
-                    bar.update(1)
-                    bar.set_postfix(mean_return=f"{np.mean(returns):.1f}")
-                if i == 0 and recording:
-                    recording = False
-                    if planner.mode == AutoresetMode.NEXT_STEP:  # the final state, reset only at the next step
-                        frames.append(_first_frame(venv))
-                    _write_video(frames, video_path)  # type: ignore[arg-type]
-                ep_ret[i], ep_len[i] = 0.0, 0
-        else:
-            raise RuntimeError(f"evaluation did not finish {n_episodes} episodes within max_steps={max_steps}")
+        res = rollout(venv, agent, n_episodes=n_episodes, seed=seed, deterministic=deterministic, act=act,
+                      progress=progress, desc=f"eval {type(agent).__name__}", callback=callback, max_steps=max_steps)
+    except RuntimeError as e:
+        raise RuntimeError(f"evaluation did not finish {n_episodes} episodes within max_steps={max_steps}") from e
     finally:
-        bar.close()
         if not isinstance(env, VectorEnv):
             venv.close()
+    returns, lengths = res.returns, res.lengths
 
     arr = np.asarray(returns, np.float64)
     stderr = float(arr.std(ddof=1) / math.sqrt(len(arr))) if len(arr) > 1 else 0.0
@@ -226,7 +182,7 @@ def evaluate(
         ref_min_score=ref_min_score,
         ref_max_score=ref_max_score,
         env_id=env_id,
-        seconds=time.perf_counter() - t0,
+        seconds=res.seconds,
     )
     if ref_min_score is not None and ref_max_score is not None:
         result.normalized_score = normalized_score(result.mean_return, ref_min_score, ref_max_score)
@@ -238,6 +194,24 @@ def evaluate(
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".gif")
 """What ``video_path`` may end in."""
+
+
+class _VideoRecorder:
+    """A rollout callback: sub-env 0's frames until its first episode ends, then the video file."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path, self.frames, self.recording = path, [], True
+
+    def __call__(self, driver: PolicyDriver, step: StepInfo | None) -> None:
+        if not self.recording:
+            return
+        if step is None or not step.done[0]:
+            self.frames.append(_first_frame(driver.env))
+            return
+        self.recording = False
+        if driver.tracker.mode == AutoresetMode.NEXT_STEP:  # the final state, reset only at the next step
+            self.frames.append(_first_frame(driver.env))
+        _write_video(self.frames, self.path)
 
 
 def _first_frame(venv: VectorEnv) -> np.ndarray:

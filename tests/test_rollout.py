@@ -1,0 +1,97 @@
+"""The one rollout loop (tt_agents.rollout) and VectorPlanner: SB3 policies and tt-agents agents through the same code."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.vector import AutoresetMode
+from stable_baselines3 import PPO
+
+from tests.fake_env import make_env
+from tt_agents import TTPlanner
+from tt_agents.planning import PlanConfig
+from tt_agents.rollout import PolicyDriver, rollout
+from wrappers.planning import VectorPlanner
+
+
+class Recorder:
+    """A policy that records what predict was given (plain observations, or the previous-reward dict)."""
+
+    def __init__(self, action_space: gym.Space, needs_reward: bool) -> None:
+        self.space, self.needs_reward, self.calls, self.initial = action_space, needs_reward, [], []
+
+    def initial_state(self, n_envs, act=None):
+        self.initial.append((n_envs, act))
+        return {"act": act}
+
+    def predict(self, obs, state=None, episode_start=None, deterministic=True):
+        self.calls.append((obs, state, np.array(episode_start)))
+        n = len(obs["observation"] if isinstance(obs, dict) else obs)
+        return np.stack([self.space.sample() for _ in range(n)]), state
+
+
+def _vec(n=2, mode=AutoresetMode.NEXT_STEP, episode_len=3):
+    return gym.vector.SyncVectorEnv([lambda: make_env("vector", "continuous", episode_len=episode_len)] * n,
+                                    autoreset_mode=mode)
+
+
+@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
+def test_quotas_lengths_and_episode_starts_in_both_autoreset_modes(mode):
+    env = _vec(mode=mode)
+    policy = Recorder(env.single_action_space, needs_reward=False)
+    res = rollout(env, policy, n_episodes=5, seed=0, progress=False)
+    assert len(res.returns) == 5 and res.lengths == [3] * 5  # sub-env quotas 2 and 3, every episode 3 steps
+    starts = np.stack([c[2] for c in policy.calls])
+    assert starts[0].all() and starts[1:3].sum() == 0
+    # the next episode starts one call later in NEXT_STEP mode (the reset step is one call with no transition)
+    first_restart = 4 if mode == AutoresetMode.NEXT_STEP else 3
+    assert starts[first_restart].all() and not starts[first_restart - 1].any()
+
+
+def test_rewards_only_for_policies_that_need_them_and_act_goes_to_initial_state():
+    plain = Recorder(gym.spaces.Box(-1, 1, (2,), np.float32), needs_reward=False)
+    rollout(_vec(), plain, n_steps=4, seed=0, progress=False)
+    assert all(isinstance(c[0], np.ndarray) for c in plain.calls) and plain.initial == []
+    with_reward = Recorder(gym.spaces.Box(-1, 1, (2,), np.float32), needs_reward=True)
+    rollout(_vec(), with_reward, n_steps=4, seed=0, progress=False, act="settings")
+    obs0 = with_reward.calls[0][0]
+    assert set(obs0) == {"observation", "previous_reward"} and obs0["previous_reward"].shape == (2, 1)
+    assert (obs0["previous_reward"] == 0).all() and (with_reward.calls[1][0]["previous_reward"] != 0).any()
+    assert with_reward.initial == [(2, "settings")] and with_reward.calls[0][1] == {"act": "settings"}
+
+
+def test_disabled_autoreset_is_refused():
+    with pytest.raises(ValueError, match="autoresetting"):
+        PolicyDriver(_vec(mode=AutoresetMode.DISABLED), Recorder(gym.spaces.Discrete(2), False))
+
+
+def _drive(envs, policy, steps=12, **kw):
+    planner = VectorPlanner(envs, policy, **kw)
+    planner.reset(seed=0)
+    actions = []
+    for _ in range(steps):
+        _, _, _, _, info = planner.step()
+        actions.append(info["actions"])
+    return planner, np.stack(actions)
+
+
+def test_vector_planner_drives_an_sb3_ppo_policy_and_a_tt_planner_through_the_same_code():
+    ppo = PPO("MlpPolicy", "CartPole-v1", seed=0, device="cpu", n_steps=16, batch_size=16)
+    envs = gym.make_vec("CartPole-v1", num_envs=2)
+    planner, actions = _drive(envs, ppo)
+    assert actions.shape == (12, 2) and set(np.unique(actions)) <= {0, 1}
+    assert isinstance(planner.driver, PolicyDriver) and not planner.driver.needs_reward
+    # the same loop and its episode quotas for SB3's policy object and for the model
+    for policy in (ppo, ppo.policy):
+        res = rollout(gym.make_vec("CartPole-v1", num_envs=2), policy, n_episodes=3, seed=0, progress=False)
+        assert len(res.returns) == 3 and all(r > 0 for r in res.returns)
+
+    tt_env = make_env("vector", "continuous", episode_len=4)
+    tt = TTPlanner.from_preset("tiny", tt_env.observation_space, tt_env.action_space, device="cpu", seed=0)
+    envs = _vec(n=2, episode_len=4)
+    planner, actions = _drive(envs, tt, steps=6, act=PlanConfig(beam_width=2, horizon=1, n_expand=2))
+    assert actions.shape == (6, 2, 2) and planner.driver.needs_reward
+    assert planner.state.act.beam_width == 2  # the act settings went to initial_state
+    res = rollout(_vec(n=2, episode_len=4), tt, n_episodes=2, seed=0, progress=False)
+    assert res.lengths == [4, 4]
