@@ -24,6 +24,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from tt_agents.rollout import PolicyDriver, StepInfo, rollout
+from tt_agents.utils import atomic_write_bytes
 
 __all__ = ["EvalResult", "evaluate", "normalized_score", "make_vec_env"]
 
@@ -65,8 +66,6 @@ class EvalResult:
         return d
 
     def save_json(self, path: str | os.PathLike) -> Path:
-        from tt_agents.checkpoint import atomic_write_bytes
-
         path = Path(path)
         atomic_write_bytes(path, json.dumps(self.to_dict(), indent=1).encode())
         return path

@@ -49,9 +49,9 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from tt_agents.checkpoint import CheckpointError, atomic_write_bytes, encode_checkpoint, read_checkpoint
+from tt_agents.checkpoint import CheckpointError, encode_checkpoint, read_checkpoint
 from tt_agents.stages import GradientStage, SearchStage, Stage
-from tt_agents.utils import resolve_device, set_seed
+from tt_agents.utils import atomic_write_bytes, resolve_device, set_seed
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "lr_at"]
 

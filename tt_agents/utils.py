@@ -1,17 +1,20 @@
-"""Small shared helpers: device selection, seeding, dataclass configs to and from JSON."""
+"""Small shared helpers: device selection, seeding, dataclass configs to and from JSON, atomic file writes."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
+import tempfile
 import types
 import typing
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-__all__ = ["resolve_device", "set_seed", "config_to_dict", "config_from_dict"]
+__all__ = ["resolve_device", "set_seed", "config_to_dict", "config_from_dict", "atomic_write_bytes", "fsync_dir"]
 
 T = TypeVar("T")
 
@@ -92,3 +95,51 @@ def config_from_dict(cls: type[T], data: dict[str, Any], where: str = "config") 
         raise ValueError(f"{where}: unknown fields {unknown} for {cls.__name__}; known: {sorted(names)}")
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make the entries of folder ``path`` (a rename into it) durable; a no-op where folders cannot be synced."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> Path:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
+
+    The bytes go to a temporary file in the same folder, which is renamed over ``path``. With
+    ``fsync`` (the default) the file and the rename are also flushed to the disk, so they survive
+    a power loss, not only a killed process.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     atomic_write_bytes(f"{d}/a.json", b"{}").read_bytes()
+        b'{}'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    if fsync:
+        fsync_dir(path.parent)
+    return path

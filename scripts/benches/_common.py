@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from tt_agents.utils import atomic_write_bytes
+
 BENCHMARKS_MD = Path(__file__).resolve().parents[2] / "benchmarks.md"
 
 
@@ -78,7 +80,5 @@ def write_section(name: str, title: str, body: str, path: Path = BENCHMARKS_MD) 
         text = pattern.sub(lambda _: block, text)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, text.encode())
     print(block)

@@ -1,0 +1,354 @@
+"""Minari's on-disk format, the parts the reader and the writer share (h5py and JSON only, no pickle).
+
+The store layout (dataset ids and folders), Minari's space JSON, the array leaves of Dict/Tuple
+spaces, JPEG coding of image leaves (Minari's rule: :func:`is_jpeg_space`) and the JSON helpers of
+``metadata.json``. The format itself is described in :mod:`tt_agents.data.minari_io`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from tt_agents.data.episodes import DatasetError
+from tt_agents.utils import atomic_write_bytes
+
+__all__ = ['DatasetMismatchError', 'EpisodeRecord', 'dataset_path', 'datasets_root', 'deserialize_space', 'flatten_space', 'get_leaf', 'is_jpeg_space', 'nest_leaves', 'parse_dataset_id', 'serialize_space']
+
+MAIN_FILE = "main_data.hdf5"
+METADATA_FILE = "metadata.json"
+# The oldest Minari whose reader reads what we write; 0.5.4 when images are stored raw.
+_MINARI_VERSION = "0.5.3"
+_MINARI_VERSION_RAW_IMAGES = "0.5.4"
+_RESERVED_KEYS = frozenset(
+    {
+        "total_episodes",
+        "total_steps",
+        "data_format",
+        "observation_space",
+        "action_space",
+        "env_spec",
+        "dataset_id",
+        "minari_version",
+        "jpeg_encoding",
+        "dataset_size",
+        "extra_spaces",
+    }
+)
+_DATASET_ID_RE = re.compile(r"^(?:(?P<namespace>[-_\w][-_\w/]*[-_\w]+)/)?(?P<name>[-_\w]+?)(?:-v(?P<version>\d+))$")
+
+
+class DatasetMismatchError(DatasetError):
+    """New data does not match the dataset it is appended to (spaces, env spec or extra fields)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# the local store
+
+
+def datasets_root() -> Path:
+    """The local Minari store: ``$MINARI_DATASETS_PATH``, else ``~/.minari/datasets``."""
+    root = os.environ.get("MINARI_DATASETS_PATH")
+    return Path(root) if root else Path.home() / ".minari" / "datasets"
+
+
+def parse_dataset_id(dataset_id: str) -> tuple[str | None, str, int]:
+    """Split a Minari id ``(namespace/)name-vN`` into ``(namespace, name, version)``.
+
+    Example:
+        >>> parse_dataset_id("hopper/medium-v0")
+        ('hopper', 'medium', 0)
+    """
+    m = _DATASET_ID_RE.fullmatch(dataset_id)
+    if m is None:
+        raise ValueError(
+            f"malformed dataset id {dataset_id!r}: ids look like 'namespace/name-vN', e.g. 'hopper/medium-v0'"
+        )
+    return m.group("namespace"), m.group("name"), int(m.group("version"))
+
+
+def dataset_path(dataset_id: str) -> Path:
+    """Folder of dataset ``dataset_id`` in the local store (it holds ``data/``)."""
+    parse_dataset_id(dataset_id)
+    return datasets_root() / dataset_id
+
+
+# ----------------------------------------------------------------------------------------------
+# spaces
+
+
+def serialize_space(space: gym.Space) -> dict[str, Any]:
+    """Minari's JSON description of a space (as a dict; ``json.dumps`` it for metadata.json).
+
+    Example:
+        >>> serialize_space(gym.spaces.Discrete(3))
+        {'type': 'Discrete', 'dtype': 'int64', 'start': 0, 'n': 3}
+    """
+    if isinstance(space, gym.spaces.Box):
+        return {
+            "type": "Box",
+            "dtype": str(space.dtype),
+            "shape": list(space.shape),
+            "low": space.low.tolist(),
+            "high": space.high.tolist(),
+        }
+    if isinstance(space, gym.spaces.Discrete):
+        return {"type": "Discrete", "dtype": "int64", "start": int(space.start), "n": int(space.n)}
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        return {
+            "type": "MultiDiscrete",
+            "dtype": str(space.dtype),
+            "nvec": space.nvec.tolist(),
+            "start": space.start.tolist(),
+        }
+    if isinstance(space, gym.spaces.MultiBinary):
+        n = space.n
+        return {"type": "MultiBinary", "n": int(n) if np.isscalar(n) else list(n)}
+    if isinstance(space, gym.spaces.Dict):
+        return {"type": "Dict", "subspaces": {k: serialize_space(s) for k, s in space.spaces.items()}}
+    if isinstance(space, gym.spaces.Tuple):
+        return {"type": "Tuple", "subspaces": [serialize_space(s) for s in space.spaces]}
+    if isinstance(space, gym.spaces.Text):
+        return {
+            "type": "Text",
+            "max_length": space.max_length,
+            "min_length": space.min_length,
+            "charset": space.characters,
+        }
+    raise TypeError(
+        f"cannot serialize {type(space).__name__} spaces in the Minari format; supported: "
+        "Box, Discrete, MultiDiscrete, MultiBinary, Dict, Tuple, Text"
+    )
+
+
+def deserialize_space(desc: str | Mapping[str, Any]) -> gym.Space:
+    """Parse Minari's space JSON (a string or a parsed dict) into a Gymnasium space.
+
+    Example:
+        >>> deserialize_space('{"type": "Box", "dtype": "float32", "shape": [2], "low": [-1, -1], "high": [1, 1]}')
+        Box(-1.0, 1.0, (2,), float32)
+    """
+    if isinstance(desc, str):
+        try:
+            desc = json.loads(desc)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"space description is not valid JSON ({e}): {desc[:200]!r}") from None
+    if not isinstance(desc, Mapping) or "type" not in desc:
+        raise DatasetError(f"space description must be a JSON object with a 'type', got {desc!r:.200}")
+    kind = desc["type"]
+    try:
+        if kind == "Box":
+            dtype = np.dtype(desc["dtype"])
+            shape = tuple(int(s) for s in desc["shape"])
+            low = np.array(desc["low"], dtype=np.float64 if dtype.kind == "f" else None)
+            high = np.array(desc["high"], dtype=np.float64 if dtype.kind == "f" else None)
+            return gym.spaces.Box(low=low.astype(dtype), high=high.astype(dtype), shape=shape, dtype=dtype)
+        if kind == "Discrete":
+            return gym.spaces.Discrete(n=int(desc["n"]), start=int(desc.get("start", 0)))
+        if kind == "MultiDiscrete":
+            return gym.spaces.MultiDiscrete(
+                nvec=desc["nvec"], dtype=desc.get("dtype", "int64"), start=desc.get("start")
+            )
+        if kind == "MultiBinary":
+            return gym.spaces.MultiBinary(n=desc["n"])
+        if kind == "Dict":
+            return gym.spaces.Dict({k: deserialize_space(v) for k, v in desc["subspaces"].items()})
+        if kind == "Tuple":
+            return gym.spaces.Tuple(tuple(deserialize_space(v) for v in desc["subspaces"]))
+        if kind == "Text":
+            return gym.spaces.Text(
+                max_length=int(desc["max_length"]), min_length=int(desc["min_length"]), charset=desc["charset"]
+            )
+    except (KeyError, TypeError, ValueError) as e:
+        raise DatasetError(f"malformed {kind} space description ({type(e).__name__}: {e}): {desc!r:.300}") from None
+    raise DatasetError(
+        f"unknown space type {kind!r}; supported: Box, Discrete, MultiDiscrete, MultiBinary, Dict, Tuple, Text"
+    )
+
+
+def is_jpeg_space(space: gym.Space) -> bool:
+    """Minari's rule for spaces stored as JPEG: uint8 Box ``(H, W[, C])``, ``H, W >= 32``, bounds 0..255."""
+    return (
+        isinstance(space, gym.spaces.Box)
+        and len(space.shape) in (2, 3)
+        and space.shape[0] >= 32
+        and space.shape[1] >= 32
+        and space.dtype == np.uint8
+        and bool(np.all(space.low == 0))
+        and bool(np.all(space.high == 255))
+    )
+
+
+LeafPath = tuple  # a leaf's path in a nested space: str keys (Dict) and int indices (Tuple)
+
+
+def flatten_space(space: gym.Space, prefix: LeafPath = ()) -> list[tuple[LeafPath, gym.Space]]:
+    """The array leaves of a (nested Dict / Tuple) space, as ``(path, space)`` in a fixed order.
+
+    Raises:
+        TypeError: for spaces that are not arrays (Text, Graph, Sequence, ...).
+
+    Example:
+        >>> s = gym.spaces.Dict({"a": gym.spaces.Discrete(2), "b": gym.spaces.Box(0, 1, (3,))})
+        >>> [p for p, _ in flatten_space(s)]
+        [('a',), ('b',)]
+    """
+    if isinstance(space, gym.spaces.Dict):
+        return [leaf for k, s in space.spaces.items() for leaf in flatten_space(s, (*prefix, k))]
+    if isinstance(space, gym.spaces.Tuple):
+        return [leaf for i, s in enumerate(space.spaces) for leaf in flatten_space(s, (*prefix, i))]
+    if isinstance(space, (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)):
+        return [(prefix, space)]
+    raise TypeError(
+        f"{type(space).__name__} spaces cannot be stored as arrays; supported: Box, Discrete, MultiDiscrete, "
+        "MultiBinary and Dict/Tuple of them (convert the space with a Gymnasium observation/action wrapper)"
+    )
+
+
+def get_leaf(value: Any, path: LeafPath) -> Any:
+    """The leaf at ``path`` of a nested dict/tuple value (the value itself for the empty path)."""
+    for p in path:
+        value = value[p]
+    return value
+
+
+def _h5name(p: str | int) -> str:
+    return f"_index_{p}" if isinstance(p, int) else p
+
+
+def nest_leaves(leaves: Mapping[LeafPath, Any]) -> Any:
+    """Rebuild a nested dict/tuple value from its leaves keyed by path (the inverse of :func:`get_leaf`).
+
+    Example:
+        >>> nest_leaves({("a",): 1, ("b", 0): 2})
+        {'a': 1, 'b': (2,)}
+    """
+    if () in leaves:
+        return leaves[()]
+    heads: dict[Any, dict[LeafPath, Any]] = {}
+    for path, v in leaves.items():
+        heads.setdefault(path[0], {})[path[1:]] = v
+    if all(isinstance(h, int) for h in heads):
+        return tuple(nest_leaves(heads[i]) for i in sorted(heads))
+    return {k: nest_leaves(sub) for k, sub in heads.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# images
+
+
+def _encode_jpeg(frames: np.ndarray) -> list[np.ndarray]:
+    from PIL import Image
+
+    out = []
+    for f in frames:
+        img = f[..., 0] if f.ndim == 3 and f.shape[-1] == 1 else f
+        buf = io.BytesIO()
+        try:
+            Image.fromarray(img).save(buf, format="JPEG")
+        except (OSError, TypeError, ValueError) as e:
+            raise ValueError(
+                f"cannot JPEG-encode frames of shape {f.shape}: {e}; pass jpeg_encoding=False to store them raw"
+            ) from None
+        out.append(np.frombuffer(buf.getvalue(), dtype=np.uint8))
+    return out
+
+
+def _decode_jpeg(data: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
+    from PIL import Image
+
+    out = np.empty((len(data), *shape), dtype=np.uint8)
+    for t, raw in enumerate(data):
+        try:
+            img = np.asarray(Image.open(io.BytesIO(np.asarray(raw, dtype=np.uint8).tobytes())), dtype=np.uint8)
+            out[t] = img.reshape(shape)
+        except Exception as e:  # PIL raises many types on bad bytes
+            raise DatasetError(f"{where}, step {t}: cannot decode the JPEG frame ({type(e).__name__}: {e})") from None
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
+
+
+@dataclass
+class EpisodeRecord:
+    """One finished episode, ready to be written (see :meth:`MinariWriter.write_episodes`).
+
+    Attributes:
+        observations: ``T + 1`` observations: an array, or a dict/tuple of arrays for Dict/Tuple spaces.
+        actions: ``T`` actions, same convention.
+        rewards, terminations, truncations: ``(T,)`` arrays.
+        infos: optional dict of ``T + 1``-row arrays (the reset info, then each step's info).
+        extras: extra per-step fields, ``T`` rows each.
+        seed: the seed the episode's reset was given, if any.
+        attrs: extra HDF5 attributes of the episode group.
+    """
+
+    observations: Any
+    actions: Any
+    rewards: np.ndarray
+    terminations: np.ndarray
+    truncations: np.ndarray
+    infos: Mapping[str, Any] | None = None
+    extras: Mapping[str, np.ndarray] = field(default_factory=dict)
+    seed: int | None = None
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+
+def _env_spec_json(env_spec: gym.envs.registration.EnvSpec | str | None) -> str | None:
+    if env_spec is None or isinstance(env_spec, str):
+        return env_spec
+    try:
+        return env_spec.to_json()
+    except (TypeError, ValueError) as e:
+        warnings.warn(
+            f"env spec {env_spec.id!r} is not JSON-serializable ({e}); the dataset will not record it",
+            stacklevel=3,
+        )
+        return None
+
+
+_SPEC_KEYS = ("id", "entry_point", "kwargs", "max_episode_steps", "additional_wrappers")
+
+
+def _spec_diff(old: str | None, new: str | None) -> list[str]:
+    if old is None and new is None:
+        return []
+    if old is None or new is None:
+        return [
+            f"env_spec: dataset has {'none' if old is None else 'one'}, new data has {'none' if new is None else 'one'}"
+        ]
+    a, b = json.loads(old), json.loads(new)
+    return [
+        f"env_spec.{k}: dataset has {a.get(k)!r}, new data has {b.get(k)!r}" for k in _SPEC_KEYS if a.get(k) != b.get(k)
+    ]
+
+
+def _atomic_write_json(path: Path, obj: Any, fsync: bool) -> None:
+    atomic_write_bytes(path, json.dumps(obj, default=_json_default).encode(), fsync=fsync)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"metadata value of type {type(obj).__name__} is not JSON-serializable: {obj!r:.100}")
+
+
