@@ -220,7 +220,7 @@ def _procgen_kwargs(args: Args) -> dict[str, Any]:
 def make_env(args: Args) -> gym.Env:
     """One env, for SB3 training."""
     if is_procgen(args.env_id):
-        import wrappers.procgen  # noqa: F401  (registers procgen/* ids)
+        import tt_agents.envs.procgen  # noqa: F401  (registers procgen/* ids)
 
         return gym.make(args.env_id, **_procgen_kwargs(args))
     return gym.make(args.env_id, max_episode_steps=args.max_episode_steps)
@@ -229,7 +229,7 @@ def make_env(args: Args) -> gym.Env:
 def make_vec(args: Args, num_envs: int) -> gym.vector.VectorEnv:
     """The vector env datasets are rolled out on (Procgen: its own batched env; others: Gymnasium's)."""
     if is_procgen(args.env_id):
-        import wrappers.procgen  # noqa: F401
+        import tt_agents.envs.procgen  # noqa: F401
 
         return gym.make_vec(
             args.env_id,

@@ -5,7 +5,8 @@
   TT context) receive it, also under SB3's ``evaluate_policy``.
 - :class:`ActionLogger` (and :class:`VectorActionLogger`): record every episode into a
   Minari-format dataset.
-- :class:`ProcgenEnv`, :class:`ProcgenVectorEnv`: Procgen games as Gymnasium envs.
+- :class:`ProcgenEnv`, :class:`ProcgenVectorEnv`: Procgen games as Gymnasium envs (they live in
+  :mod:`tt_agents.envs`; these names are kept for one release).
 - :class:`VectorPlanner`: one batched planner acting for every sub-env of a vector env.
 
 Names are imported lazily, so that ``import wrappers`` does not import Procgen or MuJoCo.
@@ -21,8 +22,8 @@ _LAZY = {
     "VectorAddPreviousReward": "wrappers.reward",
     "ActionLogger": "wrappers.action_logger",
     "VectorActionLogger": "wrappers.action_logger",
-    "ProcgenEnv": "wrappers.procgen",
-    "ProcgenVectorEnv": "wrappers.procgen",
+    "ProcgenEnv": "tt_agents.envs.procgen",
+    "ProcgenVectorEnv": "tt_agents.envs.procgen",
     "VectorPlanner": "wrappers.planning",
 }
 

@@ -15,14 +15,15 @@ from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from tt_agents.data import load_dataset
-from wrappers import ProcgenEnv, ProcgenVectorEnv, VectorActionLogger
+from tt_agents.envs import ProcgenEnv, ProcgenVectorEnv
+from wrappers import VectorActionLogger
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_import_is_quiet():
     out = subprocess.run(
-        [sys.executable, "-c", "from wrappers import ProcgenEnv; ProcgenEnv('coinrun').reset(seed=0); import procgen"],
+        [sys.executable, "-c", "from tt_agents.envs import ProcgenEnv; ProcgenEnv('coinrun').reset(seed=0); import procgen"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -159,3 +160,17 @@ def test_vector_logger_records_gym3_episodes_without_autoreset_steps():
     ours = load_dataset("procgen/bigfish/test-v0")
     assert ours.metadata["env_id"] == "procgen/bigfish-v0" and ours.metadata["autoreset_mode"] == "SameStep"
     assert ours[0].observations.shape == (lengths[0] + 1, 64, 64, 3)
+
+
+def test_the_old_wrappers_procgen_module_still_works_with_a_deprecation_warning():
+    code = (
+        "import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
+        "try:\n    import wrappers.procgen\nexcept DeprecationWarning as e:\n    print('warned:', e)\n"
+        "warnings.simplefilter('ignore', DeprecationWarning)\n"
+        "import wrappers.procgen as old, tt_agents.envs.procgen as new, wrappers\n"
+        "assert old.ProcgenEnv is new.ProcgenEnv and wrappers.ProcgenVectorEnv is new.ProcgenVectorEnv\n"
+        "print('same classes')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "warned: wrappers.procgen moved to tt_agents.envs.procgen" in proc.stdout and "same classes" in proc.stdout
