@@ -1,0 +1,149 @@
+"""Before/after: TT planning and DT decoding of this tree against another checkout, interleaved in one run.
+
+``python scripts/bench.py before-after --old-tree /tmp/old`` where ``/tmp/old`` is a checkout of the
+commit to compare with (``git worktree add /tmp/old <commit>``). Each measurement runs in a fresh
+subprocess importing one tree's ``tt_agents`` (the same interpreter and packages), alternating
+old, new, old, new, ... so that a shared machine's slow moments hit both; the table gives the
+median of the rounds and the new / old ratio. Shapes are those of the ``planning`` and ``dt``
+sections: the paper's TT on HalfCheetah (17-dim observations, 6-dim actions; 4 layers x 128,
+100 bins, attention over 5 transitions) and the paper's MuJoCo DT (3 layers x 128, K = 20);
+random weights, 1 torch thread, cache modes only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+from benches._common import markdown_table, write_section
+
+REPO = Path(__file__).resolve().parents[2]
+
+_CHILD = textwrap.dedent(
+    """
+    import json, sys, time
+    sys.path.insert(0, {tree!r})
+    import numpy as np, torch, gymnasium as gym
+    torch.set_num_threads(1)
+    import tt_agents
+    assert tt_agents.__file__.startswith({tree!r}), tt_agents.__file__
+    from tt_agents.planning import PlanConfig
+    from tt_agents.tt import TTConfig, TTPlanner
+    from tt_agents.dt import DecisionTransformer, DTConfig
+    what, a, b, n_envs, calls = {what!r}, {a}, {b}, {n_envs}, {calls}
+    rng = np.random.default_rng(0)
+
+    def tt_agent(beam, horizon):
+        obs = gym.spaces.Box(-np.inf, np.inf, (17,), np.float32)
+        act = gym.spaces.Box(-1.0, 1.0, (6,), np.float32)
+        plan = PlanConfig(beam_width=beam, horizon=horizon)
+        if "plan" in TTConfig.__dataclass_fields__:  # before act-time settings
+            return TTPlanner(obs, act, TTConfig(plan=plan), device="cpu", seed=0)
+        return TTPlanner(obs, act, TTConfig(), device="cpu", seed=0, act=plan)
+
+    def x(obs_dim):
+        return {{"observation": rng.normal(size=(n_envs, obs_dim)).astype(np.float32),
+                 "previous_reward": rng.normal(size=(n_envs, 1)).astype(np.float32)}}
+
+    if what == "tt":
+        agent = tt_agent(a, b)
+        cheap = tt_agent(1, 1)
+        cheap.model.load_state_dict(agent.model.state_dict())
+        state = None
+        for t in range(21):  # the history covers the receptive field; warmed with cheap plans
+            _, state = cheap.predict(x(17), state)
+        if hasattr(state, "act"):  # the search to time (trees before act settings read agent.config.plan)
+            state.act = agent.act
+        times = []
+        for _ in range(calls):
+            inp = x(17)
+            t0 = time.perf_counter()
+            agent.predict(inp, state)
+            times.append(time.perf_counter() - t0)
+        print(json.dumps(min(times)))
+    else:
+        agent = DecisionTransformer(gym.spaces.Box(-np.inf, np.inf, (17,), np.float32),
+                                    gym.spaces.Box(-1.0, 1.0, (6,), np.float32), DTConfig(context_len=a),
+                                    device="cpu", seed=0)
+        agent.target_return = 1.0
+        state = agent.initial_state(n_envs)
+        inputs = [x(17) for _ in range(b)]
+        for t in range(3 * a + 3):
+            _, state = agent.predict(inputs[t % b], state)
+        best = float("inf")
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            for inp in inputs:
+                _, state = agent.predict(inp, state)
+            best = min(best, (time.perf_counter() - t0) / b)
+        print(json.dumps(best))
+    """
+)
+
+
+@dataclass
+class Args:
+    old_tree: str = "/tmp/old"
+    """A checkout of the commit to compare with (``git worktree add /tmp/old <commit>``)."""
+    rounds: int = 5
+    """Alternating old/new subprocesses per figure; the table shows medians."""
+    write: bool = True
+    """Rewrite the ``before-after`` section of benchmarks.md."""
+
+
+CASES = [  # (label, what, a, b, n_envs, calls per subprocess, unit scale)
+    ("TT plan, beam 32 horizon 5, 1 env", "tt", 32, 5, 1, 3, 1.0),
+    ("TT plan, beam 32 horizon 5, 8 envs", "tt", 32, 5, 8, 2, 1.0),
+    ("TT plan, beam 128 horizon 15, 1 env", "tt", 128, 15, 1, 2, 1.0),
+    ("DT step, K = 20, 1 env", "dt", 20, 200, 1, 3, 1e3),
+    ("DT step, K = 20, 16 envs", "dt", 20, 200, 16, 3, 1e3),
+]
+
+
+def measure(tree: str, what: str, a: int, b: int, n_envs: int, calls: int) -> float:
+    code = _CHILD.format(tree=tree, what=what, a=a, b=b, n_envs=n_envs, calls=calls)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": tree}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1200)
+    if out.returncode != 0:
+        raise RuntimeError(f"{tree}: {what} failed:\n{out.stderr[-3000:]}")
+    return float(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def main(args: Args) -> None:
+    old, new = str(Path(args.old_tree).resolve()), str(REPO)
+    commit = subprocess.run(["git", "-C", old, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    rows = []
+    for label, what, a, b, n, calls, scale in CASES:
+        t = {"old": [], "new": []}
+        for _ in range(args.rounds):
+            for name, tree in (("old", old), ("new", new)):
+                t[name].append(measure(tree, what, a, b, n, calls) * scale)
+        mo, mn = statistics.median(t["old"]), statistics.median(t["new"])
+        unit = "s" if scale == 1.0 else "ms"
+        rows.append([label, f"{mo:.4g} {unit}", f"{mn:.4g} {unit}", mn / mo,
+                     f"{min(t['old']):.4g} - {max(t['old']):.4g}", f"{min(t['new']):.4g} - {max(t['new']):.4g}"])
+        print(rows[-1], flush=True)
+    table = markdown_table(["figure", "old (median)", "new (median)", "new / old", "old range", "new range"], rows)
+    worst = max(r[3] for r in rows)
+    body = (
+        f"This tree against commit `{commit.stdout.strip() or args.old_tree}`, {args.rounds} alternating rounds of "
+        "fresh subprocesses per figure (each round's figure: the fastest of its calls); TT: seconds per `predict` "
+        "(one planned action for every env) after a 21-step history; DT: milliseconds per cached step after the "
+        "window fills.\n\n" + table + f"\n\nThe largest new / old median ratio in this run is {worst:.2f}.\n"
+    )
+    if args.write:
+        write_section("before-after", "Before/after: planning and DT decoding against an earlier commit", body)
+    else:
+        print(body)
+
+
+if __name__ == "__main__":
+    import tyro
+
+    main(tyro.cli(Args))
