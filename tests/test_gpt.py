@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from tt_agents.models.gpt import GPT, GPTConfig, KVCache, RingKVCache, attention_mask, causal_mask
+from tt_agents.models.gpt import GPT, GPTConfig
+from tt_agents.models.kv_cache import KVCache, RingKVCache, attention_mask, causal_mask
 
 torch.set_num_threads(1)
 

@@ -19,7 +19,7 @@ next observation is decoded (``k_obs = 1``: greedily). The plan with the best fi
 **Batching.** All rows of all envs advance together, one token per forward pass: one call of
 the model per token for the whole ``n_envs * beam_width * n_expand`` batch, with the KV cache
 kept across tokens. Forked candidates share their parent's cache
-(:class:`~tt_agents.models.gpt.ForkKVCache`: the parent's keys are read once for all its
+(:class:`~tt_agents.models.kv_cache.ForkKVCache`: the parent's keys are read once for all its
 candidates and never copied) until pruning copies the survivors into a fresh ring. Rows are
 ordered env by env, so each env's candidates are a contiguous block.
 
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tt_agents.models.gpt import ForkKVCache, RingKVCache
+from tt_agents.models.kv_cache import ForkKVCache, RingKVCache
 from tt_agents.models.tt import TrajectoryTransformer
 
 __all__ = ["PlanConfig", "Plan", "CachedContext", "ReferenceContext", "Noise", "beam_plan", "filter_cdf", "top_k"]
@@ -98,7 +98,7 @@ class Plan:
 
 # ----------------------------------------------------------------------------- contexts
 class CachedContext:
-    """Token history of ``n`` rows held as keys and values in a :class:`~tt_agents.models.gpt.RingKVCache`.
+    """Token history of ``n`` rows held as keys and values in a :class:`~tt_agents.models.kv_cache.RingKVCache`.
 
     Contexts made by :meth:`select` own their ring; when their rows are pruned again, the old
     ring's buffers are reused for the next copy (``spare``), so that a search allocates two rings

@@ -1,8 +1,10 @@
 """The Decision Transformer network (Chen et al., 2021), with prompts and a sliding-window KV cache.
 
-Read top to bottom: the IMPALA CNN for image observations, the attention masks, the prefix KV
-cache, the config, and the model (embeddings, the shared GPT, the action head, the training
-forward, the prompt encoder and the one-step cached decode).
+Read top to bottom: the IMPALA CNN for image observations, the config, and the model
+(embeddings, the shared GPT, the action head, the training forward, the prompt encoder and the
+one-step cached decode). The masks (:func:`~tt_agents.models.kv_cache.prompt_mask`,
+:func:`~tt_agents.models.kv_cache.episode_mask`) and the prompt-prefixed KV cache
+(:class:`~tt_agents.models.kv_cache.PrefixKVCache`) are in :mod:`tt_agents.models.kv_cache`.
 
 **Tokens.** Step ``t`` of an episode is three tokens ``(R_t, s_t, a_t)``: the return-to-go, the
 observation and the action. Each is embedded, added to a learned embedding of its timestep ``t``
@@ -26,7 +28,6 @@ training forward over the whole history with the same mask (see ``tests/test_dt.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -34,15 +35,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tt_agents.models.gpt import GPT, GPTConfig, KVCache, causal_mask, init_weights
+from tt_agents.models.gpt import GPT, GPTConfig, init_weights
+from tt_agents.models.kv_cache import KVCache, PrefixKVCache, episode_mask, prompt_mask
 
 __all__ = [
     "ImpalaCNN",
-    "episode_mask",
-    "prompt_mask",
-    "PrefixKVCache",
     "DTNetConfig",
     "DecisionTransformerNet",
+    "PrefixKVCache",  # the cache of `new_cache` and `step`, from tt_agents.models.kv_cache
 ]
 
 
@@ -95,81 +95,6 @@ class ImpalaCNN(nn.Module):
         x = self.seqs(x)  # (N, C', H', W')
         x = F.relu(x.flatten(1))  # (N, C' * H' * W')
         return F.relu(self.fc(x))
-
-
-# ----------------------------------------------------------------------------- attention masks
-def prompt_mask(prompt_valid: torch.Tensor) -> torch.Tensor:
-    """``(B, P, P)`` mask of prompt queries over prompt keys: causal, valid keys, and always itself.
-
-    Example:
-        >>> prompt_mask(torch.tensor([[False, True, True]])).int().tolist()
-        [[[1, 0, 0], [0, 1, 0], [0, 1, 1]]]
-    """
-    P = prompt_valid.shape[1]
-    causal = causal_mask(P, P, device=prompt_valid.device)  # (P, P)
-    itself = causal_mask(P, P, window=1, device=prompt_valid.device)  # (P, P), the diagonal
-    return (causal[None] & prompt_valid[:, None, :]) | itself[None]  # (B, P, P)
-
-
-@functools.lru_cache(maxsize=64)
-def _bands(n_query: int, n_keys: int, window: int | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The banded causal mask and the diagonal of ``n_query`` queries over ``n_keys`` keys.
-
-    Cached: a decode step asks for the same shapes every step (read-only tensors, never written).
-    """
-    return causal_mask(n_query, n_keys, window, device), causal_mask(n_query, n_keys, 1, device)
-
-
-def episode_mask(prompt_valid: torch.Tensor | None, valid: torch.Tensor, n_query: int, window: int | None) -> torch.Tensor:
-    """``(B, Q, P + E)`` mask of episode queries over ``[prompt keys, episode keys]``.
-
-    Args:
-        prompt_valid: ``(B, P)`` valid prompt tokens, or ``None`` without a prompt (``P = 0``).
-        valid: ``(B, E)`` valid episode tokens; the queries are the last ``n_query`` of them.
-        n_query: ``Q``.
-        window: each query sees the episode keys among its last ``window`` positions (itself
-            included); positions count padding too, which keeps the band aligned when rows of a
-            batch start their episodes at different times.
-
-    Example:
-        >>> episode_mask(None, torch.tensor([[False, True, True, True]]), 2, window=2).int().tolist()
-        [[[0, 1, 1, 0], [0, 0, 1, 1]]]
-    """
-    B, E = valid.shape
-    band, itself = _bands(n_query, E, window, valid.device)  # (Q, E) each
-    mask = (band[None] & valid[:, None, :]) | itself[None]  # (B, Q, E)
-    if prompt_valid is None:
-        return mask
-    to_prompt = prompt_valid[:, None, :].expand(B, n_query, prompt_valid.shape[1])  # (B, Q, P)
-    return torch.cat([to_prompt, mask], dim=2)  # (B, Q, P + E)
-
-
-# ----------------------------------------------------------------------------- KV cache with a prefix
-class PrefixKVCache(KVCache):
-    """A sliding :class:`KVCache` of episode tokens behind a fixed prefix (the encoded prompt).
-
-    Appends slide only the episode part (``max_len`` tokens kept); attention sees
-    ``[prefix, cached, new]``. ``len()`` counts the episode part only.
-    """
-
-    def __init__(
-        self,
-        n_layer: int,
-        max_len: int | None,
-        prefix_k: list[torch.Tensor] | None = None,
-        prefix_v: list[torch.Tensor] | None = None,
-    ) -> None:
-        super().__init__(n_layer, max_len)
-        self.prefix_k = prefix_k
-        self.prefix_v = prefix_v
-
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k, v = super().append(layer, k, v)  # (B, n_head, T_cached + T_new, head_dim)
-        if self.prefix_k is None or self.prefix_v is None:
-            return k, v
-        k = torch.cat([self.prefix_k[layer], k], dim=2)  # (B, n_head, P + T_cached + T_new, head_dim)
-        v = torch.cat([self.prefix_v[layer], v], dim=2)
-        return k, v
 
 
 # ----------------------------------------------------------------------------- the model

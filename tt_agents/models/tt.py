@@ -19,7 +19,7 @@ transitions before every forward pass, positions enter through rotary embeddings
 positions only) and each token attends to the last ``context_transitions * transition_dim``
 tokens (a sliding window). A token's hidden state is then a function of the window behind it
 alone, wherever the window sits, so the keys and values of past tokens never go stale: they are
-computed once, kept in a :class:`~tt_agents.models.gpt.RingKVCache`, and reused by every later
+computed once, kept in a :class:`~tt_agents.models.kv_cache.RingKVCache`, and reused by every later
 token, across beam-search steps and across env steps. The reference planner recomputes the
 same function without a cache (:meth:`TrajectoryTransformer.last_logits`) over the last
 :attr:`TrajectoryTransformer.receptive_field` tokens, which is exact: a token's output at the
@@ -35,7 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tt_agents.models.gpt import GPT, GPTConfig, RingKVCache, init_weights
+from tt_agents.models.gpt import GPT, GPTConfig, init_weights
+from tt_agents.models.kv_cache import RingKVCache
 
 __all__ = ["STRATEGIES", "Discretizer", "TrajectoryTransformer"]
 
