@@ -1,10 +1,18 @@
-"""The shared GPT: cached decoding (both caches) matches the full recompute, rotary embeddings are shift-invariant."""
+"""The shared GPT and its caches: cached decoding (every cache) matches the full recompute, the cache protocol, rotary embeddings are shift-invariant."""
 
 import pytest
 import torch
 
 from tt_agents.models.gpt import GPT, GPTConfig
-from tt_agents.models.kv_cache import KVCache, RingKVCache, attention_mask, causal_mask
+from tt_agents.models.kv_cache import (
+    Cache,
+    KVCache,
+    NoCache,
+    PrefixKVCache,
+    RingKVCache,
+    attention_mask,
+    causal_mask,
+)
 
 torch.set_num_threads(1)
 
@@ -169,3 +177,96 @@ def test_n_out_gives_the_last_outputs_and_caches_every_token(kind):
         assert first.shape == (2, 1, 16)
         rest = torch.cat([gpt(x[:, i : i + 1], cache=cache) for i in range(6, 9)], 1)
         torch.testing.assert_close(torch.cat([first, rest], 1), gpt(x)[:, 5:], atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- the cache protocol
+class ListCache:
+    """The smallest cache: keeps every key and value, builds a causal mask, knows nothing of the model."""
+
+    def __init__(self) -> None:
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        self.seen = 0
+
+    def begin(self, x, window, mask, attendable) -> int:
+        self.n = x.shape[1]
+        self.mask = causal_mask(self.n, self.seen + self.n, window)
+        return self.seen
+
+    def attend(self, layer, q, k, v, dropout=0.0):
+        if layer == len(self.k):
+            self.k.append(k[:, :, :0])
+            self.v.append(v[:, :, :0])
+        self.k[layer] = torch.cat([self.k[layer], k], 2)
+        self.v[layer] = torch.cat([self.v[layer], v], 2)
+        mask = self.mask[-q.shape[2] :]
+        return torch.nn.functional.scaled_dot_product_attention(q, self.k[layer], self.v[layer], attn_mask=mask)
+
+    def end(self) -> None:
+        self.seen += self.n
+
+
+def test_attention_calls_only_the_cache_protocol():
+    """Any object with begin / attend / end decodes like the full forward: attention has one code path."""
+    gpt = _gpt(rope=True, attn_window=4)
+    x = torch.randn(2, 9, 16)
+    cache = ListCache()
+    assert isinstance(cache, Cache)
+    out = torch.cat([gpt(x[:, :3], cache=cache), gpt(x[:, 3:7], cache=cache, n_out=2)[:, -1:]]
+                    + [gpt(x[:, i : i + 1], cache=cache) for i in (7, 8)], 1)
+    full = gpt(x)
+    torch.testing.assert_close(out, torch.cat([full[:, :3], full[:, 6:]], 1), atol=1e-5, rtol=0)
+    assert cache.seen == 9
+
+
+def test_every_cache_follows_the_protocol_and_refuses_what_it_cannot_use():
+    gpt = _gpt(rope=True, attn_window=4)
+    ring = gpt.new_ring_cache(batch=2)
+    caches = [NoCache(), gpt.new_cache(), PrefixKVCache(2, 4), ring, ring.fork(2)]
+    assert all(isinstance(c, Cache) for c in caches)
+    x = torch.randn(2, 3, 16)
+    with pytest.raises(ValueError, match="not both"):
+        gpt(x, mask=causal_mask(3, 3), attendable=torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="attendable"):
+        gpt(x, cache=gpt.new_cache(), attendable=torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="attendable"):
+        gpt(torch.randn(4, 1, 16), cache=ring.fork(2), mask=torch.ones(1, 1, dtype=torch.bool))
+    with pytest.raises(ValueError, match="one token at a time"):
+        gpt(torch.randn(4, 2, 16), cache=ring.fork(2))
+
+
+def test_prefix_cache_attends_over_its_prefix():
+    """Decoding behind a cached prefix equals the full forward over [prefix, tokens] with the same mask."""
+    gpt = _gpt(attn_window=None)
+    prefix, x = torch.randn(2, 4, 16), torch.randn(2, 5, 16)
+    full_mask = causal_mask(9, 9)
+    full_mask[4:, :4] = torch.tensor([True, False, True, True])  # a hidden prefix key
+    encoded = KVCache(2)
+    gpt(prefix, cache=encoded)
+    cache = PrefixKVCache(2, None, encoded.k, encoded.v)
+    out = torch.cat([gpt(x[:, i : i + 1], cache=cache, mask=full_mask[4 + i : 5 + i, : 5 + i]) for i in range(5)], 1)
+    torch.testing.assert_close(out, gpt(torch.cat([prefix, x], 1), mask=full_mask)[:, 4:], atol=1e-5, rtol=0)
+    assert len(cache) == 5
+
+
+class BooleanMaskNoCache(NoCache):
+    """A full forward that hands its boolean mask to attention in every layer (what attention then converts)."""
+
+    def attend(self, layer, q, k, v, dropout=0.0):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, dropout_p=dropout)
+
+
+def test_training_forward_makes_its_boolean_mask_additive_without_changing_anything():
+    """The mask made additive once per forward gives bit-identical outputs and gradients under dropout."""
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, dropout=0.1)).train()
+    x = torch.randn(2, 7, 16)
+    attendable = torch.tensor([[True] * 7, [False, True, True, False, True, True, True]])
+    outs = []
+    for cache in (None, BooleanMaskNoCache()):
+        torch.manual_seed(1)
+        y = gpt(x, cache=cache, attendable=attendable)
+        grads = torch.autograd.grad(y.square().sum(), list(gpt.parameters()))
+        outs.append((y, *grads))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)

@@ -34,7 +34,7 @@ attention's dtype, and serve every layer (attention would otherwise convert one 
 from __future__ import annotations
 
 import functools
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -156,6 +156,7 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor 
 
 
 # ----------------------------------------------------------------------------- the protocol
+@runtime_checkable
 class Cache(Protocol):
     """What ``GPT.forward`` and its attention call on a cache (see the module docstring)."""
 

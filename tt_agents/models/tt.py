@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tt_agents.models.gpt import GPT, GPTConfig, init_weights
-from tt_agents.models.kv_cache import RingKVCache
+from tt_agents.models.kv_cache import ForkKVCache, RingKVCache
 
 __all__ = ["STRATEGIES", "Discretizer", "TrajectoryTransformer"]
 
@@ -280,7 +280,7 @@ class TrajectoryTransformer(nn.Module):
         return self.gpt.new_ring_cache(batch)
 
     def decode(
-        self, tokens: torch.Tensor, cache: RingKVCache, start_dim: int, pad: torch.Tensor | None = None
+        self, tokens: torch.Tensor, cache: RingKVCache | ForkKVCache, start_dim: int, pad: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Append ``tokens`` ``(B, n)`` (the first of dimension ``start_dim``) to ``cache``; logits ``(B, n_bins)`` of the last.
 
