@@ -10,8 +10,10 @@ from stable_baselines3 import PPO
 
 from tests.fake_env import make_env
 from tt_agents import TTPlanner
+from tt_agents.data import load_dataset
 from tt_agents.planning import PlanConfig
-from tt_agents.rollout import PolicyDriver, rollout
+from tt_agents.rollout import AutoresetTracker, PolicyDriver, rollout
+from wrappers.action_logger import MissingExtraError, VectorActionLogger
 from wrappers.planning import VectorPlanner
 
 
@@ -64,6 +66,35 @@ def test_rewards_only_for_policies_that_need_them_and_act_goes_to_initial_state(
 def test_disabled_autoreset_is_refused():
     with pytest.raises(ValueError, match="autoresetting"):
         PolicyDriver(_vec(mode=AutoresetMode.DISABLED), Recorder(gym.spaces.Discrete(2), False))
+
+
+def test_tracker_in_disabled_mode_waits_for_the_callers_reset():
+    tracker = AutoresetTracker(_vec(mode=AutoresetMode.DISABLED), allow_disabled=True)
+    counted, done = tracker.step([True, False], [False, False])
+    assert counted.all() and done.tolist() == [True, False] and not tracker.episode_start.any()
+    assert not tracker.autoreset_step.any()  # no step of its own resets: the caller does
+    tracker.reset([True, False])
+    assert tracker.episode_start.tolist() == [True, False]
+    tracker.step([False, False], [False, False])
+    assert not tracker.episode_start.any()
+
+
+@pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
+def test_vector_action_logger_shares_the_tracker_and_records_again_after_missing_extras(mode):
+    # episodes of 3 steps in 2 sub-envs; the first step lacks its extras, so both first episodes are dropped
+    envs = VectorActionLogger(_vec(mode=mode), "tests/resume-v0", extra_spaces={"z": gym.spaces.Discrete(9)},
+                              fsync=False)
+    assert isinstance(envs._tracker, AutoresetTracker) and envs._tracker.mode == mode
+    envs.reset(seed=0)
+    with pytest.raises(MissingExtraError):
+        envs.step(envs.action_space.sample())
+    for _ in range(20):  # 21 steps in all: episodes end at steps 3, 6, .. (SAME_STEP) or 3, 7, .. (NEXT_STEP)
+        envs.log_extras(z=np.full(2, 1))
+        envs.step(envs.action_space.sample())
+    envs.close()
+    lengths = load_dataset("tests/resume-v0").lengths.tolist()
+    finished = 2 * (6 if mode == AutoresetMode.SAME_STEP else 4)  # the dropped first episodes not counted
+    assert lengths[:finished] == [3] * finished and all(n < 3 for n in lengths[finished:])
 
 
 def _drive(envs, policy, steps=12, **kw):

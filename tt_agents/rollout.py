@@ -58,15 +58,35 @@ def autoreset_mode(env: VectorEnv) -> AutoresetMode:
 class AutoresetTracker:
     """Which sub-envs start an episode with the current observation, and which next step only resets.
 
+    The one piece of autoreset bookkeeping, shared by :func:`rollout`, :class:`PolicyDriver`
+    (hence ``wrappers.VectorPlanner``) and ``wrappers.VectorActionLogger``.
+
+    Args:
+        env: the vector env whose ``metadata["autoreset_mode"]`` is followed.
+        who: named in the error for a ``DISABLED`` env.
+        allow_disabled: accept ``DISABLED`` (a done sub-env is idle until the caller resets it
+            with ``reset(options={"reset_mask": ...})``, then :meth:`reset` with that mask);
+            refused otherwise, since a policy loop cannot know when the caller resets.
+
     Attributes:
         episode_start: ``(n,)`` the current observation is the first of an episode.
         autoreset_step: ``(n,)`` (``NEXT_STEP`` only) the next step only resets the sub-env; its
             action is ignored and the step is no transition.
+
+    Example:
+        >>> import gymnasium as gym
+        >>> tracker = AutoresetTracker(gym.make_vec("CartPole-v1", num_envs=2))  # NEXT_STEP
+        >>> tracker.step(np.array([True, False]), np.array([False, False]))  # (counted, done)
+        (array([ True,  True]), array([ True, False]))
+        >>> tracker.step(np.array([False, False]), np.array([False, False]))  # sub-env 0 only resets
+        (array([False,  True]), array([False, False]))
+        >>> tracker.episode_start
+        array([ True, False])
     """
 
-    def __init__(self, env: VectorEnv, who: str = "the rollout loop") -> None:
+    def __init__(self, env: VectorEnv, who: str = "the rollout loop", allow_disabled: bool = False) -> None:
         self.mode = autoreset_mode(env)
-        if self.mode == AutoresetMode.DISABLED:
+        if self.mode == AutoresetMode.DISABLED and not allow_disabled:
             raise ValueError(
                 f"{who} needs an autoresetting vector env (NEXT_STEP or SAME_STEP); create it with "
                 "gym.make_vec(..., vector_kwargs={'autoreset_mode': AutoresetMode.NEXT_STEP})"
@@ -75,9 +95,11 @@ class AutoresetTracker:
         self.episode_start = np.ones(n, dtype=bool)
         self.autoreset_step = np.zeros(n, dtype=bool)
 
-    def reset(self) -> None:
-        self.episode_start[:] = True
-        self.autoreset_step[:] = False
+    def reset(self, mask: Any = None) -> None:
+        """The sub-envs in ``mask`` (all when ``None``) were reset: they start an episode."""
+        rows = slice(None) if mask is None else np.asarray(mask, dtype=bool)
+        self.episode_start[rows] = True
+        self.autoreset_step[rows] = False
 
     def step(self, terminations: Any, truncations: Any) -> tuple[np.ndarray, np.ndarray]:
         """Account for one env step; returns ``(counted, done)``: which rows made a transition, which ended one."""
@@ -86,10 +108,13 @@ class AutoresetTracker:
         done = ended & counted
         if self.mode == AutoresetMode.NEXT_STEP:
             # rows that were done last step were reset by this step: they start an episode now
-            self.episode_start = self.autoreset_step.copy()
-            self.autoreset_step = done.copy()
-        else:  # SAME_STEP: rows that ended this step already hold the new episode's first observation
-            self.episode_start = ended.copy()
+            self.episode_start = self.autoreset_step
+            self.autoreset_step = done.copy()  # the caller may keep (or change) the returned done
+        elif self.mode == AutoresetMode.SAME_STEP:
+            # rows that ended this step already hold the new episode's first observation
+            self.episode_start = ended
+        else:  # DISABLED: nothing starts until the caller resets
+            self.episode_start = np.zeros_like(ended)
         return counted, done
 
 

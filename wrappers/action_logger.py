@@ -43,7 +43,7 @@ from tt_agents.data.minari_io import (
     get_leaf,
     nest_leaves,
 )
-from wrappers._autoreset import autoreset_mode
+from tt_agents.rollout import AutoresetTracker
 
 __all__ = ["ActionLogger", "MissingExtraError", "VectorActionLogger"]
 
@@ -543,7 +543,8 @@ class VectorActionLogger(VectorWrapper):
     ) -> None:
         _check_unfinished(unfinished)
         super().__init__(env)
-        self.autoreset_mode = autoreset_mode(env)
+        self._tracker = AutoresetTracker(env, allow_disabled=True)  # which rows start, which steps only reset
+        self.autoreset_mode = self._tracker.mode
         meta = {"autoreset_mode": self.autoreset_mode.value, **(metadata or {})}
         self.writer = _make_writer(
             dataset_id,
@@ -555,8 +556,6 @@ class VectorActionLogger(VectorWrapper):
             dict(path=path, jpeg_encoding=jpeg_encoding, fsync=fsync, overwrite=overwrite),
         )
         self._rec = _Recorder(self.writer, env.num_envs, batched=True, record_infos=record_infos, unfinished=unfinished)
-        self._autoreset = np.zeros(env.num_envs, dtype=bool)  # NEXT_STEP: sub-envs the next step resets
-        self._any_autoreset = False
         self._pending: dict[str, Any] = {}
 
     log_extras = ActionLogger.log_extras
@@ -590,8 +589,7 @@ class VectorActionLogger(VectorWrapper):
             seeds = list(seed)
         for i in np.flatnonzero(targets):
             rec.begin(int(i), rec.row, seeds[i], _unbatch_info(info, int(i)) if rec.record_infos else None)
-        self._autoreset[targets] = False
-        self._any_autoreset = bool(self._autoreset.any())
+        self._tracker.reset(targets)
         self._pending = {}
         rec.commit(records)
         return obs, info
@@ -602,6 +600,7 @@ class VectorActionLogger(VectorWrapper):
             rec.ensure(2)
         obs, rewards, terminations, truncations, info = self.env.step(actions)
         dones = np.asarray(terminations, dtype=bool) | np.asarray(truncations, dtype=bool)
+        self._tracker.step(terminations, truncations)
         extras = {}
         if self.writer.extra_spaces:
             same_step = dones if self.autoreset_mode is AutoresetMode.SAME_STEP else None
@@ -610,9 +609,6 @@ class VectorActionLogger(VectorWrapper):
             except MissingExtraError:
                 # these episodes have a step without its extras: drop them, record from each sub-env's next episode
                 rec.start[:] = -1
-                if self.autoreset_mode is AutoresetMode.NEXT_STEP:
-                    self._autoreset |= dones
-                    self._any_autoreset = bool(self._autoreset.any())
                 raise
             finally:
                 self._pending = {}
@@ -623,7 +619,7 @@ class VectorActionLogger(VectorWrapper):
         rec.row = r + 1
         if rec.record_infos:
             self._add_infos(r, dones, info)
-        if self._any_autoreset or dones.any():
+        if dones.any() or self._tracker.episode_start.any():
             self._end_episodes(r, dones, info)
         elif rec.seen_seeds != rec._seeds_committed:
             rec.commit([])
@@ -651,16 +647,16 @@ class VectorActionLogger(VectorWrapper):
                 )
             for i in finished:
                 records.append(rec.take(int(i), r, final_obs=final_obs[i]))
+            # every sub-env that ended (recorded or not) returned its new episode's first observation
+            for i in np.flatnonzero(self._tracker.episode_start):
                 rec.begin(int(i), r + 1, None, _unbatch_info(info, int(i)) if rec.record_infos else None)
         else:
             for i in finished:
                 records.append(rec.take(int(i), r))
             if mode is AutoresetMode.NEXT_STEP:
                 # sub-envs reset by this step: their new episode starts at the observation just returned
-                for i in np.flatnonzero(self._autoreset):
+                for i in np.flatnonzero(self._tracker.episode_start):
                     rec.begin(int(i), r + 1, None, _unbatch_info(info, int(i)) if rec.record_infos else None)
-                self._autoreset = dones & ~self._autoreset
-                self._any_autoreset = bool(self._autoreset.any())
         rec.commit(records)
 
     def close(self, **kwargs: Any) -> None:
