@@ -247,6 +247,8 @@ def test_prefix_cache_attends_over_its_prefix():
     out = torch.cat([gpt(x[:, i : i + 1], cache=cache, mask=full_mask[4 + i : 5 + i, : 5 + i]) for i in range(5)], 1)
     torch.testing.assert_close(out, gpt(torch.cat([prefix, x], 1), mask=full_mask)[:, 4:], atol=1e-5, rtol=0)
     assert len(cache) == 5
+    with pytest.raises(ValueError, match="mask"):
+        gpt(x[:, :1], cache=cache)
 
 
 class BooleanMaskNoCache(NoCache):

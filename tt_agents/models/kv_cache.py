@@ -306,6 +306,13 @@ class PrefixKVCache(KVCache):
         self.prefix_k = prefix_k
         self.prefix_v = prefix_v
 
+    def begin(
+        self, x: torch.Tensor, window: int | None, mask: torch.Tensor | None, attendable: torch.Tensor | None
+    ) -> int:
+        if mask is None and self.prefix_k is not None:
+            raise ValueError("a PrefixKVCache with a prefix needs a `mask` over [prefix, cached, new] keys")
+        return super().begin(x, window, mask, attendable)
+
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k, v = super().append(layer, k, v)  # (B, n_head, T_cached + T_new, head_dim)
         if self.prefix_k is None or self.prefix_v is None:
