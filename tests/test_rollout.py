@@ -11,10 +11,12 @@ from stable_baselines3 import PPO
 from tests.fake_env import make_env
 from tt_agents import TTPlanner
 from tt_agents.data import load_dataset
+from tt_agents.evaluation import evaluate
 from tt_agents.planning import PlanConfig
 from tt_agents.rollout import AutoresetTracker, PolicyDriver, rollout
 from wrappers.action_logger import MissingExtraError, VectorActionLogger
 from wrappers.planning import VectorPlanner
+from wrappers.reward import VectorAddPreviousReward
 
 
 class Recorder:
@@ -61,6 +63,27 @@ def test_rewards_only_for_policies_that_need_them_and_act_goes_to_initial_state(
     assert set(obs0) == {"observation", "previous_reward"} and obs0["previous_reward"].shape == (2, 1)
     assert (obs0["previous_reward"] == 0).all() and (with_reward.calls[1][0]["previous_reward"] != 0).any()
     assert with_reward.initial == [(2, "settings")] and with_reward.calls[0][1] == {"act": "settings"}
+    # observations already in the previous-reward layout pass through as they are
+    wrapped = Recorder(gym.spaces.Box(-1, 1, (2,), np.float32), needs_reward=True)
+    rollout(VectorAddPreviousReward(_vec()), wrapped, n_steps=4, seed=0, progress=False)
+    obs0 = wrapped.calls[0][0]
+    assert set(obs0) == {"observation", "previous_reward"} and not isinstance(obs0["observation"], dict)
+
+
+def test_evaluate_and_vector_planner_give_act_to_initial_state_and_start_from_none_without_it():
+    policy = Recorder(gym.spaces.Box(-1, 1, (2,), np.float32), needs_reward=False)
+    evaluate(policy, _vec(), n_episodes=2, progress=False, act="eval settings")
+    assert policy.initial == [(2, "eval settings")] and policy.calls[0][1] == {"act": "eval settings"}
+    planner = VectorPlanner(_vec(), policy, act="planner settings")
+    planner.reset(seed=0)
+    planner.step()
+    assert policy.initial[-1] == (2, "planner settings") and policy.calls[-1][1] == {"act": "planner settings"}
+    fresh = Recorder(gym.spaces.Box(-1, 1, (2,), np.float32), needs_reward=False)
+    planner = VectorPlanner(_vec(), fresh)
+    planner.reset(seed=0)
+    planner.step()
+    evaluate(fresh, _vec(), n_episodes=2, progress=False)
+    assert fresh.initial == [] and all(c[1] is None for c in fresh.calls)  # act=None: state=None, as SB3 starts
 
 
 def test_disabled_autoreset_is_refused():
