@@ -124,18 +124,24 @@ def main(args: Args) -> None:
         for _ in range(args.rounds):
             for name, tree in (("old", old), ("new", new)):
                 t[name].append(measure(tree, what, a, b, n, calls) * scale)
+        bo, bn = min(t["old"]), min(t["new"])
         mo, mn = statistics.median(t["old"]), statistics.median(t["new"])
         unit = "s" if scale == 1.0 else "ms"
-        rows.append([label, f"{mo:.4g} {unit}", f"{mn:.4g} {unit}", mn / mo,
-                     f"{min(t['old']):.4g} - {max(t['old']):.4g}", f"{min(t['new']):.4g} - {max(t['new']):.4g}"])
+        rows.append([label, f"{bo:.4g} {unit}", f"{bn:.4g} {unit}", bn / bo, mn / mo,
+                     f"{bo:.4g} - {max(t['old']):.4g}", f"{bn:.4g} - {max(t['new']):.4g}"])
         print(rows[-1], flush=True)
-    table = markdown_table(["figure", "old (median)", "new (median)", "new / old", "old range", "new range"], rows)
+    table = markdown_table(["figure", "old (best)", "new (best)", "new / old (best)", "new / old (median)",
+                            "old range", "new range"], rows)
     worst = max(r[3] for r in rows)
+    worst_median = max(r[4] for r in rows)
     body = (
         f"This tree against commit `{commit.stdout.strip() or args.old_tree}`, {args.rounds} alternating rounds of "
         "fresh subprocesses per figure (each round's figure: the fastest of its calls); TT: seconds per `predict` "
         "(one planned action for every env) after a 21-step history; DT: milliseconds per cached step after the "
-        "window fills.\n\n" + table + f"\n\nThe largest new / old median ratio in this run is {worst:.2f}.\n"
+        "window fills. `best`: the fastest round (the least disturbed by other work on a shared machine); the "
+        "median ratio shows how much the rounds moved.\n\n" + table
+        + f"\n\nIn this run the largest new / old ratio is {worst:.2f} of the best rounds and {worst_median:.2f} of "
+        "the medians.\n"
     )
     if args.write:
         write_section("before-after", "Before/after: planning and DT decoding against an earlier commit", body)
