@@ -98,8 +98,8 @@ class Args:
 
 
 CASES = [  # (label, what, a, b, n_envs, calls per subprocess, unit scale)
-    ("TT plan, beam 32 horizon 5, 1 env", "tt", 32, 5, 1, 3, 1.0),
-    ("TT plan, beam 32 horizon 5, 8 envs", "tt", 32, 5, 8, 2, 1.0),
+    ("TT plan, beam 32 horizon 5, 1 env", "tt", 32, 5, 1, 6, 1.0),
+    ("TT plan, beam 32 horizon 5, 8 envs", "tt", 32, 5, 8, 3, 1.0),
     ("TT plan, beam 128 horizon 15, 1 env", "tt", 128, 15, 1, 2, 1.0),
     ("DT step, K = 20, 1 env", "dt", 20, 200, 1, 3, 1e3),
     ("DT step, K = 20, 16 envs", "dt", 20, 200, 16, 3, 1e3),
