@@ -36,7 +36,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -45,13 +44,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
 from tt_agents.checkpoint import CheckpointError, encode_checkpoint, read_checkpoint
+from tt_agents.distributed import Distributed, numpy_rng_states, restore_rng, rng_tensors
 from tt_agents.stages import GradientStage, SearchStage, Stage
-from tt_agents.utils import atomic_write_bytes, resolve_device, set_seed
+from tt_agents.utils import atomic_write_bytes, set_seed
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "lr_at"]
 
@@ -142,109 +141,6 @@ def _to_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str,
     return out
 
 
-class _Distributed:
-    """Rank, world size and device, from torchrun's environment variables."""
-
-    def __init__(self, device: str) -> None:
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.enabled = self.world_size > 1
-        self.owns_group = False
-        if self.enabled:
-            if not dist.is_initialized():
-                backend = "nccl" if torch.cuda.is_available() else "gloo"
-                dist.init_process_group(backend=backend)
-                self.owns_group = True
-            self.rank = dist.get_rank()
-            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-            if torch.cuda.is_available():
-                torch.cuda.set_device(local_rank)
-                self.device = torch.device("cuda", local_rank)
-            else:
-                self.device = torch.device("cpu")
-        else:
-            self.rank = 0
-            self.device = resolve_device(device)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _rng_tensors(ddp: _Distributed) -> dict[str, torch.Tensor]:
-    """Every rank's torch (and CUDA) RNG state, gathered on every rank (a collective call).
-
-    Rank 0's keep the names of single-process checkpoints (``torch``, ``cuda<i>``); rank ``r > 0``'s
-    are ``rank<r>.torch`` and ``rank<r>.cuda``. Each rank resumes with its own (its dropout masks
-    differ from the other ranks' and must continue where they were).
-    """
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        if ddp.enabled:
-            rng["cuda"] = torch.cuda.get_rng_state(ddp.device)
-        else:
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                rng[f"cuda{i}"] = s
-    if not ddp.enabled:
-        return rng
-    out: dict[str, torch.Tensor] = {}
-    for key in sorted(rng):
-        mine = rng[key].to(ddp.device) if ddp.device.type == "cuda" else rng[key]
-        gathered = [torch.empty_like(mine) for _ in range(ddp.world_size)]
-        dist.all_gather(gathered, mine)
-        for r, t in enumerate(gathered):
-            if r > 0:
-                out[f"rank{r}.{key}"] = t.cpu()
-            else:  # rank 0: the single-process names (written by rank 0, so its own device index)
-                out[key if key == "torch" else f"cuda{ddp.device.index}"] = t.cpu()
-    return out
-
-
-def _numpy_rng_states(ddp: _Distributed) -> list[dict[str, Any]]:
-    """Every rank's numpy global RNG state (a collective call under DDP)."""
-    own = _numpy_rng_state()
-    if not ddp.enabled:
-        return [own]
-    keys = torch.tensor(own["keys"] + [own["pos"], own["has_gauss"]], dtype=torch.int64)
-    cached = torch.tensor([own["cached"]], dtype=torch.float64)
-    if ddp.device.type == "cuda":
-        keys, cached = keys.to(ddp.device), cached.to(ddp.device)
-    all_keys = [torch.empty_like(keys) for _ in range(ddp.world_size)]
-    all_cached = [torch.empty_like(cached) for _ in range(ddp.world_size)]
-    dist.all_gather(all_keys, keys)
-    dist.all_gather(all_cached, cached)
-    return [
-        {"name": own["name"], "keys": k[:-2].tolist(), "pos": int(k[-2]), "has_gauss": int(k[-1]), "cached": float(c)}
-        for k, c in zip(all_keys, all_cached)
-    ]
-
-
-def _restore_rng(rng: dict[str, torch.Tensor], trainer_state: dict[str, Any], ddp: _Distributed) -> None:
-    """Put this rank's RNG states back (checkpoints from before per-rank states give every rank rank 0's)."""
-    prefix = f"rank{ddp.rank}." if ddp.rank else ""
-    torch_state = rng.get(f"{prefix}torch", rng.get("torch"))
-    if torch_state is not None:
-        torch.set_rng_state(torch_state)
-    if torch.cuda.is_available():
-        if ddp.enabled:
-            cuda = rng.get(f"rank{ddp.rank}.cuda") if ddp.rank else rng.get(f"cuda{ddp.device.index}")
-            if cuda is not None:
-                torch.cuda.set_rng_state(cuda, ddp.device)
-        else:
-            states = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
-            if len(states) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(states)
-    ranks = trainer_state.get("numpy_rng_ranks") or []
-    _set_numpy_rng_state(ranks[ddp.rank - 1] if 0 < ddp.rank <= len(ranks) else trainer_state.get("numpy_rng"))
-
-
 @dataclass
 class _Resume:
     """What a run directory's checkpoint says about the stages."""
@@ -324,11 +220,11 @@ class Trainer:
     def last_checkpoint(self) -> Path | None:
         return self.run_dir / "checkpoints" / "last.zip" if self.run_dir else None
 
-    def _save(self, ddp: _Distributed, stage: Stage, step: int, done: dict[str, int],
+    def _save(self, ddp: Distributed, stage: Stage, step: int, done: dict[str, int],
               state: dict[str, Any], tensors: dict[str, dict[str, torch.Tensor]]) -> None:
         """Write ``checkpoints/last.zip`` (a collective call under DDP: every rank's RNG is gathered)."""
-        rng = _rng_tensors(ddp)
-        numpy_rng = _numpy_rng_states(ddp)
+        rng = rng_tensors(ddp)
+        numpy_rng = numpy_rng_states(ddp)
         if ddp.is_main:
             assert self.run_dir is not None
             sections = self.agent.checkpoint_sections()
@@ -365,13 +261,13 @@ class Trainer:
 
     # ---------------------------------------------------------------- the loop
     def fit(self, dataset: Any) -> TrainResult:
-        ddp = _Distributed(self.config.device)
+        ddp = Distributed(self.config.device)
         try:
             return self._fit(dataset, ddp)
         finally:
             ddp.close()
 
-    def _fit(self, dataset: Any, ddp: _Distributed) -> TrainResult:
+    def _fit(self, dataset: Any, ddp: Distributed) -> TrainResult:
         agent = self.agent
         agent.device = ddp.device
         agent.model.to(ddp.device)
@@ -426,12 +322,12 @@ class Trainer:
         final.stages = results
         return final
 
-    def _bar(self, stage: Stage, cfg: TrainConfig, start: int, ddp: _Distributed) -> tqdm:
+    def _bar(self, stage: Stage, cfg: TrainConfig, start: int, ddp: Distributed) -> tqdm:
         desc = f"train {type(self.agent).__name__}" + (f" [{stage.name}]" if self.multi_stage else "")
         return tqdm(total=cfg.steps, initial=start, desc=desc, disable=not (cfg.progress and ddp.is_main),
                     dynamic_ncols=True)
 
-    def _gradient_stage(self, stage: GradientStage, cfg: TrainConfig, dataset: Any, ddp: _Distributed, start: int,
+    def _gradient_stage(self, stage: GradientStage, cfg: TrainConfig, dataset: Any, ddp: Distributed, start: int,
                         restore: _Resume | None, done: dict[str, int], logger: _Logger) -> TrainResult:
         agent = self.agent
         module = stage.module
@@ -456,7 +352,7 @@ class Trainer:
             _load_optimizer(optimizer, tr["optimizer"], restore.tensors.get("optimizer", {}), ddp.device)
             if scaler is not None and tr.get("scaler"):
                 scaler.load_state_dict(tr["scaler"])
-            _restore_rng(restore.tensors.get("rng", {}), tr, ddp)
+            restore_rng(restore.tensors.get("rng", {}), tr, ddp)
 
         result = TrainResult(steps=cfg.steps, run_dir=str(self.run_dir) if self.run_dir else None, stage=stage.name)
         bar = self._bar(stage, cfg, start, ddp)
@@ -526,13 +422,13 @@ class Trainer:
         result.seconds = time.perf_counter() - t0
         return result
 
-    def _search_stage(self, stage: SearchStage, cfg: TrainConfig, dataset: Any, ddp: _Distributed, start: int,
+    def _search_stage(self, stage: SearchStage, cfg: TrainConfig, dataset: Any, ddp: Distributed, start: int,
                       restore: _Resume | None, done: dict[str, int], logger: _Logger) -> TrainResult:
         search = stage.start(dataset, cfg.seed, ddp.rank, ddp.world_size)
         if restore is not None:
             tr = restore.manifest["trainer"]
             search.load_state_dict(tr.get("search") or {}, restore.tensors.get("search", {}))
-            _restore_rng(restore.tensors.get("rng", {}), tr, ddp)
+            restore_rng(restore.tensors.get("rng", {}), tr, ddp)
         result = TrainResult(steps=cfg.steps, run_dir=str(self.run_dir) if self.run_dir else None, stage=stage.name)
         bar = self._bar(stage, cfg, start, ddp)
         t0 = time.perf_counter()
@@ -642,18 +538,6 @@ class _Logger:
         if self.file is not None:
             self.file.close()
         self.writer = self.file = None
-
-def _numpy_rng_state() -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
-
-
-def _set_numpy_rng_state(state: dict[str, Any] | None) -> None:
-    if state:
-        np.random.set_state(
-            (state["name"], np.array(state["keys"], dtype=np.uint32), state["pos"], state["has_gauss"], state["cached"])
-        )
-
 
 def plot_training_curve(metrics_path: Path, out_path: Path) -> None:
     """Plot loss against step from ``metrics.jsonl`` into a PNG, one panel per stage (skipped if there are no rows)."""
