@@ -30,10 +30,53 @@ from tt_agents.data.minari_format import (
 
 __all__ = ["MinariReader", "open_hdf5"]
 
-def open_hdf5(path: str | os.PathLike) -> h5py.File:
-    """Open an HDF5 file for reading; a damaged or truncated file raises a DatasetError saying so."""
+ALLOW_EXTERNAL_ENV = "TT_AGENTS_ALLOW_HDF5_EXTERNAL"
+"""Set to ``1`` to read HDF5 files whose data lives in other files (external links, external storage,
+virtual datasets); by default such files are refused, since loading them reads files the user never named."""
+
+_checked: dict[tuple[str, int, int], None] = {}
+
+
+def _indirections(f: h5py.File) -> list[str]:
+    """The objects of ``f`` that point outside it: external links, external raw storage, virtual datasets."""
+    found: list[str] = []
+    seen: set[int] = set()
+
+    def walk(group: h5py.Group, prefix: str) -> None:
+        for name in group:
+            path = f"{prefix}/{name}"
+            link = group.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                found.append(f"{path} (external link to {link.filename}:{link.path})")
+                continue
+            if isinstance(link, h5py.SoftLink):
+                continue  # a path inside this file; its target is visited where it lives
+            obj = group[name]
+            addr = h5py.h5o.get_info(obj.id).addr
+            if addr in seen:
+                continue
+            seen.add(addr)
+            if isinstance(obj, h5py.Group):
+                walk(obj, path)
+            elif isinstance(obj, h5py.Dataset):
+                if obj.is_virtual:
+                    found.append(f"{path} (virtual dataset over {sorted({s.file_name for s in obj.virtual_sources()})})")
+                elif obj.external:
+                    found.append(f"{path} (raw storage in {[e[0] for e in obj.external]})")
+
+    walk(f, "")
+    return found
+
+
+def open_hdf5(path: str | os.PathLike, allow_external: bool | None = None) -> h5py.File:
+    """Open an HDF5 file for reading; a damaged or truncated file raises a DatasetError saying so.
+
+    A file whose data lives in other files (external links, external raw storage, virtual datasets)
+    is refused with :class:`DatasetError` naming the objects, unless ``allow_external`` (default:
+    the ``TT_AGENTS_ALLOW_HDF5_EXTERNAL=1`` environment variable) opts in.
+    """
     try:
-        return h5py.File(path, "r")
+        f = h5py.File(path, "r")
     except OSError as e:
         hint = (
             "the file is shorter than its header says (truncated: an interrupted copy or download?); "
@@ -42,6 +85,22 @@ def open_hdf5(path: str | os.PathLike) -> h5py.File:
             else "the file is damaged or not HDF5; copy or regenerate it"
         )
         raise DatasetError(f"cannot read {path}: {e}; {hint}") from None
+    if allow_external is None:
+        allow_external = os.environ.get(ALLOW_EXTERNAL_ENV) == "1"
+    if not allow_external:
+        st = os.stat(path)
+        key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+        if key not in _checked:  # lazy loading reopens the file per episode: scan it once per version
+            found = _indirections(f)
+            if found:
+                f.close()
+                raise DatasetError(
+                    f"{path} points outside itself: {'; '.join(found[:5])}"
+                    + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+                    + f". Loading it would read files you did not name; if you trust it, set {ALLOW_EXTERNAL_ENV}=1"
+                )
+            _checked[key] = None
+    return f
 
 
 def _read_info(node: h5py.Group | h5py.Dataset) -> Any:
