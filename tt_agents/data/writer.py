@@ -46,7 +46,11 @@ from tt_agents.data.reader import (
     MinariReader,
 )
 
-__all__ = ["EpisodeRecord", "MinariWriter"]
+__all__ = ["DatasetWriteError", "EpisodeRecord", "MinariWriter"]
+
+
+class DatasetWriteError(DatasetError):
+    """Writing episodes failed (disk full, I/O error); the message names the episodes safe and those lost."""
 
 class MinariWriter:
     """Create a Minari dataset, or append to one, a batch of finished episodes at a time.
@@ -258,10 +262,26 @@ class MinariWriter:
             self._check(ep)
         first = self.total_episodes
         main = self.data_path / MAIN_FILE
-        with h5py.File(main, "a") as f:
-            for k, ep in enumerate(episodes):
-                self._write_group(f.create_group(f"episode_{first + k}"), first + k, ep)
-        self._commit(len(episodes), sum(len(e) for e in episodes), metadata)
+        try:
+            with h5py.File(main, "a") as f:
+                if getattr(self, "_failed_write", False):  # groups of the failed write, never committed
+                    for key in [k for k in f if k.startswith("episode_") and int(k[8:]) >= first]:
+                        del f[key]
+                    self._failed_write = False
+                for k, ep in enumerate(episodes):
+                    self._write_group(f.create_group(f"episode_{first + k}"), first + k, ep)
+            self._commit(len(episodes), sum(len(e) for e in episodes), metadata)
+        except (OSError, RuntimeError) as e:  # a full disk, a quota, an I/O error (h5py raises either)
+            self._metadata = json.loads((self.data_path / METADATA_FILE).read_text())  # what is committed
+            self._failed_write = True
+            lost = f"episode {first}" if len(episodes) == 1 else f"episodes {first} to {first + len(episodes) - 1}"
+            safe = f"episodes 0 to {first - 1} are safe" if first else "no episode was committed before"
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DatasetWriteError(
+                f"dataset {self.dataset_id} at {self.path}: writing {lost} failed ({type(e).__name__}: {reason}); "
+                f"{safe} and the dataset still loads with them; {lost} {'is' if len(episodes) == 1 else 'are'} lost. "
+                "Free some disk space (or fix the I/O error) and log again"
+            ) from e
         return list(range(first, first + len(episodes)))
 
     def _commit(self, episodes: int, steps: int, metadata: Mapping[str, Any] | None = None) -> None:
