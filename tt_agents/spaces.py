@@ -1,6 +1,8 @@
 """Gymnasium spaces as JSON (no pickle), checks of observations against a space, and the space predicates.
 
-- :func:`space_to_json` / :func:`space_from_json` / :func:`spaces_equal`: spaces as data.
+- :func:`serialize_space` / :func:`deserialize_space`: spaces as Minari's JSON (the one format, also in
+  checkpoints); :func:`space_to_json` / :func:`space_from_json`: the same as strict JSON;
+  :func:`spaces_equal`: NaN-safe equality.
 - :func:`check_observation`: one observation or a batch, against a space.
 - :func:`is_image_space`: what the agents treat as frames (uint8 ``(H, W, C)``).
 - :data:`REWARD_KEYS` / :func:`split_previous_reward`: the observation layout of
@@ -9,6 +11,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -16,6 +21,9 @@ import numpy as np
 
 __all__ = [
     "SpaceMismatchError",
+    "SpaceFormatError",
+    "serialize_space",
+    "deserialize_space",
     "space_to_json",
     "space_from_json",
     "spaces_equal",
@@ -33,68 +41,161 @@ class SpaceMismatchError(ValueError):
     """An observation, action or env does not live in the space an agent was built for."""
 
 
-def _array_to_json(a: np.ndarray) -> Any:
-    # inf is not valid JSON: encode as strings
-    return [x if np.isfinite(x) else ("inf" if x > 0 else "-inf") for x in np.asarray(a, np.float64).ravel().tolist()]
+class SpaceFormatError(ValueError):
+    """A space description that cannot be read (not JSON, an unknown type, missing or bad fields)."""
 
 
-def _array_from_json(a: list, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    return np.array([float(x) for x in a], dtype=np.float64).reshape(shape).astype(dtype)
+# ----------------------------------------------------------------------------------------------
+# spaces as JSON: Minari's format, the one format (metadata.json must stay what Minari writes)
+
+_SPACE_TYPES = "Box, Discrete, MultiDiscrete, MultiBinary, Dict, Tuple, Text"
 
 
-def space_to_json(space: gym.Space) -> dict[str, Any]:
-    """Describe a Box, Discrete, MultiDiscrete, MultiBinary or Dict space as JSON-able data.
+def _strict(values: Any) -> Any:
+    # strict JSON has no Infinity/NaN: "inf", "-inf", "nan" instead, which numpy (so Minari's reader) parses
+    if isinstance(values, list):
+        return [_strict(v) for v in values]
+    return values if math.isfinite(values) else str(values)
 
-    Example:
-        >>> space_to_json(gym.spaces.Discrete(3))
-        {'type': 'Discrete', 'n': 3, 'start': 0}
-    """
+
+def _bounds(a: np.ndarray, strict: bool) -> Any:
+    values = a.tolist()
+    return _strict(values) if strict and a.dtype.kind == "f" and not np.isfinite(a).all() else values
+
+
+def _describe(space: gym.Space, strict: bool) -> dict[str, Any]:
     if isinstance(space, gym.spaces.Box):
         return {
             "type": "Box",
-            "shape": list(space.shape),
             "dtype": str(space.dtype),
-            "low": _array_to_json(space.low),
-            "high": _array_to_json(space.high),
+            "shape": list(space.shape),
+            "low": _bounds(space.low, strict),
+            "high": _bounds(space.high, strict),
         }
     if isinstance(space, gym.spaces.Discrete):
-        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
+        return {"type": "Discrete", "dtype": "int64", "start": int(space.start), "n": int(space.n)}
     if isinstance(space, gym.spaces.MultiDiscrete):
-        return {"type": "MultiDiscrete", "nvec": space.nvec.tolist()}
+        return {
+            "type": "MultiDiscrete",
+            "dtype": str(space.dtype),
+            "nvec": space.nvec.tolist(),
+            "start": space.start.tolist(),
+        }
     if isinstance(space, gym.spaces.MultiBinary):
-        return {"type": "MultiBinary", "n": np.asarray(space.n).tolist()}
+        n = space.n
+        return {"type": "MultiBinary", "n": int(n) if np.isscalar(n) else list(n)}
     if isinstance(space, gym.spaces.Dict):
-        return {"type": "Dict", "spaces": {k: space_to_json(v) for k, v in space.spaces.items()}}
-    raise TypeError(f"cannot serialize space {space!r}: supported are Box, Discrete, MultiDiscrete, MultiBinary, Dict")
+        return {"type": "Dict", "subspaces": {k: _describe(s, strict) for k, s in space.spaces.items()}}
+    if isinstance(space, gym.spaces.Tuple):
+        return {"type": "Tuple", "subspaces": [_describe(s, strict) for s in space.spaces]}
+    if isinstance(space, gym.spaces.Text):
+        return {
+            "type": "Text",
+            "max_length": space.max_length,
+            "min_length": space.min_length,
+            "charset": space.characters,
+        }
+    raise TypeError(f"cannot describe {type(space).__name__} spaces as JSON; supported: {_SPACE_TYPES}")
 
 
-def space_from_json(d: dict[str, Any]) -> gym.Space:
-    """Inverse of :func:`space_to_json`.
+def serialize_space(space: gym.Space) -> dict[str, Any]:
+    """Minari's JSON description of a space, exactly as Minari writes it (``json.dumps`` it for metadata.json).
+
+    Infinite Box bounds stay floats, so ``json.dumps`` writes them as ``Infinity`` as Minari does; use
+    :func:`space_to_json` for strict JSON.
+
+    Example:
+        >>> serialize_space(gym.spaces.Discrete(3))
+        {'type': 'Discrete', 'dtype': 'int64', 'start': 0, 'n': 3}
+    """
+    return _describe(space, strict=False)
+
+
+def space_to_json(space: gym.Space) -> dict[str, Any]:
+    """The same description as :func:`serialize_space`, as strict JSON (what checkpoints store).
+
+    Non-finite Box bounds become the strings ``"inf"``, ``"-inf"``, ``"nan"``, which
+    :func:`space_from_json` and Minari's reader parse back.
+
+    Example:
+        >>> space_to_json(gym.spaces.Box(0.0, np.inf, (2,), np.float32))["high"]
+        ['inf', 'inf']
+    """
+    return _describe(space, strict=True)
+
+
+def _box_bounds(values: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    # Minari writes nested lists, the old checkpoint dialect flat ones: both reshape; a list of
+    # another size is an error (never broadcast: a tiny description must not claim a huge space)
+    a = np.array(values, dtype=np.float64 if dtype.kind == "f" else None)
+    if a.dtype.kind not in "biuf":
+        a = a.astype(np.float64)  # "inf" strings of a non-float Box: refused below by the cast
+    return a.reshape(shape).astype(dtype)
+
+
+def _space(desc: Any) -> gym.Space:
+    if not isinstance(desc, Mapping) or "type" not in desc:
+        raise SpaceFormatError(f"space description must be a JSON object with a 'type', got {desc!r:.200}")
+    kind = desc["type"]
+    try:
+        if kind == "Box":
+            dtype = np.dtype(desc["dtype"])
+            shape = tuple(int(s) for s in desc["shape"])
+            low, high = _box_bounds(desc["low"], shape, dtype), _box_bounds(desc["high"], shape, dtype)
+            return gym.spaces.Box(low=low, high=high, shape=shape, dtype=dtype)
+        if kind == "Discrete":
+            return gym.spaces.Discrete(n=int(desc["n"]), start=int(desc.get("start", 0)))
+        if kind == "MultiDiscrete":
+            nvec = np.asarray(desc["nvec"], dtype=np.int64)
+            return gym.spaces.MultiDiscrete(nvec=nvec, dtype=desc.get("dtype", "int64"), start=desc.get("start"))
+        if kind == "MultiBinary":
+            return gym.spaces.MultiBinary(n=desc["n"])
+        if kind == "Dict":
+            subspaces = desc["subspaces"] if "subspaces" in desc else desc["spaces"]  # "spaces": old checkpoints
+            return gym.spaces.Dict({k: _space(v) for k, v in subspaces.items()})
+        if kind == "Tuple":
+            return gym.spaces.Tuple(tuple(_space(v) for v in desc["subspaces"]))
+        if kind == "Text":
+            return gym.spaces.Text(
+                max_length=int(desc["max_length"]), min_length=int(desc["min_length"]), charset=desc["charset"]
+            )
+    except SpaceFormatError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise SpaceFormatError(f"malformed {kind} space description ({type(e).__name__}: {e}): {desc!r:.300}") from None
+    raise SpaceFormatError(f"unknown space type {kind!r}; supported: {_SPACE_TYPES}")
+
+
+def deserialize_space(desc: str | Mapping[str, Any]) -> gym.Space:
+    """Parse a space description (a JSON string or a parsed dict) into a Gymnasium space, without eval.
+
+    Reads what :func:`serialize_space` and :func:`space_to_json` write (Minari's format), and the
+    dialect of checkpoints written before (Dict subspaces under ``"spaces"``, flat Box bounds).
+
+    Raises:
+        SpaceFormatError: not JSON, an unknown type, or missing or malformed fields.
+
+    Example:
+        >>> deserialize_space('{"type": "Box", "dtype": "float32", "shape": [2], "low": [-1, -1], "high": [1, 1]}')
+        Box(-1.0, 1.0, (2,), float32)
+    """
+    if isinstance(desc, str):
+        try:
+            desc = json.loads(desc)
+        except json.JSONDecodeError as e:
+            raise SpaceFormatError(f"space description is not valid JSON ({e}): {desc[:200]!r}") from None
+    return _space(desc)
+
+
+def space_from_json(desc: str | Mapping[str, Any]) -> gym.Space:
+    """Inverse of :func:`space_to_json` (and of :func:`serialize_space`): :func:`deserialize_space`.
 
     Example:
         >>> box = gym.spaces.Box(-1.0, np.inf, (2,), np.float32)
         >>> space_from_json(space_to_json(box)) == box
         True
     """
-    try:
-        kind = d["type"]
-        if kind == "Box":
-            shape = tuple(int(s) for s in d["shape"])
-            dtype = np.dtype(d["dtype"])
-            return gym.spaces.Box(
-                _array_from_json(d["low"], shape, dtype), _array_from_json(d["high"], shape, dtype), shape, dtype
-            )
-        if kind == "Discrete":
-            return gym.spaces.Discrete(int(d["n"]), start=int(d.get("start", 0)))
-        if kind == "MultiDiscrete":
-            return gym.spaces.MultiDiscrete(np.asarray(d["nvec"], dtype=np.int64))
-        if kind == "MultiBinary":
-            return gym.spaces.MultiBinary(d["n"])
-        if kind == "Dict":
-            return gym.spaces.Dict({k: space_from_json(v) for k, v in d["spaces"].items()})
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"malformed space description {d!r}: {e}") from e
-    raise ValueError(f"unknown space type {kind!r} in {d!r}")
+    return deserialize_space(desc)
 
 
 def spaces_equal(a: gym.Space, b: gym.Space) -> bool:

@@ -20,10 +20,24 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from tt_agents import spaces
 from tt_agents.data.episodes import DatasetError
+from tt_agents.spaces import serialize_space
 from tt_agents.utils import atomic_write_bytes
 
-__all__ = ['DatasetMismatchError', 'EpisodeRecord', 'dataset_path', 'datasets_root', 'deserialize_space', 'flatten_space', 'get_leaf', 'is_jpeg_space', 'nest_leaves', 'parse_dataset_id', 'serialize_space']
+__all__ = [
+    "DatasetMismatchError",
+    "EpisodeRecord",
+    "dataset_path",
+    "datasets_root",
+    "deserialize_space",
+    "flatten_space",
+    "get_leaf",
+    "is_jpeg_space",
+    "nest_leaves",
+    "parse_dataset_id",
+    "serialize_space",
+]
 
 MAIN_FILE = "main_data.hdf5"
 METADATA_FILE = "metadata.json"
@@ -84,96 +98,20 @@ def dataset_path(dataset_id: str) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
-# spaces
-
-
-def serialize_space(space: gym.Space) -> dict[str, Any]:
-    """Minari's JSON description of a space (as a dict; ``json.dumps`` it for metadata.json).
-
-    Example:
-        >>> serialize_space(gym.spaces.Discrete(3))
-        {'type': 'Discrete', 'dtype': 'int64', 'start': 0, 'n': 3}
-    """
-    if isinstance(space, gym.spaces.Box):
-        return {
-            "type": "Box",
-            "dtype": str(space.dtype),
-            "shape": list(space.shape),
-            "low": space.low.tolist(),
-            "high": space.high.tolist(),
-        }
-    if isinstance(space, gym.spaces.Discrete):
-        return {"type": "Discrete", "dtype": "int64", "start": int(space.start), "n": int(space.n)}
-    if isinstance(space, gym.spaces.MultiDiscrete):
-        return {
-            "type": "MultiDiscrete",
-            "dtype": str(space.dtype),
-            "nvec": space.nvec.tolist(),
-            "start": space.start.tolist(),
-        }
-    if isinstance(space, gym.spaces.MultiBinary):
-        n = space.n
-        return {"type": "MultiBinary", "n": int(n) if np.isscalar(n) else list(n)}
-    if isinstance(space, gym.spaces.Dict):
-        return {"type": "Dict", "subspaces": {k: serialize_space(s) for k, s in space.spaces.items()}}
-    if isinstance(space, gym.spaces.Tuple):
-        return {"type": "Tuple", "subspaces": [serialize_space(s) for s in space.spaces]}
-    if isinstance(space, gym.spaces.Text):
-        return {
-            "type": "Text",
-            "max_length": space.max_length,
-            "min_length": space.min_length,
-            "charset": space.characters,
-        }
-    raise TypeError(
-        f"cannot serialize {type(space).__name__} spaces in the Minari format; supported: "
-        "Box, Discrete, MultiDiscrete, MultiBinary, Dict, Tuple, Text"
-    )
+# spaces: Minari's space JSON is the package's one format, in tt_agents.spaces
 
 
 def deserialize_space(desc: str | Mapping[str, Any]) -> gym.Space:
-    """Parse Minari's space JSON (a string or a parsed dict) into a Gymnasium space.
+    """:func:`tt_agents.spaces.deserialize_space`, raising :class:`DatasetError` on a bad description.
 
     Example:
         >>> deserialize_space('{"type": "Box", "dtype": "float32", "shape": [2], "low": [-1, -1], "high": [1, 1]}')
         Box(-1.0, 1.0, (2,), float32)
     """
-    if isinstance(desc, str):
-        try:
-            desc = json.loads(desc)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"space description is not valid JSON ({e}): {desc[:200]!r}") from None
-    if not isinstance(desc, Mapping) or "type" not in desc:
-        raise DatasetError(f"space description must be a JSON object with a 'type', got {desc!r:.200}")
-    kind = desc["type"]
     try:
-        if kind == "Box":
-            dtype = np.dtype(desc["dtype"])
-            shape = tuple(int(s) for s in desc["shape"])
-            low = np.array(desc["low"], dtype=np.float64 if dtype.kind == "f" else None)
-            high = np.array(desc["high"], dtype=np.float64 if dtype.kind == "f" else None)
-            return gym.spaces.Box(low=low.astype(dtype), high=high.astype(dtype), shape=shape, dtype=dtype)
-        if kind == "Discrete":
-            return gym.spaces.Discrete(n=int(desc["n"]), start=int(desc.get("start", 0)))
-        if kind == "MultiDiscrete":
-            return gym.spaces.MultiDiscrete(
-                nvec=desc["nvec"], dtype=desc.get("dtype", "int64"), start=desc.get("start")
-            )
-        if kind == "MultiBinary":
-            return gym.spaces.MultiBinary(n=desc["n"])
-        if kind == "Dict":
-            return gym.spaces.Dict({k: deserialize_space(v) for k, v in desc["subspaces"].items()})
-        if kind == "Tuple":
-            return gym.spaces.Tuple(tuple(deserialize_space(v) for v in desc["subspaces"]))
-        if kind == "Text":
-            return gym.spaces.Text(
-                max_length=int(desc["max_length"]), min_length=int(desc["min_length"]), charset=desc["charset"]
-            )
-    except (KeyError, TypeError, ValueError) as e:
-        raise DatasetError(f"malformed {kind} space description ({type(e).__name__}: {e}): {desc!r:.300}") from None
-    raise DatasetError(
-        f"unknown space type {kind!r}; supported: Box, Discrete, MultiDiscrete, MultiBinary, Dict, Tuple, Text"
-    )
+        return spaces.deserialize_space(desc)
+    except spaces.SpaceFormatError as e:
+        raise DatasetError(str(e)) from None
 
 
 def is_jpeg_space(space: gym.Space) -> bool:
@@ -350,5 +288,3 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"metadata value of type {type(obj).__name__} is not JSON-serializable: {obj!r:.100}")
-
-
