@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import pickle
@@ -9,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import torch
 from tests.fake_env import make_env
 from tt_agents import BCConfig, BCPolicy, CheckpointError, load_agent
 from tt_agents.checkpoint import FORMAT_VERSION, read_checkpoint, sealed_zip, write_checkpoint
+from tt_agents.spaces import space_to_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,6 +147,70 @@ def test_round_trip_keeps_config_and_preprocessing(tmp_path):
     ckpt = read_checkpoint(path)
     assert ckpt.manifest["package_version"]
     assert all(len(p["sha256"]) == 64 for p in ckpt.manifest["payloads"].values())
+
+
+def test_spaces_are_stored_in_minaris_format(tmp_path):
+    agent = _agent()
+    manifest = read_checkpoint(agent.save(tmp_path / "a.zip")).manifest
+    assert manifest["agent"]["observation_space"] == space_to_json(agent.observation_space)
+    assert manifest["agent"]["observation_space"]["type"] == "Box" and "dtype" in manifest["agent"]["action_space"]
+    assert BCPolicy.load(tmp_path / "a.zip", device="cpu").observation_space == agent.observation_space
+
+
+def _sealed(tmp_path: Path, name: str, write) -> Path:
+    """A zip made by ``write(zf)``, sealed like a checkpoint (so only the inner checks can refuse it)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        write(zf)
+    with zipfile.ZipFile(buf) as zf:
+        members = [(i, zf.read(i.filename)) for i in zf.infolist()]
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # duplicated names, on purpose
+        zf.comment = b"sha256:" + b"0" * 64
+        for info, data in members:
+            zf.writestr(info, data, compress_type=info.compress_type)
+    body = out.getvalue()[:-71]
+    path = tmp_path / name
+    path.write_bytes(body + b"sha256:" + hashlib.sha256(body).hexdigest().encode())
+    return path
+
+
+def test_crafted_zips_are_refused_before_any_member_is_expanded(tmp_path, monkeypatch):
+    agent_path = _agent().save(tmp_path / "a.zip")
+    with zipfile.ZipFile(agent_path) as zf:
+        good = {n: zf.read(n) for n in zf.namelist()}
+    bomb = bytes(64 << 20)  # 64 MiB of zeros deflate to ~64 KiB
+
+    def deflated(zf):
+        manifest = json.loads(good["manifest.json"])
+        manifest["payloads"]["model.safetensors"] = {"size": len(bomb), "sha256": hashlib.sha256(bomb).hexdigest()}
+        zf.writestr("manifest.json", json.dumps(manifest))
+        zf.writestr("model.safetensors", bomb, compress_type=zipfile.ZIP_DEFLATED)
+
+    def duplicated(zf):
+        for n, data in good.items():
+            zf.writestr(n, data)
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            zf.writestr("model.safetensors", good["model.safetensors"])
+
+    read = []
+    real_read = zipfile.ZipFile.read
+    monkeypatch.setattr(
+        zipfile.ZipFile, "read", lambda self, name, pwd=None: read.append(name) or real_read(self, name)
+    )
+    for name, write, message in (
+        ("deflated.zip", deflated, "compressed members"),
+        ("duplicated.zip", duplicated, "members listed more than once"),
+    ):
+        path = _sealed(tmp_path, name, write)
+        assert path.stat().st_size < 1 << 20
+        read.clear()
+        with pytest.raises(CheckpointError, match=f"{name}: {message}"):
+            read_checkpoint(path)
+        assert read == [], f"{name}: members were read before the file was refused"
+        with pytest.raises(CheckpointError, match=name):
+            load_agent(path, device="cpu")
 
 
 _SAVER = """

@@ -26,6 +26,7 @@ import io
 import json
 import os
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,12 +124,35 @@ def sealed_zip(members: dict[str, bytes]) -> bytes:
     return body + _SEAL_PREFIX + hashlib.sha256(body).hexdigest().encode()
 
 
+def _check_members(path: Path, infos: list[zipfile.ZipInfo], file_size: int) -> None:
+    """Refuse what :func:`write_checkpoint` never writes and what would make reading cost more than the file.
+
+    Members are stored uncompressed (a compressed one could expand far beyond the file's size), each
+    name once, and together no larger than the file (so the reader allocates a small multiple of it).
+    """
+    dup = sorted(n for n, k in Counter(i.filename for i in infos).items() if k > 1)
+    if dup:
+        raise CheckpointError(f"{path}: members listed more than once: {dup[:5]}; not a file tt-agents wrote")
+    packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise CheckpointError(
+            f"{path}: compressed members {packed[:5]}; tt-agents checkpoints store every member uncompressed"
+        )
+    claimed = sum(i.file_size for i in infos)
+    if claimed > file_size:
+        raise CheckpointError(f"{path}: the members claim {claimed} bytes, more than the file's {file_size}")
+
+
 def read_checkpoint(path: str | os.PathLike, kind: str | None = None) -> Checkpoint:
     """Read and verify a checkpoint written by :func:`write_checkpoint`.
 
+    Whatever the file holds (also a validly sealed file crafted by someone else), reading runs no
+    code, reads no other file and allocates a small multiple of the file's size at most.
+
     Raises:
         CheckpointError: missing file, not a checkpoint, truncated or corrupted, checksum
-            mismatch, unknown or newer format version, or a different ``kind`` than asked for.
+            mismatch, unknown or newer format version, a different ``kind`` than asked for, or
+            members tt-agents never writes (compressed, duplicated).
     """
     path = Path(path)
     if not path.is_file():
@@ -143,6 +167,7 @@ def read_checkpoint(path: str | os.PathLike, kind: str | None = None) -> Checkpo
         raise CheckpointError(f"{path}: checksum mismatch: the file is corrupted")
     try:
         with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            _check_members(path, zf.infolist(), len(raw))
             names = zf.namelist()
             if MANIFEST not in names:
                 raise CheckpointError(f"{path}: not a tt-agents checkpoint (no {MANIFEST})")
