@@ -423,6 +423,7 @@ class ActionLogger(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def close(self) -> None:
         record = self._rec.cut(0)
         self._rec.commit([record] if record is not None else [])
+        self.writer.close()
         super().close()
 
 
@@ -663,4 +664,5 @@ class VectorActionLogger(VectorWrapper):
         rec = self._rec
         records = [r for i in range(self.num_envs) if (r := rec.cut(i)) is not None]
         rec.commit(records)
+        self.writer.close()
         super().close(**kwargs)

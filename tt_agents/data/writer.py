@@ -9,6 +9,8 @@ import json
 import os
 import re
 import shutil
+import socket
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,17 @@ class MinariWriter:
         self.dataset_id = dataset_id
         self.path = Path(path) if path is not None else dataset_path(dataset_id)
         self.data_path = self.path / "data"
+        self._lock_fd: int | None = None
+        self._lock()  # before anything is read or written: one writer per dataset, for its whole life
+        try:
+            self._setup(observation_space, action_space, env_spec, extra_spaces, metadata, jpeg_encoding, fsync,
+                        overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, observation_space, action_space, env_spec, extra_spaces, metadata, jpeg_encoding, fsync,
+               overwrite) -> None:
         self.observation_space = observation_space
         self.action_space = action_space
         self.extra_spaces = dict(extra_spaces or {})
@@ -128,6 +141,55 @@ class MinariWriter:
                 self.update_metadata(metadata)
         else:
             self._metadata = self._create(spec_json, metadata or {})
+
+    # -- the writer's lock -------------------------------------------------------------------------
+
+    @property
+    def lock_path(self) -> Path:
+        """The lock file, beside the dataset's folder (so that ``overwrite`` cannot delete it while held)."""
+        return self.path.parent / f".{self.path.name}.writer-lock"
+
+    def _lock(self) -> None:
+        """Hold an exclusive OS lock (``flock``) on :attr:`lock_path` until :meth:`close`; the OS drops it if the
+        process dies, so a killed writer never blocks the next one."""
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system: no lock
+            return
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 300, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise DatasetError(
+                f"dataset {self.dataset_id} at {self.path} is being written by another writer "
+                f"({holder or 'holder unknown'}); a dataset has one writer at a time: wait for it to close, "
+                "or log into another dataset id"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                  .encode(), 0)
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Release the dataset for other writers (every episode written so far is already committed)."""
+        fd, self._lock_fd = getattr(self, "_lock_fd", None), None
+        if fd is not None:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def __enter__(self) -> MinariWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
 
     # -- creation / appending -----------------------------------------------------------------
 
