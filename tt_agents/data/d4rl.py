@@ -33,7 +33,7 @@ import numpy as np
 
 from tt_agents.data.episodes import DatasetError, Episode, EpisodeDataset
 from tt_agents.data.minari_io import open_hdf5
-from tt_agents.data.validate import validate_episode
+from tt_agents.data.validate import read_episodes, validate_episode
 
 __all__ = ["is_d4rl_file", "load_d4rl"]
 
@@ -209,5 +209,5 @@ def load_d4rl(path: str | os.PathLike, *, lazy: bool = False, validate: bool = T
 
         return EpisodeDataset.from_loader(len(lengths), lengths, loader, obs_space, act_space, metadata)
     with open_hdf5(path) as f:
-        episodes = [read(f, i) for i in range(len(lengths))]
+        episodes = read_episodes(lambda i: read(f, i), len(lengths))
     return EpisodeDataset(episodes, obs_space, act_space, metadata)

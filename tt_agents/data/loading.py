@@ -19,7 +19,7 @@ import numpy as np
 from tt_agents.data.d4rl import load_d4rl
 from tt_agents.data.episodes import DatasetError, Episode, EpisodeDataset
 from tt_agents.data.minari_io import MinariReader, dataset_path, datasets_root, open_hdf5, parse_dataset_id
-from tt_agents.data.validate import validate_episode, validate_reward_sum, validate_totals
+from tt_agents.data.validate import read_episodes, validate_episode, validate_reward_sum, validate_totals
 
 __all__ = ["load_dataset"]
 
@@ -121,7 +121,7 @@ def _load_minari(folder: Path, lazy: bool, validate: bool) -> EpisodeDataset:
             len(lengths), lengths, loader, reader.observation_space, reader.action_space, meta
         )
     with reader.open() as f:
-        episodes = [read(f, i) for i in range(len(lengths))]
+        episodes = read_episodes(lambda i: read(f, i), len(lengths))
     return EpisodeDataset(episodes, reader.observation_space, reader.action_space, meta)
 
 
