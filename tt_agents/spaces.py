@@ -161,7 +161,7 @@ def _space(desc: Any) -> gym.Space:
             )
     except SpaceFormatError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
         raise SpaceFormatError(f"malformed {kind} space description ({type(e).__name__}: {e}): {desc!r:.300}") from None
     raise SpaceFormatError(f"unknown space type {kind!r}; supported: {_SPACE_TYPES}")
 
@@ -182,7 +182,7 @@ def deserialize_space(desc: str | Mapping[str, Any]) -> gym.Space:
     if isinstance(desc, str):
         try:
             desc = json.loads(desc)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:
             raise SpaceFormatError(f"space description is not valid JSON ({e}): {desc[:200]!r}") from None
     return _space(desc)
 

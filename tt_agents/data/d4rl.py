@@ -32,7 +32,7 @@ import h5py
 import numpy as np
 
 from tt_agents.data.episodes import DatasetError, Episode, EpisodeDataset
-from tt_agents.data.minari_io import open_hdf5
+from tt_agents.data.hdf5 import check_decoded_size, open_hdf5
 from tt_agents.data.validate import read_episodes, validate_episode
 
 __all__ = ["is_d4rl_file", "load_d4rl"]
@@ -62,7 +62,13 @@ def _file_metadata(f: h5py.File) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     sources = [dict(f.attrs)]
     if isinstance(f.get("metadata"), h5py.Group):
-        sources.append({k: v for k, v in f["metadata"].items() if isinstance(v, h5py.Dataset) and v.shape == ()})
+        sources.append(
+            {
+                k: v
+                for k, v in f["metadata"].items()
+                if isinstance(v, h5py.Dataset) and v.shape == () and v.dtype.itemsize <= 1 << 16  # a scalar, small
+            }
+        )
     for src in sources:
         for k, v in src.items():
             v = _scalar(v)
@@ -155,26 +161,37 @@ def _read(f: h5py.File, s: int, e: int, terminal: bool, has_next: bool, i: int) 
     return Episode(observations, f["actions"][s:stop], rewards, terminations, truncations, id=i)
 
 
-def load_d4rl(path: str | os.PathLike, *, lazy: bool = False, validate: bool = True) -> EpisodeDataset:
+def load_d4rl(
+    path: str | os.PathLike,
+    *,
+    lazy: bool = False,
+    validate: bool = True,
+    allow_external: bool | None = None,
+    max_bytes: int | None = None,
+) -> EpisodeDataset:
     """Read a D4RL-format HDF5 file into episodes.
 
     Args:
         path: the ``.hdf5`` file.
         lazy: read each episode from the file when it is first used instead of all now.
         validate: check each episode's values (NaN/Inf, shapes) as it is read.
+        allow_external, max_bytes: as for :func:`~tt_agents.data.load_dataset` (indirections to
+            other files refused; what the headers claim bounded before anything is read).
 
     Raises:
         DatasetError: missing or inconsistent arrays, an unreadable file, or bad values (naming the
             episode, its rows in the file and the step).
     """
     path = Path(path)
-    with open_hdf5(path) as f:
+    with open_hdf5(path, allow_external) as f:
         missing = [k for k in _REQUIRED if not isinstance(f.get(k), h5py.Dataset)]
         if missing:
             raise DatasetError(
                 f"{path} is not a D4RL file: it lacks the datasets {missing} "
                 f"(it holds {sorted(f.keys())[:10]}); D4RL files have flat {list(_REQUIRED)} and 'timeouts'"
             )
+        used = [f[k] for k in (*_REQUIRED, "timeouts", "next_observations") if isinstance(f.get(k), h5py.Dataset)]
+        check_decoded_size(path, sum(int(d.size or 0) * d.dtype.itemsize for d in used), max_bytes)
         starts, ends, terminal, has_next = _boundaries(f, path)
         obs_space, act_space = _spaces(f)
         file_meta = _file_metadata(f)
@@ -204,10 +221,10 @@ def load_d4rl(path: str | os.PathLike, *, lazy: bool = False, validate: bool = T
     if lazy:
 
         def loader(i: int) -> Episode:
-            with open_hdf5(path) as f:
+            with open_hdf5(path, allow_external) as f:
                 return read(f, i)
 
         return EpisodeDataset.from_loader(len(lengths), lengths, loader, obs_space, act_space, metadata)
-    with open_hdf5(path) as f:
+    with open_hdf5(path, allow_external) as f:
         episodes = read_episodes(lambda i: read(f, i), len(lengths))
     return EpisodeDataset(episodes, obs_space, act_space, metadata)

@@ -18,7 +18,9 @@ import numpy as np
 
 from tt_agents.data.d4rl import load_d4rl
 from tt_agents.data.episodes import DatasetError, Episode, EpisodeDataset
-from tt_agents.data.minari_io import MinariReader, dataset_path, datasets_root, open_hdf5, parse_dataset_id
+from tt_agents.data.hdf5 import open_hdf5
+from tt_agents.data.minari_format import dataset_path, datasets_root, parse_dataset_id
+from tt_agents.data.reader import MinariReader
 from tt_agents.data.validate import read_episodes, validate_episode, validate_reward_sum, validate_totals
 
 __all__ = ["load_dataset"]
@@ -35,11 +37,11 @@ def _local_ids(root: Path, limit: int = 200) -> list[str]:
     return sorted(found)
 
 
-def _resolve(source: str | os.PathLike) -> tuple[str, Path]:
+def _resolve(source: str | os.PathLike, allow_external: bool | None) -> tuple[str, Path]:
     """``("d4rl" | "minari", path)`` for a source; raises DatasetError saying where it looked."""
     p = Path(source).expanduser()
     if p.is_file():
-        with open_hdf5(p) as f:
+        with open_hdf5(p, allow_external) as f:
             keys = set(f.keys())
         if "observations" in keys and "episode_0" not in keys:
             return "d4rl", p
@@ -82,14 +84,17 @@ def _metadata(reader: MinariReader, folder: Path) -> dict[str, Any]:
     return meta
 
 
-def _load_minari(folder: Path, lazy: bool, validate: bool) -> EpisodeDataset:
-    reader = MinariReader(folder)
+def _load_minari(
+    folder: Path, lazy: bool, validate: bool, allow_external: bool | None, max_bytes: int | None
+) -> EpisodeDataset:
+    reader = MinariReader(folder, allow_external=allow_external, max_bytes=max_bytes)
     meta = _metadata(reader, folder)
     source = f"dataset {meta['dataset_id']!r} ({reader.data_path})"
     with reader.open() as f:
         if validate:
             lengths = reader.lengths(f)
         else:
+            reader.check_size(f)  # skipping the checks never means allocating what a file merely claims
             lengths = np.array([f[f"episode_{i}"]["rewards"].shape[0] for i in range(reader.total_episodes)], np.int64)
         sums = [reader.episode_attrs(f, i).get("rewards_sum") for i in range(reader.total_episodes)] if validate else []
         extra = sum(1 for k in f.keys() if k.startswith("episode_")) - reader.total_episodes
@@ -125,7 +130,14 @@ def _load_minari(folder: Path, lazy: bool, validate: bool) -> EpisodeDataset:
     return EpisodeDataset(episodes, reader.observation_space, reader.action_space, meta)
 
 
-def load_dataset(source: str | os.PathLike, *, lazy: bool = False, validate: bool = True) -> EpisodeDataset:
+def load_dataset(
+    source: str | os.PathLike,
+    *,
+    lazy: bool = False,
+    validate: bool = True,
+    allow_external: bool | None = None,
+    max_bytes: int | None = None,
+) -> EpisodeDataset:
     """Load episodes from a Minari id, a Minari dataset folder, or a D4RL-format HDF5 file.
 
     Args:
@@ -136,7 +148,13 @@ def load_dataset(source: str | os.PathLike, *, lazy: bool = False, validate: boo
         lazy: read each episode from disk when it is first used (datasets larger than RAM); the
             lengths and structure are still checked now.
         validate: check structure, lengths against spaces, NaN/Inf, done flags and totals against
-            the metadata, raising :class:`~tt_agents.data.DatasetError` naming the episode and step.
+            the metadata, raising :class:`~tt_agents.data.DatasetError` naming the episode and step
+            (NaN/Inf of every episode at once: :class:`~tt_agents.data.validate.NonFiniteError`).
+        allow_external: read HDF5 files whose data lives in other files (external links, external
+            raw storage, virtual datasets). Default: refused with ``DatasetError`` naming the
+            objects, unless ``TT_AGENTS_ALLOW_HDF5_EXTERNAL=1`` is set; only for files you trust.
+        max_bytes: the most bytes the load may decode, added up from the file's headers before any
+            value is read; default 128 times the file's size plus 64 MiB (see :mod:`tt_agents.data.hdf5`).
 
     Returns:
         The episodes, with ``metadata`` holding ``dataset_id``, ``env_id``, ``ref_min_score`` and
@@ -151,7 +169,7 @@ def load_dataset(source: str | os.PathLike, *, lazy: bool = False, validate: boo
         ds = load_dataset("fixtures/hopper/random-v0")
         ds.metadata["env_id"], len(ds)    # ('Hopper-v5', 20)
     """
-    kind, path = _resolve(source)
+    kind, path = _resolve(source, allow_external)
     if kind == "d4rl":
-        return load_d4rl(path, lazy=lazy, validate=validate)
-    return _load_minari(path, lazy, validate)
+        return load_d4rl(path, lazy=lazy, validate=validate, allow_external=allow_external, max_bytes=max_bytes)
+    return _load_minari(path, lazy, validate, allow_external, max_bytes)

@@ -208,9 +208,19 @@ def _decode_jpeg(data: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
     out = np.empty((len(data), *shape), dtype=np.uint8)
     for t, raw in enumerate(data):
         try:
-            img = np.asarray(Image.open(io.BytesIO(np.asarray(raw, dtype=np.uint8).tobytes())), dtype=np.uint8)
-            out[t] = img.reshape(shape)
+            img = Image.open(io.BytesIO(np.asarray(raw, dtype=np.uint8).tobytes()))
+            size, mode = img.size, img.mode  # from the header, before anything is decoded
         except Exception as e:  # PIL raises many types on bad bytes
+            raise DatasetError(f"{where}, step {t}: cannot decode the JPEG frame ({type(e).__name__}: {e})") from None
+        channels = {"L": 1, "RGB": 3}.get(mode)
+        if img.format != "JPEG" or size != (shape[1], shape[0]) or channels != (shape[2] if len(shape) == 3 else 1):
+            raise DatasetError(
+                f"{where}, step {t}: the frame is a {size[0]}x{size[1]} {img.format} image of mode {mode}, "
+                f"expected a JPEG of the space's shape {shape}"
+            )
+        try:
+            out[t] = np.asarray(img, dtype=np.uint8).reshape(shape)
+        except Exception as e:
             raise DatasetError(f"{where}, step {t}: cannot decode the JPEG frame ({type(e).__name__}: {e})") from None
     return out
 

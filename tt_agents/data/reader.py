@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from tt_agents.data.episodes import DatasetError, Episode
+from tt_agents.data.hdf5 import ALLOW_EXTERNAL_ENV, check_decoded_size, open_hdf5
 from tt_agents.data.minari_format import (
     MAIN_FILE,
     METADATA_FILE,
@@ -28,79 +29,7 @@ from tt_agents.data.minari_format import (
     nest_leaves,
 )
 
-__all__ = ["MinariReader", "open_hdf5"]
-
-ALLOW_EXTERNAL_ENV = "TT_AGENTS_ALLOW_HDF5_EXTERNAL"
-"""Set to ``1`` to read HDF5 files whose data lives in other files (external links, external storage,
-virtual datasets); by default such files are refused, since loading them reads files the user never named."""
-
-_checked: dict[tuple[str, int, int], None] = {}
-
-
-def _indirections(f: h5py.File) -> list[str]:
-    """The objects of ``f`` that point outside it: external links, external raw storage, virtual datasets."""
-    found: list[str] = []
-    seen: set[int] = set()
-
-    def walk(group: h5py.Group, prefix: str) -> None:
-        for name in group:
-            path = f"{prefix}/{name}"
-            link = group.get(name, getlink=True)
-            if isinstance(link, h5py.ExternalLink):
-                found.append(f"{path} (external link to {link.filename}:{link.path})")
-                continue
-            if isinstance(link, h5py.SoftLink):
-                continue  # a path inside this file; its target is visited where it lives
-            obj = group[name]
-            addr = h5py.h5o.get_info(obj.id).addr
-            if addr in seen:
-                continue
-            seen.add(addr)
-            if isinstance(obj, h5py.Group):
-                walk(obj, path)
-            elif isinstance(obj, h5py.Dataset):
-                if obj.is_virtual:
-                    found.append(f"{path} (virtual dataset over {sorted({s.file_name for s in obj.virtual_sources()})})")
-                elif obj.external:
-                    found.append(f"{path} (raw storage in {[e[0] for e in obj.external]})")
-
-    walk(f, "")
-    return found
-
-
-def open_hdf5(path: str | os.PathLike, allow_external: bool | None = None) -> h5py.File:
-    """Open an HDF5 file for reading; a damaged or truncated file raises a DatasetError saying so.
-
-    A file whose data lives in other files (external links, external raw storage, virtual datasets)
-    is refused with :class:`DatasetError` naming the objects, unless ``allow_external`` (default:
-    the ``TT_AGENTS_ALLOW_HDF5_EXTERNAL=1`` environment variable) opts in.
-    """
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        hint = (
-            "the file is shorter than its header says (truncated: an interrupted copy or download?); "
-            "copy or download it again"
-            if "truncated" in str(e)
-            else "the file is damaged or not HDF5; copy or regenerate it"
-        )
-        raise DatasetError(f"cannot read {path}: {e}; {hint}") from None
-    if allow_external is None:
-        allow_external = os.environ.get(ALLOW_EXTERNAL_ENV) == "1"
-    if not allow_external:
-        st = os.stat(path)
-        key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
-        if key not in _checked:  # lazy loading reopens the file per episode: scan it once per version
-            found = _indirections(f)
-            if found:
-                f.close()
-                raise DatasetError(
-                    f"{path} points outside itself: {'; '.join(found[:5])}"
-                    + (f" and {len(found) - 5} more" if len(found) > 5 else "")
-                    + f". Loading it would read files you did not name; if you trust it, set {ALLOW_EXTERNAL_ENV}=1"
-                )
-            _checked[key] = None
-    return f
+__all__ = ["ALLOW_EXTERNAL_ENV", "MinariReader", "open_hdf5"]
 
 
 def _read_info(node: h5py.Group | h5py.Dataset) -> Any:
@@ -121,13 +50,21 @@ class MinariReader:
 
     Args:
         path: the dataset folder (holding ``data/``) or its ``data/`` folder.
+        allow_external: read an HDF5 file whose data lives in other files (see :func:`open_hdf5`);
+            default: the ``TT_AGENTS_ALLOW_HDF5_EXTERNAL`` environment variable, else refused.
+        max_bytes: the most bytes a whole load may decode (see :meth:`check_size`); default
+            :data:`~tt_agents.data.hdf5.MAX_EXPANSION` times the file's size plus 64 MiB.
 
     Raises:
         DatasetError: no metadata.json, malformed metadata, or an unreadable HDF5 file.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(
+        self, path: str | os.PathLike, *, allow_external: bool | None = None, max_bytes: int | None = None
+    ) -> None:
         path = Path(path)
+        self.allow_external = allow_external
+        self.max_bytes = max_bytes
         if (path / METADATA_FILE).exists() and not (path / "data" / METADATA_FILE).exists():
             data = path
         else:
@@ -140,8 +77,10 @@ class MinariReader:
             )
         try:
             self.metadata: dict[str, Any] = json.loads(meta_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise DatasetError(f"{meta_file} is not valid JSON ({e}); the dataset's metadata is damaged") from None
+        if not isinstance(self.metadata, dict):
+            raise DatasetError(f"{meta_file} holds a {type(self.metadata).__name__}, not a Minari dataset's metadata")
         self.data_path = data
         self.file = data / MAIN_FILE
         missing = [
@@ -161,7 +100,11 @@ class MinariReader:
         self.action_space = deserialize_space(self.metadata["action_space"])
         self.extra_spaces = {k: deserialize_space(v) for k, v in (self.metadata.get("extra_spaces") or {}).items()}
         self.jpeg_encoding = bool(self.metadata.get("jpeg_encoding", True))
-        self.total_episodes = int(self.metadata["total_episodes"])
+        total = self.metadata["total_episodes"]
+        integral = isinstance(total, int) or (isinstance(total, float) and total.is_integer())
+        if isinstance(total, bool) or not integral or total < 0:
+            raise DatasetError(f"{meta_file}: total_episodes is {total!r:.50}, expected a count of episodes")
+        self.total_episodes = int(total)
         self._obs_leaves = flatten_space(self.observation_space)
         self._act_leaves = flatten_space(self.action_space)
         self._extra_leaves = {k: flatten_space(s) for k, s in self.extra_spaces.items()}
@@ -178,14 +121,52 @@ class MinariReader:
 
     def open(self) -> h5py.File:
         """Open the HDF5 file for reading (see :func:`open_hdf5`)."""
-        return open_hdf5(self.file)
+        return open_hdf5(self.file, self.allow_external)
 
-    def lengths(self, f: h5py.File) -> np.ndarray:
-        """Steps of every committed episode, from the HDF5 headers; checks each episode's structure.
+    def check_size(self, f: h5py.File) -> None:
+        """Refuse, from the headers alone, a file that claims more episodes or data than it can hold.
+
+        ``total_episodes`` may not exceed the episode groups in the file, and the episodes' decoded
+        size (every field read, JPEG frames decoded) may not exceed ``max_bytes`` (see
+        :func:`~tt_agents.data.hdf5.check_decoded_size`), so that nothing huge is allocated or looped over.
 
         Raises:
-            DatasetError: a missing episode or field, or fields whose lengths or shapes disagree.
+            DatasetError: naming the file and what it claims.
         """
+        present = {k[8:] for k in f.keys() if k.startswith("episode_")}
+        if self.total_episodes > len(present):
+            first = next(i for i in range(len(present) + 1) if str(i) not in present)
+            raise self._missing(first, len(present))
+        nbytes = sum(self._episode_nbytes(f.get(f"episode_{i}")) for i in range(self.total_episodes))
+        check_decoded_size(self.file, nbytes, self.max_bytes)
+
+    def _episode_nbytes(self, g: Any) -> int:
+        """Bytes of episode group ``g`` as read: its datasets' sizes, plus the decoded size of JPEG frames."""
+        if not isinstance(g, h5py.Group):
+            return 0
+        fields = [(k, None) for k in ("rewards", "terminations", "truncations")]
+        fields += [("/".join(["observations", *(_h5name(p) for p in path)]), s) for path, s in self._obs_leaves]
+        fields += [("/".join(["actions", *(_h5name(p) for p in path)]), s) for path, s in self._act_leaves]
+        for k, leaves in self._extra_leaves.items():
+            fields += [("/".join(["extras", k, *(_h5name(p) for p in path)]), None) for path, _ in leaves]
+        total = 0
+        for key, space in fields:
+            ds = g.get(key)
+            if not isinstance(ds, h5py.Dataset) or ds.shape is None:
+                continue  # missing or empty: the structure check names it
+            total += int(ds.size) * ds.dtype.itemsize
+            if space is not None and self.jpeg_encoding and is_jpeg_space(space) and ds.shape[1:] != space.shape:
+                total += int(ds.shape[0]) * int(np.prod(space.shape)) if ds.shape else 0
+        return total
+
+    def lengths(self, f: h5py.File) -> np.ndarray:
+        """Steps of every committed episode, from the HDF5 headers; checks the size and each episode's structure.
+
+        Raises:
+            DatasetError: a missing episode or field, fields whose lengths or shapes disagree, or a
+                file that claims more than it can hold (see :meth:`check_size`).
+        """
+        self.check_size(f)
         out = np.zeros(self.total_episodes, dtype=np.int64)
         for i in range(self.total_episodes):
             out[i] = self._check_structure(f, i)
@@ -194,15 +175,17 @@ class MinariReader:
     def _where(self, i: int) -> str:
         return f"episode {i} (group episode_{i} of {self.file})"
 
+    def _missing(self, i: int, groups: int) -> DatasetError:
+        return DatasetError(
+            f"{self._where(i)} is missing: metadata.json says total_episodes={self.total_episodes} but the file "
+            f"holds {groups} episode groups; the data file is incomplete — regenerate the dataset"
+        )
+
     def _check_structure(self, f: h5py.File, i: int) -> int:
         where = self._where(i)
         g = f.get(f"episode_{i}")
         if not isinstance(g, h5py.Group):
-            raise DatasetError(
-                f"{where} is missing: metadata.json says total_episodes={self.total_episodes} but the file "
-                f"holds {sum(1 for k in f.keys() if k.startswith('episode_'))} episode groups; the data file is "
-                "incomplete — regenerate the dataset"
-            )
+            raise self._missing(i, sum(1 for k in f.keys() if k.startswith("episode_")))
         for k in ("rewards", "terminations", "truncations"):
             if not isinstance(g.get(k), h5py.Dataset):
                 raise DatasetError(f"{where}: the field {k!r} is missing")
@@ -240,8 +223,12 @@ class MinariReader:
                         f"({what} rows for T={T} steps, each of the space's shape {space.shape})"
                     )
         attr = g.attrs.get("total_steps")
-        if attr is not None and int(attr) != T:
-            raise DatasetError(f"{where}: attribute total_steps={int(attr)} but the episode holds {T} steps")
+        try:
+            attr_steps = None if attr is None else int(attr)
+        except (TypeError, ValueError):
+            raise DatasetError(f"{where}: attribute total_steps is {attr!r:.50}, not a number of steps") from None
+        if attr_steps is not None and attr_steps != T:
+            raise DatasetError(f"{where}: attribute total_steps={attr_steps} but the episode holds {T} steps")
         return T
 
     def _read_leaves(
