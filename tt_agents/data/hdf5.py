@@ -78,7 +78,7 @@ def open_hdf5(path: str | os.PathLike, allow_external: bool | None = None) -> h5
     the ``TT_AGENTS_ALLOW_HDF5_EXTERNAL=1`` environment variable) opts in.
     """
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(path, "r", locking=False)  # a reader never blocks the dataset's writer (nor Minari's)
     except OSError as e:
         hint = (
             "the file is shorter than its header says (truncated: an interrupted copy or download?); "

@@ -19,6 +19,11 @@ import gymnasium as gym
 import h5py
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: writers take no lock
+    fcntl = None  # type: ignore[assignment]
+
 from tt_agents.data.episodes import DatasetError
 from tt_agents.data.minari_format import (
     _MINARI_VERSION,
@@ -152,9 +157,7 @@ class MinariWriter:
     def _lock(self) -> None:
         """Hold an exclusive OS lock (``flock``) on :attr:`lock_path` until :meth:`close`; the OS drops it if the
         process dies, so a killed writer never blocks the next one."""
-        try:
-            import fcntl
-        except ImportError:  # not a POSIX system: no lock
+        if fcntl is None:  # not a POSIX system: no lock
             return
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -177,8 +180,6 @@ class MinariWriter:
         """Release the dataset for other writers (every episode written so far is already committed)."""
         fd, self._lock_fd = getattr(self, "_lock_fd", None), None
         if fd is not None:
-            import fcntl
-
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
@@ -220,7 +221,7 @@ class MinariWriter:
         )
         meta.update(metadata)
         # The HDF5 file first, then the metadata that makes the folder a dataset.
-        with h5py.File(self.data_path / MAIN_FILE, "w"):
+        with _open_hdf5_for_writing(self.data_path / MAIN_FILE, "w"):
             pass
         _atomic_write_json(self.data_path / METADATA_FILE, meta, self.fsync)
         return meta
@@ -265,7 +266,7 @@ class MinariWriter:
         # Remove episodes written but never committed by a process that died between the two steps.
         committed = int(meta["total_episodes"])
         try:
-            with h5py.File(self.data_path / MAIN_FILE, "a") as f:
+            with _open_hdf5_for_writing(self.data_path / MAIN_FILE, "a") as f:
                 stale = [k for k in f.keys() if k.startswith("episode_") and int(k[8:]) >= committed]
                 for k in stale:
                     del f[k]
@@ -325,7 +326,7 @@ class MinariWriter:
         first = self.total_episodes
         main = self.data_path / MAIN_FILE
         try:
-            with h5py.File(main, "a") as f:
+            with _open_hdf5_for_writing(main, "a") as f:
                 if getattr(self, "_failed_write", False):  # groups of the failed write, never committed
                     for key in [k for k in f if k.startswith("episode_") and int(k[8:]) >= first]:
                         del f[key]
@@ -391,7 +392,7 @@ class MinariWriter:
         first = self.total_episodes
         steps = 0
         main = self.data_path / MAIN_FILE
-        with reader.open() as src, h5py.File(main, "a") as dst:
+        with reader.open() as src, _open_hdf5_for_writing(main, "a") as dst:
             for k, i in enumerate(indices):
                 steps += reader._check_structure(src, i)
                 src.copy(src[f"episode_{i}"], dst, name=f"episode_{first + k}")
@@ -471,6 +472,16 @@ class MinariWriter:
                     parent.create_dataset(names[-1], data=obj, dtype=h5py.vlen_dtype(np.uint8))
             else:
                 _new_dataset(parent, names[-1], arr.astype(space.dtype, copy=False))
+
+
+def _open_hdf5_for_writing(path: Path, mode: str) -> h5py.File:
+    """``h5py.File(path, mode)`` without HDF5's own file lock.
+
+    The writer's lock (see :meth:`MinariWriter._lock`) already keeps other writers out, and HDF5's lock
+    would let any reader (another process loading the dataset, Minari's loader) make a write fail
+    with ``BlockingIOError``; readers trust only the episodes metadata.json counts.
+    """
+    return h5py.File(path, mode, locking=False)
 
 
 def _new_dataset(parent: h5py.Group, name: str, arr: np.ndarray) -> None:
