@@ -265,7 +265,7 @@ def is_image_space(space: gym.Space) -> bool:
     """Frames, as the agents see them: a uint8 Box of shape ``(H, W, C)`` (encoded with a CNN).
 
     Minari's rule for storing a space as JPEG is stricter (see
-    :func:`tt_agents.data.minari_io.is_jpeg_space`).
+    :func:`tt_agents.data.minari_format.is_jpeg_space`).
 
     Example:
         >>> is_image_space(gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)), is_image_space(gym.spaces.Box(0, 1, (3,)))

@@ -75,3 +75,16 @@ def test_plain_files_still_load(tmp_path, monkeypatch):
     write_minari(tmp_path / "ds")
     write_d4rl(tmp_path / "d.hdf5")
     assert len(load_dataset(str(tmp_path / "ds"))) == 3 and len(load_dataset(str(tmp_path / "d.hdf5"))) == 3
+
+
+@pytest.mark.parametrize("kind", ["minari", "d4rl"])
+def test_allow_external_opts_in_per_call_and_wins_over_the_environment(kind, tmp_path, monkeypatch):
+    source = _craft(kind, tmp_path, "external link")
+    monkeypatch.delenv(ALLOW_EXTERNAL_ENV, raising=False)
+    ds = load_dataset(str(source), validate=False, allow_external=True)
+    assert np.all(ds[0].observations[:-1] == 7.0)
+    ds = load_dataset(str(source), validate=False, allow_external=True, lazy=True)
+    assert np.all(ds[0].observations[:-1] == 7.0)  # lazily read episodes keep the choice
+    monkeypatch.setenv(ALLOW_EXTERNAL_ENV, "1")
+    with pytest.raises(DatasetError, match="points outside itself"):
+        load_dataset(str(source), allow_external=False)

@@ -49,15 +49,14 @@ from tt_agents.data.minari_format import (
     parse_dataset_id,
     serialize_space,
 )
-from tt_agents.data.reader import (
-    MinariReader,
-)
+from tt_agents.data.reader import MinariReader
 
 __all__ = ["DatasetWriteError", "EpisodeRecord", "MinariWriter"]
 
 
 class DatasetWriteError(DatasetError):
     """Writing episodes failed (disk full, I/O error); the message names the episodes safe and those lost."""
+
 
 class MinariWriter:
     """Create a Minari dataset, or append to one, a batch of finished episodes at a time.
@@ -110,14 +109,16 @@ class MinariWriter:
         self._lock_fd: int | None = None
         self._lock()  # before anything is read or written: one writer per dataset, for its whole life
         try:
-            self._setup(observation_space, action_space, env_spec, extra_spaces, metadata, jpeg_encoding, fsync,
-                        overwrite)
+            self._setup(
+                observation_space, action_space, env_spec, extra_spaces, metadata, jpeg_encoding, fsync, overwrite
+            )
         except BaseException:
             self.close()
             raise
 
-    def _setup(self, observation_space, action_space, env_spec, extra_spaces, metadata, jpeg_encoding, fsync,
-               overwrite) -> None:
+    def _setup(
+        self, observation_space, action_space, env_spec, extra_spaces, metadata, jpeg_encoding, fsync, overwrite
+    ) -> None:
         self.observation_space = observation_space
         self.action_space = action_space
         self.extra_spaces = dict(extra_spaces or {})
@@ -172,8 +173,9 @@ class MinariWriter:
                 "or log into another dataset id"
             ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-                  .encode(), 0)
+        os.pwrite(
+            fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0
+        )
         self._lock_fd = fd
 
     def close(self) -> None:
@@ -197,9 +199,7 @@ class MinariWriter:
     def _create(self, spec_json: str | None, metadata: Mapping[str, Any]) -> dict[str, Any]:
         self.data_path.mkdir(parents=True, exist_ok=True)
         self._write_namespace_metadata()
-        raw_images = not self.jpeg_encoding and any(
-            is_jpeg_space(s) for _, s in [*self._obs_leaves, *self._act_leaves]
-        )
+        raw_images = not self.jpeg_encoding and any(is_jpeg_space(s) for _, s in [*self._obs_leaves, *self._act_leaves])
         meta: dict[str, Any] = {
             "total_episodes": 0,
             "total_steps": 0,
@@ -511,9 +511,3 @@ def _write_info(g: h5py.Group, infos: Mapping[str, Any]) -> None:
                 g.create_dataset(k, data=arr.astype(object), dtype=h5py.string_dtype())
             elif arr.dtype.kind in "biuf":
                 g.create_dataset(k, data=arr)
-
-
-# ----------------------------------------------------------------------------------------------
-# reading
-
-
