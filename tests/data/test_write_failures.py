@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 
+import h5py
 import numpy as np
 import pytest
 
@@ -49,3 +50,25 @@ def test_a_failure_while_committing_keeps_the_previous_metadata(tmp_path, monkey
     with pytest.raises(DatasetWriteError, match="episode 3 failed .*Input/output error.*episodes 0 to 2 are safe"):
         writer.write_episodes([random_episode(np.random.default_rng(0), 3)])
     assert len(load_dataset(str(tmp_path / "ds"))) == 3
+
+
+def test_a_failed_copy_is_reported_the_same_way_and_the_writer_goes_on(tmp_path, monkeypatch):
+    write_minari(tmp_path / "src", lengths=(3, 4, 5)).close()
+    writer = write_minari(tmp_path / "ds")
+    real_copy = h5py.Group.copy
+    calls = {"n": 0}
+
+    def full_disk(self, source, dest, name=None, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second episode copied hits a full disk
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_copy(self, source, dest, name=name, **kwargs)
+
+    monkeypatch.setattr(h5py.Group, "copy", full_disk)
+    with pytest.raises(DatasetWriteError, match=r"writing episodes 3 to 4 failed .*episodes 0 to 2 are safe"):
+        writer.copy_episodes(tmp_path / "src", [0, 1])
+    monkeypatch.setattr(h5py.Group, "copy", real_copy)
+    assert len(load_dataset(str(tmp_path / "ds"))) == 3
+    assert writer.copy_episodes(tmp_path / "src", [2]) == [3]  # the failed copy's group is gone first
+    assert writer.write_episodes([random_episode(np.random.default_rng(0), 2)]) == [4]
+    assert load_dataset(str(tmp_path / "ds")).lengths.tolist() == [5, 7, 4, 5, 2]

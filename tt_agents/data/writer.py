@@ -11,7 +11,7 @@ import re
 import shutil
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,7 @@ class MinariWriter:
         self.path = Path(path) if path is not None else dataset_path(dataset_id)
         self.data_path = self.path / "data"
         self._lock_fd: int | None = None
+        self._failed_write = False  # the last write failed: its uncommitted groups are removed before the next
         self._lock()  # before anything is read or written: one writer per dataset, for its whole life
         try:
             self._setup(
@@ -311,6 +312,9 @@ class MinariWriter:
 
         Raises:
             ValueError: an episode whose arrays do not match the spaces or each other.
+            DatasetWriteError: the write or the commit failed (a full disk, a quota, an I/O error),
+                naming the dataset, the episodes already safe and those lost; the dataset still
+                loads, and this writer can go on once the cause is fixed.
         """
         episodes = [e for e in episodes if len(e) > 0]
         if metadata:
@@ -324,28 +328,47 @@ class MinariWriter:
         for ep in episodes:
             self._check(ep)
         first = self.total_episodes
-        main = self.data_path / MAIN_FILE
+
+        def write(f: h5py.File) -> int:
+            for k, ep in enumerate(episodes):
+                self._write_group(f.create_group(f"episode_{first + k}"), first + k, ep)
+            return sum(len(e) for e in episodes)
+
+        return self._append(len(episodes), write, metadata)
+
+    def _append(
+        self, n: int, write: Callable[[h5py.File], int], metadata: Mapping[str, Any] | None = None
+    ) -> list[int]:
+        """Write ``n`` episodes with ``write(file)`` (which returns their steps), then commit them.
+
+        Raises:
+            DatasetWriteError: the write or the commit failed (a full disk, a quota, an I/O error);
+                the committed episodes are untouched and this writer can go on afterwards.
+        """
+        first = self.total_episodes
         try:
-            with _open_hdf5_for_writing(main, "a") as f:
-                if getattr(self, "_failed_write", False):  # groups of the failed write, never committed
+            with _open_hdf5_for_writing(self.data_path / MAIN_FILE, "a") as f:
+                if self._failed_write:  # groups of the failed write, never committed
                     for key in [k for k in f if k.startswith("episode_") and int(k[8:]) >= first]:
                         del f[key]
                     self._failed_write = False
-                for k, ep in enumerate(episodes):
-                    self._write_group(f.create_group(f"episode_{first + k}"), first + k, ep)
-            self._commit(len(episodes), sum(len(e) for e in episodes), metadata)
-        except (OSError, RuntimeError) as e:  # a full disk, a quota, an I/O error (h5py raises either)
-            self._metadata = json.loads((self.data_path / METADATA_FILE).read_text())  # what is committed
+                steps = write(f)
+            self._commit(n, steps, metadata)
+        except (OSError, RuntimeError) as e:  # h5py raises either
             self._failed_write = True
-            lost = f"episode {first}" if len(episodes) == 1 else f"episodes {first} to {first + len(episodes) - 1}"
+            try:
+                self._metadata = json.loads((self.data_path / METADATA_FILE).read_text())  # what is committed
+            except (OSError, ValueError):
+                pass  # the commit never began: what this writer holds is what is on disk
+            lost = f"episode {first}" if n == 1 else f"episodes {first} to {first + n - 1}"
             safe = f"episodes 0 to {first - 1} are safe" if first else "no episode was committed before"
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise DatasetWriteError(
                 f"dataset {self.dataset_id} at {self.path}: writing {lost} failed ({type(e).__name__}: {reason}); "
-                f"{safe} and the dataset still loads with them; {lost} {'is' if len(episodes) == 1 else 'are'} lost. "
+                f"{safe} and the dataset still loads with them; {lost} {'is' if n == 1 else 'are'} lost. "
                 "Free some disk space (or fix the I/O error) and log again"
             ) from e
-        return list(range(first, first + len(episodes)))
+        return list(range(first, first + n))
 
     def _commit(self, episodes: int, steps: int, metadata: Mapping[str, Any] | None = None) -> None:
         """Make the episodes just written durable, then count them in metadata.json (atomically)."""
@@ -370,6 +393,7 @@ class MinariWriter:
 
         Raises:
             DatasetMismatchError: the source's spaces, extra fields or image encoding differ.
+            DatasetWriteError: the write failed (see :meth:`write_episodes`).
         """
         reader = MinariReader(source)
         problems = []
@@ -390,15 +414,19 @@ class MinariWriter:
         if not indices:
             return []
         first = self.total_episodes
-        steps = 0
-        main = self.data_path / MAIN_FILE
-        with reader.open() as src, _open_hdf5_for_writing(main, "a") as dst:
-            for k, i in enumerate(indices):
-                steps += reader._check_structure(src, i)
-                src.copy(src[f"episode_{i}"], dst, name=f"episode_{first + k}")
-                dst[f"episode_{first + k}"].attrs["id"] = first + k
-        self._commit(len(indices), steps)
-        return list(range(first, first + len(indices)))
+        with reader.open() as src:
+            for i in indices:
+                reader._check_structure(src, i)  # the source's problems are DatasetErrors, before any write
+
+            def write(dst: h5py.File) -> int:
+                steps = 0
+                for k, i in enumerate(indices):
+                    steps += reader._check_structure(src, i)
+                    src.copy(src[f"episode_{i}"], dst, name=f"episode_{first + k}")
+                    dst[f"episode_{first + k}"].attrs["id"] = first + k
+                return steps
+
+            return self._append(len(indices), write)
 
     def _check(self, ep: EpisodeRecord) -> None:
         T = len(ep)
