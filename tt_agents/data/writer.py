@@ -9,8 +9,6 @@ import json
 import os
 import re
 import shutil
-import socket
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,12 +17,8 @@ import gymnasium as gym
 import h5py
 import numpy as np
 
-try:
-    import fcntl
-except ImportError:  # not a POSIX system: writers take no lock
-    fcntl = None  # type: ignore[assignment]
-
 from tt_agents.data.episodes import DatasetError
+from tt_agents.data.lock import WriterLock, lock_path
 from tt_agents.data.minari_format import (
     _MINARI_VERSION,
     _MINARI_VERSION_RAW_IMAGES,
@@ -106,9 +100,9 @@ class MinariWriter:
         self.dataset_id = dataset_id
         self.path = Path(path) if path is not None else dataset_path(dataset_id)
         self.data_path = self.path / "data"
-        self._lock_fd: int | None = None
         self._failed_write = False  # the last write failed: its uncommitted groups are removed before the next
-        self._lock()  # before anything is read or written: one writer per dataset, for its whole life
+        # before anything is read or written: one writer per dataset, for its whole life
+        self._lock: WriterLock | None = WriterLock(self.path, dataset_id)
         try:
             self._setup(
                 observation_space, action_space, env_spec, extra_spaces, metadata, jpeg_encoding, fsync, overwrite
@@ -149,42 +143,18 @@ class MinariWriter:
         else:
             self._metadata = self._create(spec_json, metadata or {})
 
-    # -- the writer's lock -------------------------------------------------------------------------
+    # -- the writer's lock (see tt_agents.data.lock) ---------------------------------------------
 
     @property
     def lock_path(self) -> Path:
         """The lock file, beside the dataset's folder (so that ``overwrite`` cannot delete it while held)."""
-        return self.path.parent / f".{self.path.name}.writer-lock"
-
-    def _lock(self) -> None:
-        """Hold an exclusive OS lock (``flock``) on :attr:`lock_path` until :meth:`close`; the OS drops it if the
-        process dies, so a killed writer never blocks the next one."""
-        if fcntl is None:  # not a POSIX system: no lock
-            return
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 300, 0).decode(errors="replace").strip()
-            os.close(fd)
-            raise DatasetError(
-                f"dataset {self.dataset_id} at {self.path} is being written by another writer "
-                f"({holder or 'holder unknown'}); a dataset has one writer at a time: wait for it to close, "
-                "or log into another dataset id"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(
-            fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0
-        )
-        self._lock_fd = fd
+        return lock_path(self.path)
 
     def close(self) -> None:
         """Release the dataset for other writers (every episode written so far is already committed)."""
-        fd, self._lock_fd = getattr(self, "_lock_fd", None), None
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.release()
 
     def __enter__(self) -> MinariWriter:
         return self
