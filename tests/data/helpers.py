@@ -8,7 +8,7 @@ import gymnasium as gym
 import h5py
 import numpy as np
 
-from tt_agents.data.minari_io import EpisodeRecord, MinariWriter
+from tt_agents.data.writer import EpisodeRecord, MinariWriter
 
 # Real datasets written by Minari's own DataCollector (with jax), checked in under tests/data/minari
 # (see its README.md): the loaders are tested against the real format, with nothing beside the repo.

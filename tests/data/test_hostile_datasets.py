@@ -21,7 +21,7 @@ from PIL import Image
 
 from tests.data.helpers import write_d4rl, write_minari
 from tt_agents.data import DatasetError, load_dataset
-from tt_agents.data.minari_io import EpisodeRecord, MinariWriter
+from tt_agents.data.writer import EpisodeRecord, MinariWriter
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -14,13 +14,9 @@ import pytest
 
 from tests.data.helpers import ACT_SPACE, FIXTURE_DATA, FIXTURES, OBS_SPACE, write_d4rl
 from tt_agents.data import DatasetError, EpisodeDataset, WindowSampler, load_dataset
-from tt_agents.data.minari_io import (
-    EpisodeRecord,
-    MinariReader,
-    MinariWriter,
-    deserialize_space,
-    serialize_space,
-)
+from tt_agents.data.reader import MinariReader
+from tt_agents.data.writer import EpisodeRecord, MinariWriter
+from tt_agents.spaces import deserialize_space, serialize_space
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tt_agents.data import DatasetError
-from tt_agents.data.minari_io import deserialize_space as data_deserialize_space
+from tt_agents.data.minari_format import deserialize_space as data_deserialize_space
 from tt_agents.spaces import (
     SpaceFormatError,
     deserialize_space,

@@ -13,8 +13,9 @@ import pytest
 
 from tests.data.helpers import ACT_SPACE, OBS_SPACE, random_episode, write_d4rl, write_minari
 from tt_agents.data import DatasetError, Episode, load_dataset
-from tt_agents.data.minari_io import DatasetMismatchError, MinariWriter, deserialize_space
+from tt_agents.data.minari_format import DatasetMismatchError, deserialize_space
 from tt_agents.data.validate import validate_episode, validate_totals
+from tt_agents.data.writer import MinariWriter
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -21,11 +21,19 @@ flushes and ``fsync``s it, and only then commits the new episode count by atomic
 ``metadata.json``. Readers trust ``metadata.json``: an episode written but not yet committed when
 a process died is invisible and is removed on the next append. A process killed while it is not
 writing (mid-episode) therefore loses only the episodes it had not finished; a kill during the
-milliseconds of the write itself can leave the HDF5 file damaged, as with any HDF5 writer.
+milliseconds of the write itself can leave the HDF5 file damaged, as with any HDF5 writer. A
+failed write (a full disk) raises :class:`~tt_agents.data.writer.DatasetWriteError` naming the
+episodes safe and those lost; the dataset still loads.
+
+One writer per dataset: a writer holds an OS lock from construction to ``close``
+(:mod:`tt_agents.data.lock`); a second one is refused naming the holder. Readers take no lock and
+never disturb the writer. The loaders refuse files pointing outside themselves and files claiming
+more data than they hold (:mod:`tt_agents.data.hdf5`).
 
 This module is the format's description and the one import for all of it; the code lives in
-:mod:`tt_agents.data.minari_format` (store, spaces, leaves, JPEG), :mod:`tt_agents.data.writer`
-and :mod:`tt_agents.data.reader`.
+:mod:`tt_agents.data.minari_format` (store, leaves, JPEG), :mod:`tt_agents.spaces` (space JSON),
+:mod:`tt_agents.data.writer`, :mod:`tt_agents.data.reader`, :mod:`tt_agents.data.lock` and
+:mod:`tt_agents.data.hdf5`.
 
 - :class:`MinariWriter`: create or append to a dataset, one batch of finished episodes at a time.
 - :class:`EpisodeRecord`: one finished episode, as the writer takes it.
