@@ -27,16 +27,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
 
-__all__ = ["GradientStage", "SearchStage", "Search", "Stage", "LossFn", "SamplerFactory"]
+__all__ = ["GradientStage", "SearchStage", "Search", "Stage", "LossFn", "SamplerFactory", "CheckpointHook"]
 
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 """``loss(module, batch) -> (loss, metrics)``: ``module`` is exactly what to call (the stage's module,
 wrapped in ``DistributedDataParallel`` under torchrun), so gradients are always synchronized."""
+
+CheckpointHook = Callable[[Any, Path, int], None]
+"""``on_checkpoint(dataset, run_dir, step)``: called on rank 0 after each checkpoint of the stage is
+written (figures of training progress, e.g. the trajectory autoencoder's alphas). It must not change
+the agent; an exception in it is reported as a warning and training goes on."""
 
 SamplerFactory = Callable[[Any, int, int, int, int], Any]
 """``make_sampler(dataset, batch_size, seed, rank, world_size)``: an object whose ``sample(i)``
@@ -55,6 +61,7 @@ class GradientStage:
         setup: called once with the dataset before the stage's first step (fit normalizers,
             bins, or read what an earlier stage made); not called again when a run resumes,
             since what it fits is saved with the agent.
+        on_checkpoint: see :data:`CheckpointHook`.
     """
 
     name: str
@@ -62,6 +69,7 @@ class GradientStage:
     loss: LossFn
     make_sampler: SamplerFactory
     setup: Callable[[Any], None] | None = None
+    on_checkpoint: CheckpointHook | None = None
 
 
 class Search(Protocol):
@@ -93,6 +101,7 @@ class SearchStage:
     name: str
     start: Callable[[Any, int, int, int], Search]
     setup: Callable[[Any], None] | None = None
+    on_checkpoint: CheckpointHook | None = None
 
 
 Stage = GradientStage | SearchStage

@@ -37,6 +37,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -214,6 +215,7 @@ class Trainer:
         """The run-level settings (those of the first stage trained)."""
         self.run_dir = Path(first.run_dir) if first.run_dir else None
         self.multi_stage = len(stages) > 1
+        self._dataset: Any = None  # what fit() trains on, for the stages' on_checkpoint hooks
 
     # ---------------------------------------------------------------- checkpoints
     @property
@@ -242,6 +244,12 @@ class Trainer:
             atomic_write_bytes(self.run_dir / "checkpoints" / "last.zip", data)
             if self.config.keep_checkpoints:
                 atomic_write_bytes(self.run_dir / "checkpoints" / f"step_{step}.zip", data)
+            if stage.on_checkpoint is not None and self._dataset is not None:
+                try:
+                    stage.on_checkpoint(self._dataset, self.run_dir, step)
+                except Exception as e:  # a figure must never cost the run
+                    warnings.warn(f"stage {stage.name!r}: on_checkpoint failed at step {step}: {type(e).__name__}: {e}",
+                                  stacklevel=2)
         ddp.barrier()
 
     def _read_resume(self) -> _Resume | None:
@@ -261,6 +269,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- the loop
     def fit(self, dataset: Any) -> TrainResult:
+        self._dataset = dataset
         ddp = Distributed(self.config.device)
         try:
             return self._fit(dataset, ddp)
