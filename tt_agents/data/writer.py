@@ -356,13 +356,26 @@ class MinariWriter:
         self._metadata["dataset_size"] = round(main.stat().st_size / 1e6, 1)
         _atomic_write_json(self.data_path / METADATA_FILE, self._metadata, self.fsync)
 
-    def copy_episodes(self, source: str | os.PathLike, indices: Sequence[int]) -> list[int]:
+    def copy_episodes(
+        self,
+        source: str | os.PathLike,
+        indices: Sequence[int],
+        add_fields: Sequence[Mapping[str, np.ndarray]] | None = None,
+    ) -> list[int]:
         """Append episodes of another dataset (same spaces), copying their HDF5 groups byte for byte.
 
         Nothing is decoded and re-encoded, so JPEG frames lose nothing more. Returns the new ids.
 
+        Args:
+            source: the source dataset's folder; it is only read.
+            indices: the source's episodes to copy, in order.
+            add_fields: per copied episode, new extra per-step fields (``T`` rows each) written
+                beside the copied ones: the fields of this dataset's ``extra_spaces`` that the
+                source lacks (derived datasets: latent actions, segment starts, ...).
+
         Raises:
             DatasetMismatchError: the source's spaces, extra fields or image encoding differ.
+            ValueError: ``add_fields`` misses a field, or a field's shape does not fit its space.
             DatasetWriteError: the write failed (see :meth:`write_episodes`).
         """
         reader = MinariReader(source)
@@ -372,7 +385,8 @@ class MinariWriter:
                 f"spaces: source has {reader.observation_space} / {reader.action_space}, "
                 f"this dataset {self.observation_space} / {self.action_space}"
             )
-        if set(reader.extra_spaces) != set(self.extra_spaces):
+        new_fields = sorted(set(self.extra_spaces) - set(reader.extra_spaces))
+        if not set(reader.extra_spaces) <= set(self.extra_spaces) or (new_fields and add_fields is None):
             problems.append(
                 f"extra fields: source has {sorted(reader.extra_spaces)}, this dataset {sorted(self.extra_spaces)}"
             )
@@ -381,22 +395,44 @@ class MinariWriter:
         if problems:
             raise DatasetMismatchError(f"cannot copy episodes from {source}: " + "; ".join(problems))
         indices = [int(i) for i in indices]
+        if add_fields is not None and len(add_fields) != len(indices):
+            raise ValueError(f"add_fields has {len(add_fields)} entries for {len(indices)} episodes")
         if not indices:
             return []
         first = self.total_episodes
         with reader.open() as src:
-            for i in indices:
-                reader._check_structure(src, i)  # the source's problems are DatasetErrors, before any write
+            lengths = [reader._check_structure(src, i) for i in indices]  # the source's problems, before any write
+            if add_fields is not None:
+                for i, T, fields in zip(indices, lengths, add_fields):
+                    self._check_added(i, T, fields, new_fields)
 
             def write(dst: h5py.File) -> int:
                 steps = 0
                 for k, i in enumerate(indices):
                     steps += reader._check_structure(src, i)
-                    src.copy(src[f"episode_{i}"], dst, name=f"episode_{first + k}")
-                    dst[f"episode_{first + k}"].attrs["id"] = first + k
+                    name = f"episode_{first + k}"
+                    src.copy(src[f"episode_{i}"], dst, name=name)
+                    dst[name].attrs["id"] = first + k
+                    if add_fields is not None and new_fields:
+                        xg = dst[name].require_group("extras")
+                        for field_name in new_fields:
+                            self._write_leaves(xg, field_name, add_fields[k][field_name], self._extra_leaves[field_name])
                 return steps
 
             return self._append(len(indices), write)
+
+    def _check_added(self, i: int, T: int, fields: Mapping[str, np.ndarray], names: Sequence[str]) -> None:
+        problems = [f"{n!r} is missing" for n in names if n not in fields]
+        problems += [f"{n!r} is not a new field of this dataset {list(names)}" for n in fields if n not in names]
+        for n in names:
+            if n not in fields:
+                continue
+            for path, space in self._extra_leaves[n]:
+                shape = np.shape(get_leaf(fields[n], path))
+                if shape != (T, *space.shape):
+                    problems.append(f"{n!r}{list(path) if path else ''} has shape {shape}, expected {(T, *space.shape)}")
+        if problems:
+            raise ValueError(f"new fields for source episode {i} ({T} steps): " + "; ".join(problems))
 
     def _check(self, ep: EpisodeRecord) -> None:
         T = len(ep)
