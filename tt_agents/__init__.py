@@ -5,6 +5,7 @@ Agents (all follow :class:`Agent`: ``predict``, ``save``, ``load``, ``fit``):
 - :class:`TTPlanner`: the Trajectory Transformer, a discretized GPT with batched beam-search planning.
 - :class:`DecisionTransformer`: return-conditioned, optionally few-shot prompted (in-context).
 - :class:`BCPolicy`: behaviour cloning (MLP or CNN), a baseline.
+- :class:`WorldModelController`: World Models (VAE, MDN-RNN / Transformer / TraDE memory, CMA-ES controller).
 
 Functions: :func:`load_agent` (any checkpoint), :func:`evaluate` (episodes on a vector env).
 """
@@ -19,6 +20,7 @@ from tt_agents.registry import register_agent
 from tt_agents.spaces import SpaceMismatchError
 from tt_agents.trainer import TrainConfig, Trainer, TrainResult
 from tt_agents.tt import TT_PRESETS, PlanConfig, TTConfig, TTPlanner, TTState
+from tt_agents.world_model.agent import WorldModelConfig, WorldModelController
 
 __all__ = [
     "AGENT_REGISTRY",
@@ -44,6 +46,8 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "WorldModelConfig",
+    "WorldModelController",
     "__version__",
     "evaluate",
     "load_agent",

@@ -26,6 +26,7 @@ BUILTIN_AGENTS: dict[str, str] = {
     "BCPolicy": "tt_agents.bc",
     "DecisionTransformer": "tt_agents.dt",
     "TTPlanner": "tt_agents.tt",
+    "WorldModelController": "tt_agents.world_model.agent",
 }
 """The package's agents: class name -> the module that defines (and registers) it."""
 

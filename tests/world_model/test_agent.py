@@ -1,0 +1,83 @@
+"""WorldModelController: the shared harness (SB3's evaluate_policy included) for each M kind, the checkpoint's
+stages, stateful acting, and what it refuses."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from tests.agent_harness import check_agent
+from tests.fake_env import make_dataset
+from tt_agents import SpaceMismatchError, TrainConfig
+from tt_agents.checkpoint import read_checkpoint
+from tt_agents.world_model.agent import WorldModelConfig, WorldModelController
+
+TINY = WorldModelController.presets["tiny"].config
+
+
+def _make(kind: str = "mdnrnn", **kw):
+    return lambda o, a: WorldModelController(o, a, dataclasses.replace(TINY, memory_kind=kind, log_generations=False,
+                                                                      **kw), device="cpu", seed=0)
+
+
+@pytest.mark.parametrize(("kind", "action_kind"), [("mdnrnn", "continuous"), ("transformer", "discrete"),
+                                                   ("trade", "continuous")])
+def test_harness(kind, action_kind, tmp_path):
+    agent = check_agent(_make(kind), "image", action_kind, tmp_path)
+    assert type(agent.model.memory).__name__ == {"mdnrnn": "MDNRNN", "transformer": "CausalTransformerMemory",
+                                                 "trade": "TraDEMemory"}[kind]
+
+
+
+def test_checkpoint_holds_every_stage(tmp_path):
+    ds = make_dataset("image", "continuous", n_episodes=3)
+    agent = _make()(ds.observation_space, ds.action_space)
+    cfg = TrainConfig(steps=2, batch_size=4, warmup_steps=1, progress=False, run_dir=str(tmp_path), log_every=1)
+    agent.fit(ds, cfg)
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.zip")
+    assert ckpt.manifest["trainer"]["stages_done"] == {"vae": 2, "memory": 2, "controller": 2}
+    assert "history" in ckpt.manifest["trainer"]["search"]  # the CMA-ES state of the last stage
+    names = set(read_checkpoint(tmp_path / "final.zip").tensors["model"])
+    assert {n.split(".")[0] for n in names} == {"vae", "memory", "controller"}
+    assert (tmp_path / "fitness_curve.png").stat().st_size > 0
+    loaded = WorldModelController.load(tmp_path / "final.zip", device="cpu")
+    for k, v in agent.model.state_dict().items():
+        torch.testing.assert_close(loaded.model.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_state_carries_memory_and_resets_per_env():
+    ds = make_dataset("image", "continuous", n_episodes=1)
+    agent = _make(controller_hidden=8)(ds.observation_space, ds.action_space)
+    torch.manual_seed(1)
+    for p in agent.model.controller.parameters():
+        p.data.normal_()  # a controller that reads h strongly
+    frames = np.stack([ds[0].observations[3], ds[0].observations[3]])
+    state = None
+    for t in range(3):
+        _, state = agent.predict(np.stack([ds[0].observations[t]] * 2), state=state)
+    a, state2 = agent.predict(frames, state=state, episode_start=np.array([False, True]))
+    fresh, _ = agent.predict(frames[:1])
+    assert not np.allclose(a[0], a[1])  # the continuing env's h differs from the reset one's
+    np.testing.assert_allclose(a[1], fresh[0], atol=1e-6)
+    torch.testing.assert_close(state2.z[0], state2.z[1])  # same frame, same latent
+    with pytest.raises(ValueError, match="state holds 2 envs"):
+        agent.predict(frames[:1], state=state2)
+
+
+def test_resizes_frames_and_refuses_other_spaces():
+    box = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    agent = WorldModelController(gym.spaces.Box(0, 255, (96, 96, 3), np.uint8), box, TINY, device="cpu", seed=0)
+    action, _ = agent.predict(np.zeros((96, 96, 3), np.uint8))
+    assert action.shape == (3,) and agent.frames(np.zeros((2, 96, 96, 3), np.uint8)).shape == (2, 3, 64, 64)
+    with pytest.raises(SpaceMismatchError, match="pixel observations"):
+        WorldModelController(gym.spaces.Box(-1.0, 1.0, (4,), np.float32), box, TINY, device="cpu")
+    with pytest.raises(SpaceMismatchError, match="Box or a Discrete"):
+        WorldModelController(gym.spaces.Box(0, 255, (64, 64, 3), np.uint8), gym.spaces.MultiDiscrete([2, 2]), TINY,
+                             device="cpu")
+    with pytest.raises(ValueError, match="exceeds the transformer's context"):
+        WorldModelController(gym.spaces.Box(0, 255, (64, 64, 3), np.uint8), box,
+                             WorldModelConfig(memory_kind="transformer", context=4, sequence_len=8), device="cpu")
