@@ -268,10 +268,10 @@ class EnvEvaluator:
             wave = jobs[lo: lo + self.num_envs]
             padded = np.concatenate([wave, np.repeat(wave[:1], self.num_envs - len(wave))])  # idle rows copy job 0
             out[lo: lo + len(wave)] = self._wave(model, candidates[torch.as_tensor(padded // S)],
-                                                 [base + int(j % S) for j in padded])[: len(wave)]
+                                                 [base + int(j % S) for j in padded], len(wave))[: len(wave)]
         return out
 
-    def _wave(self, model: WorldModel, params: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    def _wave(self, model: WorldModel, params: torch.Tensor, seeds: list[int], n_real: int) -> torch.Tensor:
         device = next(model.parameters()).device
         params = params.to(device)
         obs, _ = self.envs.reset(seed=seeds)
@@ -286,7 +286,7 @@ class EnvEvaluator:
             if model.controller_uses_memory:
                 _, state = model.memory.step(z, m_action, state)
             obs, r, term, trunc, _ = self.envs.step(env_action)
-            self.env_steps += int(alive.sum())
+            self.env_steps += int(alive[:n_real].sum())  # the idle copies are not counted
             ret += np.where(alive, r, 0.0)
             alive &= ~(np.asarray(term) | np.asarray(trunc))
             if not alive.any():
