@@ -1,0 +1,338 @@
+"""The latent action model (LAPO, Schmidt & Jiang 2024) and the networks that act on its latents.
+
+Read top to bottom: frame encoders (IMPALA CNN for images, MLP for vectors), the quantizer (a thin
+wrapper over vector-quantize-pytorch), the inverse-dynamics model (IDM), the forward-dynamics
+model (FDM: a small UNet for images, an MLP for vectors), the latent action model (IDM + quantizer
++ FDM), the latent policy (latent behaviour cloning), the action decoder, and the whole network of
+:class:`~tt_agents.latent.LatentActionPolicy`.
+
+Frames are given as a window ``(B, W, *obs_shape)`` of ``W = history + 2`` consecutive
+observations ``(o_{t-history}, ..., o_t, o_{t+1})``: the IDM sees all of them, the FDM all but the
+last, which it predicts. Image frames stay uint8 ``(H, W, C)`` and are stacked along the channels
+(LAPO's 9-channel input for ``history=1``); vector frames are the agent's normalized observations,
+concatenated.
+
+Quantizers come from vector-quantize-pytorch with LAPO's settings set explicitly (its defaults
+differ: EMA decay 0.8, rotation trick on): EMA codebooks with decay 0.999, commitment weight 0.05,
+straight-through gradients (rotation trick off), dead-code replacement. The latent ``(B, D)`` is
+split into ``n_latents`` tokens of ``code_dim`` each, quantized against one shared codebook (LAPO's
+per-chunk codebooks collapsed, LAPO issue #3).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from vector_quantize_pytorch import FSQ, ResidualVQ, VectorQuantize
+
+from tt_agents.models.bc import MLP
+from tt_agents.models.dt import ImpalaCNN
+
+__all__ = [
+    "QUANTIZERS",
+    "LAMConfig",
+    "Quantizer",
+    "InverseDynamics",
+    "UNetFDM",
+    "MLPFDM",
+    "LatentActionModel",
+    "LatentPolicy",
+    "ActionDecoder",
+    "LatentActionNet",
+    "codebook_perplexity",
+    "stack_frames",
+]
+
+QUANTIZERS = ("vq", "rvq", "fsq", "none")
+
+
+@dataclass
+class LAMConfig:
+    """The latent action model's network settings (LAPO's Procgen values by default)."""
+
+    n_latents: int = 8
+    """Tokens per latent action; LAPO: 2 codebooks x 4 latents = 8 tokens."""
+    code_dim: int = 16
+    """Width of each token (LAPO: 16), so the latent action has ``n_latents * code_dim`` (128) dims."""
+    codebook_size: int = 64
+    """Codes in the codebook (LAPO: 64)."""
+    quantizer: str = "vq"
+    """``vq`` (EMA VQ), ``rvq`` (residual VQ, hierarchical), ``fsq`` (finite scalar), ``none`` (continuous)."""
+    vq_decay: float = 0.999
+    """EMA decay of the codebook (LAPO; the library's default is 0.8)."""
+    commitment: float = 0.05
+    """Commitment loss weight (LAPO)."""
+    dead_code_threshold: float = 2.0
+    """Codes whose EMA cluster size falls below this are replaced by batch vectors (0 disables)."""
+    kmeans_init: bool = False
+    """Initialise the codebook by k-means on the first batch (LAPO does not)."""
+    rvq_quantizers: int = 2
+    """Residual VQ levels (``rvq``): z1 "skill", z2 "behaviour" in the prompt-DT work."""
+    fsq_levels: tuple[int, ...] = (8, 5, 5, 5)
+    """FSQ levels per token (``fsq``): 1000 codes."""
+    history: int = 1
+    """Past frames besides o_t the IDM and FDM see (LAPO: 1, so the IDM sees o_{t-1}, o_t, o_{t+1})."""
+    cnn_channels: tuple[int, ...] = (64, 128, 128)
+    """IMPALA CNN widths of the IDM and the latent policy (LAPO)."""
+    cnn_features: int = 256
+    """Width of the IMPALA CNN's fully connected layer (LAPO)."""
+    unet_channels: tuple[int, ...] = (64, 128)
+    """Widths of the FDM's UNet levels (images)."""
+    mlp_hidden: tuple[int, ...] = (256, 256)
+    """Hidden widths of the MLP IDM, FDM and latent policy (vector observations)."""
+
+    @property
+    def latent_dim(self) -> int:
+        return self.n_latents * self.code_dim
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the first bad setting."""
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        for name in ("n_latents", "code_dim", "codebook_size", "rvq_quantizers", "cnn_features"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"LAMConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.history < 0:
+            raise ValueError(f"LAMConfig.history must be >= 0, got {self.history}")
+        if not 0.0 < self.vq_decay < 1.0:
+            raise ValueError(f"LAMConfig.vq_decay must be in (0, 1), got {self.vq_decay}")
+        if not self.fsq_levels or min(self.fsq_levels) < 2:
+            raise ValueError(f"LAMConfig.fsq_levels must be levels >= 2, got {self.fsq_levels}")
+
+
+def stack_frames(frames: torch.Tensor, image: bool) -> torch.Tensor:
+    """A window ``(B, W, *obs)`` as one input: images ``(B, H, W_img, W * C)`` uint8, vectors ``(B, W * D)``."""
+    if image:
+        b, w, h, wi, c = frames.shape
+        return frames.permute(0, 2, 3, 1, 4).reshape(b, h, wi, w * c)  # (B, H, W_img, W * C), oldest frame first
+    return frames.reshape(frames.shape[0], -1)  # (B, W * D)
+
+
+def codebook_perplexity(codes: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """``exp(entropy)`` of the codes' empirical distribution, computed from the indices.
+
+    1 means every latent got the same code (collapse); ``codebook_size`` means uniform use.
+
+    Example:
+        >>> codebook_perplexity(torch.tensor([0, 1, 2, 3]), 8).item()
+        4.0
+    """
+    counts = torch.bincount(codes.reshape(-1).long(), minlength=codebook_size).float()
+    p = counts / counts.sum().clamp(min=1)
+    return torch.exp(-(p * torch.log(p.clamp(min=1e-12))).sum())
+
+
+# ----------------------------------------------------------------------------- quantizer
+class Quantizer(nn.Module):
+    """Quantize a latent ``(B, n_latents * code_dim)``; returns ``(quantized, codes, loss)``.
+
+    ``codes`` is ``(B, n_codes)`` int64 (``n_latents`` tokens, times the levels for residual VQ),
+    or ``None`` for ``quantizer="none"``; ``loss`` is the commitment loss (0 for FSQ and none).
+    """
+
+    def __init__(self, cfg: LAMConfig) -> None:
+        super().__init__()
+        self.kind, self.n_latents, self.code_dim = cfg.quantizer, cfg.n_latents, cfg.code_dim
+        vq_args = dict(
+            dim=cfg.code_dim,
+            codebook_size=cfg.codebook_size,
+            decay=cfg.vq_decay,
+            commitment_weight=cfg.commitment,
+            rotation_trick=False,  # straight-through gradients, as LAPO
+            threshold_ema_dead_code=cfg.dead_code_threshold,
+            kmeans_init=cfg.kmeans_init,
+        )
+        self.vq: nn.Module | None = None
+        if cfg.quantizer == "vq":
+            self.vq = VectorQuantize(**vq_args)
+            self.codebook_size = cfg.codebook_size
+        elif cfg.quantizer == "rvq":
+            self.vq = ResidualVQ(num_quantizers=cfg.rvq_quantizers, **vq_args)
+            self.codebook_size = cfg.codebook_size
+        elif cfg.quantizer == "fsq":
+            self.vq = FSQ(levels=list(cfg.fsq_levels), dim=cfg.code_dim)
+            self.codebook_size = math.prod(cfg.fsq_levels)
+        else:
+            self.codebook_size = 0
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        if self.vq is None:
+            return z, None, z.new_zeros(())
+        tokens = z.float().reshape(z.shape[0], self.n_latents, self.code_dim)  # (B, n_latents, code_dim)
+        if self.kind == "fsq":
+            q, codes = self.vq(tokens)
+            loss = z.new_zeros(())
+        else:
+            q, codes, loss = self.vq(tokens)
+            loss = loss.sum()  # residual VQ: one loss per level
+        return q.reshape(z.shape[0], -1), codes.reshape(z.shape[0], -1).long(), loss
+
+
+# ----------------------------------------------------------------------------- IDM and FDM
+class InverseDynamics(nn.Module):
+    """Window ``(B, history + 2, *obs)`` -> latent action ``(B, out_dim)``: IMPALA CNN (images) or MLP (vectors).
+
+    Also the IDM of :class:`~tt_agents.latent.VPTPolicy` (with ``out_dim`` the action logits).
+    """
+
+    def __init__(self, obs_shape: tuple[int, ...], image: bool, window: int, cfg: LAMConfig, out_dim: int) -> None:
+        super().__init__()
+        self.image = image
+        if image:
+            h, w, c = obs_shape
+            self.encoder: nn.Module = ImpalaCNN((h, w, c * window), cfg.cnn_channels, cfg.cnn_features)
+            self.head = nn.Linear(cfg.cnn_features, out_dim)
+        else:
+            self.encoder = MLP(math.prod(obs_shape) * window, cfg.mlp_hidden)
+            self.head = nn.Linear(self.encoder.out_dim, out_dim)  # type: ignore[arg-type]
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(stack_frames(frames, self.image)))
+
+
+class UNetFDM(nn.Module):
+    """Past frames ``(B, H, W, history + 1 channels groups)`` + latent -> the next frame ``(B, C, H, W)``.
+
+    A two-level UNet: the latent is tiled over space at the input and injected again (a linear map
+    added per channel) at the bottleneck, as LAPO's FDM does. Frames are scaled to [-0.5, 0.5].
+    """
+
+    def __init__(self, obs_shape: tuple[int, int, int], window: int, latent_dim: int, channels: tuple[int, ...]) -> None:
+        super().__init__()
+        _, _, c = obs_shape
+        c_in = c * window + latent_dim
+        self.downs = nn.ModuleList()
+        for ch in channels:
+            self.downs.append(nn.Sequential(nn.Conv2d(c_in, ch, 3, padding=1), nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1),
+                                            nn.ReLU()))
+            c_in = ch
+        self.bottleneck_latent = nn.Linear(latent_dim, c_in)
+        self.mid = nn.Sequential(nn.Conv2d(c_in, c_in, 3, padding=1), nn.ReLU())
+        self.ups = nn.ModuleList()
+        for ch in reversed(channels):
+            self.ups.append(nn.Sequential(nn.Conv2d(c_in + ch, ch, 3, padding=1), nn.ReLU()))
+            c_in = ch
+        self.out = nn.Conv2d(c_in, c, 1)
+
+    def forward(self, past: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        x = past.float().permute(0, 3, 1, 2) / 255.0 - 0.5  # (B, C_past, H, W)
+        h, w = x.shape[-2:]
+        x = torch.cat([x, z[:, :, None, None].expand(-1, -1, h, w)], 1)  # (B, C_past + D, H, W)
+        skips = []
+        for down in self.downs:
+            x = down(x)
+            skips.append(x)
+            x = F.max_pool2d(x, 2, ceil_mode=True)  # halves H and W
+        x = self.mid(x + self.bottleneck_latent(z)[:, :, None, None])
+        for up, skip in zip(self.ups, reversed(skips)):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+            x = up(torch.cat([x, skip], 1))
+        return self.out(x)  # (B, C, H, W)
+
+
+class MLPFDM(nn.Module):
+    """Past vectors ``(B, (history + 1) * D)`` + latent -> the next vector ``(B, D)``, as ``o_t`` plus a change."""
+
+    def __init__(self, obs_dim: int, window: int, latent_dim: int, hidden: tuple[int, ...]) -> None:
+        super().__init__()
+        self.obs_dim = obs_dim
+        self.net = MLP(obs_dim * window + latent_dim, hidden, obs_dim)
+
+    def forward(self, past: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return past[:, -self.obs_dim:] + self.net(torch.cat([past, z], 1))
+
+
+class LatentActionModel(nn.Module):
+    """IDM + quantizer + FDM, trained on observations only to predict o_{t+1} from the past and the latent.
+
+    Example:
+        >>> cfg = LAMConfig(n_latents=1, code_dim=4, codebook_size=8, mlp_hidden=(16,))
+        >>> lam = LatentActionModel((3,), False, cfg)
+        >>> out = lam(torch.zeros(5, 3, 3))  # (B, history + 2, D)
+        >>> out["latent"].shape, out["codes"].shape, out["prediction"].shape
+        (torch.Size([5, 4]), torch.Size([5, 1]), torch.Size([5, 3]))
+    """
+
+    def __init__(self, obs_shape: tuple[int, ...], image: bool, cfg: LAMConfig) -> None:
+        super().__init__()
+        cfg.check()
+        self.image, self.window = image, cfg.history + 2
+        self.idm = InverseDynamics(obs_shape, image, self.window, cfg, cfg.latent_dim)
+        self.quantizer = Quantizer(cfg)
+        if image:
+            self.fdm: nn.Module = UNetFDM(obs_shape, self.window - 1, cfg.latent_dim, cfg.unet_channels)  # type: ignore[arg-type]
+        else:
+            self.fdm = MLPFDM(math.prod(obs_shape), self.window - 1, cfg.latent_dim, cfg.mlp_hidden)
+
+    def encode(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """``(latent, quantized, codes, vq_loss)`` of a window ``(B, history + 2, *obs)``."""
+        z = self.idm(frames)
+        q, codes, loss = self.quantizer(z)
+        return z, q, codes, loss
+
+    def forward(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        z, q, codes, loss = self.encode(frames)
+        past = stack_frames(frames[:, :-1], self.image)
+        out = {"latent": z, "quantized": q, "prediction": self.fdm(past, q), "vq_loss": loss}
+        if codes is not None:
+            out["codes"] = codes
+        return out
+
+
+# ----------------------------------------------------------------------------- acting on latents
+class LatentPolicy(nn.Module):
+    """Latent behaviour cloning: o_t -> the IDM's (unquantized) latent action; ``features`` feed the decoder."""
+
+    def __init__(self, obs_shape: tuple[int, ...], image: bool, cfg: LAMConfig, out_dim: int) -> None:
+        super().__init__()
+        if image:
+            self.encoder: nn.Module = ImpalaCNN(obs_shape, cfg.cnn_channels, cfg.cnn_features)
+        else:
+            self.encoder = MLP(math.prod(obs_shape), cfg.mlp_hidden)
+        self.feature_dim = cfg.cnn_features if image else self.encoder.out_dim
+        self.head = nn.Linear(self.feature_dim, out_dim)  # type: ignore[arg-type]
+
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.encoder(obs)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(obs))
+
+
+class ActionDecoder(nn.Module):
+    """Latent action (and optionally o_t's features) -> action logits (discrete) or a tanh action (continuous)."""
+
+    def __init__(self, latent_dim: int, feature_dim: int, hidden: tuple[int, ...], n_out: int, discrete: bool) -> None:
+        super().__init__()
+        self.net = MLP(latent_dim + feature_dim, hidden, n_out)
+        self.discrete = discrete
+
+    def forward(self, z: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        x = z if features is None else torch.cat([z, features], 1)
+        out = self.net(x)
+        return out if self.discrete else torch.tanh(out)
+
+
+class LatentActionNet(nn.Module):
+    """Everything :class:`~tt_agents.latent.LatentActionPolicy` trains, one module per stage: ``lam``,
+    ``policy`` (latent BC) and ``decoder``."""
+
+    def __init__(
+        self,
+        obs_shape: tuple[int, ...],
+        image: bool,
+        cfg: LAMConfig,
+        decoder_hidden: tuple[int, ...],
+        n_actions: int,
+        discrete: bool,
+        decoder_uses_obs: bool,
+    ) -> None:
+        super().__init__()
+        self.lam = LatentActionModel(obs_shape, image, cfg)
+        self.policy = LatentPolicy(obs_shape, image, cfg, cfg.latent_dim)
+        feature_dim = self.policy.feature_dim if decoder_uses_obs else 0
+        self.decoder = ActionDecoder(cfg.latent_dim, feature_dim, decoder_hidden, n_actions, discrete)
