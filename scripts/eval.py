@@ -9,11 +9,14 @@ The agent's act-time settings (a TT's search, a DT's target return) default to t
 the checkpoint and can be changed for this evaluation only, e.g. ``--act.beam-width 32
 --act.horizon 5`` for a TTPlanner or ``--act.target-return 3600`` for a DecisionTransformer
 (``--checkpoint X --help`` lists them); the checkpoint itself is not changed.
+
+The defaults are :func:`tt_agents.evaluate`'s. A user error (a missing checkpoint, an env whose
+spaces do not fit the agent) prints one line and exits 2; ``--debug`` shows its traceback.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import inspect
 import sys
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
@@ -22,10 +25,13 @@ from typing import Any
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _cli import UsageError, check_device, documented, documented_value, run, undocumented  # noqa: E402
 
 from tt_agents import load_agent  # noqa: E402
 from tt_agents.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
-from tt_agents.evaluation import evaluate  # noqa: E402
+from tt_agents.evaluation import DEFAULT_N_ENVS, VIDEO_SUFFIXES, evaluate  # noqa: E402
 from tt_agents.registry import agent_class  # noqa: E402
 from tt_agents.utils import config_from_dict  # noqa: E402
 
@@ -38,11 +44,12 @@ class Args:
     """Gymnasium env id (default: the env of the agent's training data)."""
     n_episodes: int = 10
     """Episodes in total, spread over the sub-envs."""
-    n_envs: int = 4
+    n_envs: int = DEFAULT_N_ENVS
     """Sub-envs of the vector env."""
     seed: int = 0
     """Sub-env i is reset with seed + i."""
     deterministic: bool = True
+    """Take the most likely action (a TT: its best plan); --no-deterministic samples from the policy."""
     ref_min_score: float | None = None
     """Return of a random policy (default: from the training data's metadata)."""
     ref_max_score: float | None = None
@@ -52,6 +59,11 @@ class Args:
     json_out: str | None = None
     """Write the result as JSON."""
     device: str = "auto"
+    """'auto' uses CUDA when present; 'cpu', 'cuda' or 'cuda:N'."""
+    progress: bool = True
+    """Show the evaluation's progress bar."""
+    debug: bool = False
+    """Show the full traceback of an error (also TT_AGENTS_DEBUG=1)."""
 
 
 def saved_act(checkpoint: str) -> Any:
@@ -70,20 +82,44 @@ def args_class(act: Any) -> type:
     """``Args``, with an ``act`` group of the checkpoint's act-time settings (their saved values as defaults)."""
     if act is None:
         return Args
-    return make_dataclass("Args", [("act", type(act), field(default_factory=lambda: dataclasses.replace(act)))],
+    return make_dataclass("Args", [("act", documented(type(act)), field(default_factory=lambda: documented_value(act)))],
                           bases=(Args,))
 
 
+def check_options(args: Args) -> None:
+    """Every check that needs neither the agent nor an env (raises UsageError)."""
+    if not Path(args.checkpoint).is_file():
+        raise UsageError(f"--checkpoint {args.checkpoint}: no such file; pass a file written by agent.save() or "
+                         "training (runs/<name>/final.zip, runs/<name>/checkpoints/last.zip)")
+    check_device(args.device)
+    if args.n_episodes < 1:
+        raise UsageError(f"--n-episodes must be >= 1, got {args.n_episodes}")
+    if args.n_envs < 1:
+        raise UsageError(f"--n-envs must be >= 1, got {args.n_envs}")
+    if args.video is not None and Path(args.video).suffix.lower() not in VIDEO_SUFFIXES:
+        raise UsageError(f"--video {args.video}: the file must end in one of {', '.join(VIDEO_SUFFIXES)}")
+
+
 def main(args: Args) -> None:
+    check_options(args)
     agent = load_agent(args.checkpoint, device=args.device)
     env_id = args.env_id or agent.data_info.get("env_id")
     if env_id is None:
-        raise SystemExit(f"{args.checkpoint} does not record its env; pass --env-id")
+        raise UsageError(f"{args.checkpoint} does not record its env; pass --env-id")
     res = evaluate(agent, env_id, n_episodes=args.n_episodes, n_envs=args.n_envs, seed=args.seed,
                    deterministic=args.deterministic, ref_min_score=args.ref_min_score,
                    ref_max_score=args.ref_max_score, video_path=args.video, json_path=args.json_out,
-                   act=getattr(args, "act", None))
+                   act=undocumented(args.act) if getattr(args, "act", None) is not None else None,
+                   progress=args.progress)
     print(f"{type(agent).__name__} on {env_id}: {res}")
+
+
+def evaluate_defaults() -> dict[str, Any]:
+    """:func:`tt_agents.evaluate`'s defaults for the options both have (the options here must agree with them)."""
+    params = inspect.signature(evaluate).parameters
+    out = {k: params[k].default for k in ("n_episodes", "seed", "deterministic", "progress")}
+    out["n_envs"] = DEFAULT_N_ENVS  # evaluate's None: DEFAULT_N_ENVS for an env id
+    return out
 
 
 def _checkpoint_in(argv: list[str]) -> str | None:
@@ -95,6 +131,15 @@ def _checkpoint_in(argv: list[str]) -> str | None:
     return None
 
 
+def cli(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+
+    def go() -> None:
+        path = _checkpoint_in(argv)
+        main(tyro.cli(args_class(saved_act(path) if path and Path(path).is_file() else None), args=argv))
+
+    run(go, argv)
+
+
 if __name__ == "__main__":
-    path = _checkpoint_in(sys.argv[1:])
-    main(tyro.cli(args_class(saved_act(path) if path and Path(path).exists() else None)))
+    cli()

@@ -6,6 +6,11 @@ returns taken from the arguments, else from the agent's training data metadata
 
 Episodes are spread over the sub-envs as SB3's ``evaluate_policy`` does (each sub-env gets a
 fixed share), so short episodes are not over-represented.
+
+Defaults are those of ``scripts/eval.py``: 10 episodes on :data:`DEFAULT_N_ENVS` sub-envs, seed 0,
+``deterministic=True`` (the agents' ``predict`` default: the most likely action, or the planner's
+best plan; SB3's ``predict`` defaults to ``False``, but its ``evaluate_policy`` to ``True``, as here).
+A video renders only sub-env 0, and only until its first episode ends.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from tt_agents.rollout import PolicyDriver, StepInfo, rollout
 from tt_agents.utils import atomic_write_bytes
 
-__all__ = ["EvalResult", "evaluate", "normalized_score", "make_vec_env"]
+__all__ = ["DEFAULT_N_ENVS", "EvalResult", "evaluate", "normalized_score", "make_vec_env"]
+
+DEFAULT_N_ENVS = 4
+"""Sub-envs of an evaluation made from an env id or a factory, unless told otherwise (``scripts/eval.py`` too)."""
 
 
 def normalized_score(ret: float, ref_min: float, ref_max: float) -> float:
@@ -90,14 +98,20 @@ def use_egl_when_headless() -> None:
 def make_vec_env(
     env: str | gym.Env | VectorEnv | Callable[[], gym.Env], n_envs: int = 1, render: bool = False
 ) -> VectorEnv:
-    """A vector env from an env id, an env, a factory, or a vector env (returned as it is)."""
+    """A vector env from an env id, an env, a factory, or a vector env (returned as it is).
+
+    With ``render``, an env id's sub-env 0 alone is made with ``render_mode="rgb_array"`` (the video's;
+    the others never render).
+    """
     if isinstance(env, VectorEnv):
         return env
     if render:
         use_egl_when_headless()
     if isinstance(env, str):
-        kwargs = {"render_mode": "rgb_array"} if render else {}
-        return gym.make_vec(env, num_envs=n_envs, vectorization_mode="sync", **kwargs)
+        if render:
+            return gym.vector.SyncVectorEnv([lambda: gym.make(env, render_mode="rgb_array")]
+                                            + [lambda: gym.make(env)] * (n_envs - 1))
+        return gym.make_vec(env, num_envs=n_envs, vectorization_mode="sync")
     if isinstance(env, gym.Env):
         if n_envs != 1:
             raise ValueError(f"got one env instance but n_envs={n_envs}; pass an env id or a factory to run several")
@@ -111,7 +125,7 @@ def evaluate(
     agent: Any,
     env: str | gym.Env | VectorEnv | Callable[[], gym.Env],
     n_episodes: int = 10,
-    n_envs: int = 1,
+    n_envs: int | None = None,
     seed: int = 0,
     deterministic: bool = True,
     ref_min_score: float | None = None,
@@ -129,6 +143,9 @@ def evaluate(
             ``predict`` per step for all sub-envs, through :func:`tt_agents.rollout.rollout`).
         env: an env id (made with ``n_envs`` sub-envs), an Env, a factory, or a VectorEnv.
         n_episodes: episodes to complete in total.
+        n_envs: sub-envs made from an env id or a factory (``None``: :data:`DEFAULT_N_ENVS`; an Env
+            instance is one, a VectorEnv has its own).
+        deterministic: the most likely action (or the best plan), as ``scripts/eval.py`` does by default.
         seed: sub-env ``i`` is reset with ``seed + i``.
         ref_min_score, ref_max_score: reference returns of the normalized score; default to the
             agent's training-data metadata when it has them.
@@ -152,8 +169,18 @@ def evaluate(
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
     if video_path is not None and Path(video_path).suffix.lower() not in VIDEO_SUFFIXES:
         raise ValueError(f"video_path must end in one of {VIDEO_SUFFIXES}, got {str(video_path)!r}")
+    if n_envs is None:
+        n_envs = 1 if isinstance(env, gym.Env) else DEFAULT_N_ENVS
+    if n_envs < 1:
+        raise ValueError(f"n_envs must be >= 1, got {n_envs}")
     env_id = env if isinstance(env, str) else None
     venv = make_vec_env(env, n_envs, render=video_path is not None)
+    try:
+        _check_spaces(agent, venv, env_id)
+    except Exception:
+        if not isinstance(env, VectorEnv):
+            venv.close()
+        raise
     data_info = getattr(agent, "data_info", {}) or {}
     if ref_min_score is None:
         ref_min_score = data_info.get("ref_min_score")
@@ -191,6 +218,25 @@ def evaluate(
     return result
 
 
+def _check_spaces(agent: Any, venv: VectorEnv, env_id: str | None) -> None:
+    """Refuse an env whose spaces do not fit the agent before any episode is run (tt-agents agents only)."""
+    from tt_agents.agent import Agent, _compatible, _single_space
+    from tt_agents.spaces import SpaceMismatchError
+
+    if not isinstance(agent, Agent):
+        return
+    checks = [("observation", agent.observation_space)]
+    if getattr(agent.config, "action_field", "actions") == "actions":  # not an agent of latent actions
+        checks.append(("action", agent.action_space))
+    for what, mine in checks:
+        theirs = _single_space(venv, what)
+        if not _compatible(mine, theirs):
+            trained = (getattr(agent, "data_info", {}) or {}).get("env_id")
+            hint = f" (it was trained on {trained})" if trained else ""
+            raise SpaceMismatchError(f"the env{f' {env_id}' if env_id else ''}'s {what} space {theirs} does not fit "
+                                     f"the agent's {mine}{hint}: evaluate it on an env with its spaces")
+
+
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".gif")
 """What ``video_path`` may end in."""
 
@@ -214,7 +260,9 @@ class _VideoRecorder:
 
 
 def _first_frame(venv: VectorEnv) -> np.ndarray:
-    frames = venv.render()
+    """Sub-env 0's frame: only that env renders when the vector env exposes its envs (a SyncVectorEnv)."""
+    envs = getattr(venv, "envs", None)
+    frames = envs[0].render() if envs else venv.render()
     if frames is None:
         raise ValueError("video_path needs an env that renders: create it with render_mode='rgb_array'")
     frame = frames[0] if isinstance(frames, (tuple, list)) else frames

@@ -13,6 +13,16 @@ Stages run in the order the agent declares them (``agent.fit(dataset)``), or one
 which records every finished stage and the state of the current one, so a run killed in any
 stage resumes in that stage, at the step of its last checkpoint.
 
+A run directory belongs to one run: resuming it with other settings than it was started with (another
+learning rate, network, dataset; only a larger step budget is allowed) is refused with a
+:class:`ResumeError` naming the fields that differ, so is asking for fewer steps than it has done, and
+nothing a previous run wrote is overwritten unless ``TrainConfig.overwrite`` starts it over.
+
+SIGINT (Ctrl-C) and SIGTERM end training cleanly: the current step finishes, a checkpoint is written
+(atomically) and :class:`TrainingInterrupted` (a ``KeyboardInterrupt``) is raised, naming the
+checkpoint; calling ``fit`` again with the same settings resumes from it. A second signal stops at
+once. Every stage, gradient or search, gets the same handling.
+
 Resuming is exact because batch ``i`` is a pure function of ``(seed, rank, i)`` (see
 :class:`~tt_agents.data.WindowSampler`), and a checkpoint holds the weights, the optimizer's
 moments (or the search's state), the scheduler's step, the grad scaler and the RNG states of
@@ -24,6 +34,7 @@ A run directory looks like::
       checkpoints/last.zip      # latest (agent + trainer state), loadable with tt_agents.load_agent
       checkpoints/step_N.zip    # kept if keep_checkpoints is set
       final.zip                 # the trained agent
+      train_config.json         # the full resolved config: agent class and config, act settings, dataset, stages
       metrics.jsonl             # one JSON line per log step, flushed as written (with "stage" when
                                 # the agent has several)
       tb/                       # TensorBoard event files
@@ -36,6 +47,9 @@ import contextlib
 import dataclasses
 import json
 import math
+import shutil
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Mapping
@@ -51,9 +65,41 @@ from tqdm.auto import tqdm
 from tt_agents.checkpoint import CheckpointError, encode_checkpoint, read_checkpoint
 from tt_agents.distributed import Distributed, numpy_rng_states, restore_rng, rng_tensors
 from tt_agents.stages import GradientStage, SearchStage, Stage
-from tt_agents.utils import atomic_write_bytes, set_seed
+from tt_agents.utils import atomic_write_bytes, config_to_dict, set_seed
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer", "lr_at"]
+__all__ = ["TrainConfig", "TrainConfigError", "ResumeError", "TrainingInterrupted", "TrainResult", "Trainer",
+           "check_run_dir", "lr_at"]
+
+
+class TrainConfigError(ValueError):
+    """A :class:`TrainConfig` value that cannot train (the message names the field and the value)."""
+
+
+class ResumeError(TrainConfigError):
+    """A run directory that cannot be resumed as asked: other settings, fewer steps, or files in the way."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT or SIGTERM after finishing a step, with a checkpoint written (with a ``run_dir``).
+
+    Attributes:
+        signum: the signal (``signal.SIGINT`` or ``signal.SIGTERM``).
+        step: steps done in ``stage`` when it stopped.
+        steps: that stage's step budget.
+        stage: the stage it stopped in.
+        checkpoint: the checkpoint written (``None`` without a ``run_dir``: nothing was saved).
+    """
+
+    def __init__(self, signum: int, step: int, steps: int, stage: str, checkpoint: Path | None) -> None:
+        self.signum, self.step, self.steps, self.stage, self.checkpoint = signum, step, steps, stage, checkpoint
+        where = f"checkpoint {checkpoint}" if checkpoint is not None else "nothing saved (no run_dir)"
+        super().__init__(f"training stopped by {signal.Signals(signum).name} after step {step} of {steps} "
+                         f"(stage {stage!r}); {where}")
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for a process ended by this signal: 130 for SIGINT, 143 for SIGTERM."""
+        return 128 + int(self.signum)
 
 
 @dataclass
@@ -65,10 +111,11 @@ class TrainConfig:
     batch_size: int = 64
     """Samples per step on each rank (the global batch is ``batch_size * world_size``)."""
     lr: float = 6e-4
-    """Peak learning rate (TT's default for MuJoCo)."""
+    """Peak learning rate, reached after the warmup (each agent's presets set their own)."""
     weight_decay: float = 0.1
     """Applied to weight matrices only, never to biases, norms or embeddings' 1-d params."""
     betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW's moment decay rates."""
     warmup_steps: int = 100
     """Linear warmup from 0 to ``lr``."""
     min_lr_ratio: float = 0.1
@@ -76,6 +123,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm; 0 disables."""
     seed: int = 0
+    """Seeds the model's initialisation and the data stream."""
     run_dir: str | None = None
     """Where checkpoints and logs go; ``None`` trains without writing anything."""
     checkpoint_every: int = 1000
@@ -83,14 +131,43 @@ class TrainConfig:
     keep_checkpoints: bool = False
     """Also keep ``checkpoints/step_N.zip`` for every checkpoint, not only ``last.zip``."""
     log_every: int = 50
+    """Steps between rows of ``metrics.jsonl`` and TensorBoard."""
     resume: bool = True
-    """Continue from ``run_dir/checkpoints/last.zip`` if it exists."""
+    """Continue from ``run_dir/checkpoints/last.zip`` if it exists (with the same settings, or more steps)."""
+    overwrite: bool = False
+    """Start over in a ``run_dir`` that holds an earlier run, deleting its files first; without it such a
+    run is resumed (``resume``) or refused."""
     amp: bool = True
     """Mixed precision on CUDA (ignored on CPU)."""
     progress: bool = True
     """Show a progress bar (rank 0 only)."""
     device: str = "auto"
     """Device of single-process training; under torchrun each rank takes its local GPU."""
+
+    def check(self, where: str = "TrainConfig") -> None:
+        """Raise :class:`TrainConfigError` naming the first field that cannot train.
+
+        Example:
+            >>> TrainConfig(lr=-1).check()
+            Traceback (most recent call last):
+            ...
+            tt_agents.trainer.TrainConfigError: TrainConfig.lr must be > 0, got -1
+        """
+        rules = [
+            ("steps", self.steps >= 1, ">= 1"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("lr", self.lr > 0 and math.isfinite(self.lr), "> 0"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("betas", len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "two values in [0, 1)"),
+            ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
+            ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
+            ("grad_clip", self.grad_clip >= 0, ">= 0 (0 disables clipping)"),
+            ("checkpoint_every", self.checkpoint_every >= 1, ">= 1"),
+            ("log_every", self.log_every >= 1, ">= 1"),
+        ]
+        for name, ok, rule in rules:
+            if not ok:
+                raise TrainConfigError(f"{where}.{name} must be {rule}, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -142,6 +219,144 @@ def _to_tensors(batch: dict[str, np.ndarray], device: torch.device) -> dict[str,
     return out
 
 
+RUN_FILES = ("checkpoints", "final.zip", "metrics.jsonl", "tb", "train_config.json", "training_curve.png", "eval.json")
+"""What a run writes into its run_dir: ``overwrite`` deletes these, and nothing else there."""
+
+RESUMABLE_FIELDS = frozenset({"steps", "run_dir", "device", "resume", "overwrite", "progress", "log_every",
+                              "checkpoint_every", "keep_checkpoints"})
+"""TrainConfig fields a resumed run may change (``steps`` only upwards); any other difference is refused."""
+
+
+def run_config(agent_class: str, agent_config: Any, act: Any, dataset: str | None,
+               configs: Mapping[str, TrainConfig]) -> dict[str, Any]:
+    """The full resolved config of a run, as ``train_config.json`` and its checkpoints record it.
+
+    Example:
+        >>> run_config("BCPolicy", None, None, "hopper/mine-v0", {"model": TrainConfig(lr=1e-3)})["train"]["model"]["lr"]
+        0.001
+    """
+    return json.loads(json.dumps({
+        "agent_class": agent_class,
+        "agent": config_to_dict(agent_config) if agent_config is not None else None,
+        "act": config_to_dict(act) if act is not None else None,
+        "dataset": dataset,
+        "train": {n: asdict(c) for n, c in configs.items()},
+    }))
+
+
+def _saved_run_config(manifest: dict[str, Any], stages: list[str]) -> dict[str, Any]:
+    """The run config a checkpoint holds (rebuilt from its sections for checkpoints written before it was saved)."""
+    tr = manifest.get("trainer") or {}
+    if isinstance(tr.get("run_config"), dict):
+        return tr["run_config"]
+    info = manifest.get("agent") or {}
+    train = tr.get("configs") or ({tr.get("stage", stages[0]): tr["config"]} if isinstance(tr.get("config"), dict)
+                                  else {})
+    return {"agent_class": info.get("class"), "agent": info.get("config"), "act": info.get("act"),
+            "dataset": (info.get("data") or {}).get("dataset_id"), "train": train}
+
+
+def _differences(saved: Any, current: Any, name: str) -> list[str]:
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for k in sorted(set(saved) | set(current), key=str):
+            out += _differences(saved.get(k), current.get(k), f"{name}.{k}" if name else str(k))
+        return out
+    return [] if saved == current else [f"{name} {json.dumps(saved)} -> {json.dumps(current)}"]
+
+
+def check_run_dir(run_dir: str | Path | None, current: dict[str, Any], stages: list[str], resume: bool = True,
+                  overwrite: bool = False) -> Any:
+    """Refuse to start a run in ``run_dir`` that would surprise; return the checkpoint to resume from, if any.
+
+    - ``overwrite``: nothing is refused (the earlier run's files are deleted when training starts); returns ``None``.
+    - a checkpoint and ``resume``: its run config must equal ``current`` (see :func:`run_config`) in every
+      field but those of :data:`RESUMABLE_FIELDS` of the ``stages`` being trained, the agent's act settings,
+      and a dataset that either side does not know; its step must not be past the stage's ``steps``.
+    - no checkpoint to resume (or ``resume=False``) but files of an earlier run: refused.
+
+    Args:
+        run_dir: the run directory (``None``: nothing to check).
+        current: the run config asked for (:func:`run_config`); ``current["dataset"]`` may be ``None``
+            (checked once the dataset is loaded).
+        stages: the stages this call trains.
+
+    Raises:
+        ResumeError: with one line naming the fields that differ (``train.lr 0.0006 -> 0.01``) and what to do.
+    """
+    if run_dir is None or overwrite:
+        return None
+    run_dir = Path(run_dir)
+    last = run_dir / "checkpoints" / "last.zip"
+    start_over = "start over with --overwrite (overwrite=True deletes the earlier run's files) or use another --run-dir"
+    if not (resume and last.exists()):
+        found = [f for f in RUN_FILES if (run_dir / f).exists()]
+        if found:
+            why = "resume=False (--train.no-resume)" if last.exists() else "it has no checkpoint to resume"
+            raise ResumeError(f"{run_dir} holds an earlier run ({', '.join(found)}) that would be overwritten, "
+                              f"and {why}: {start_over}")
+        return None
+    ckpt = read_checkpoint(last)
+    tr = ckpt.manifest.get("trainer")
+    if not isinstance(tr, dict):
+        raise CheckpointError(f"{last}: no trainer state to resume from")
+    saved = _saved_run_config(ckpt.manifest, stages)
+    diffs = _differences(saved.get("agent_class"), current.get("agent_class"), "agent class")
+    diffs += _differences(saved.get("agent"), current.get("agent"), "agent")
+    if saved.get("dataset") is not None and current.get("dataset") is not None:
+        diffs += _differences(saved["dataset"], current["dataset"], "dataset")
+    multi = len(current.get("train", {})) > 1
+    for stage in stages:
+        mine, theirs = (current.get("train") or {}).get(stage), (saved.get("train") or {}).get(stage)
+        if mine is None or theirs is None:
+            continue
+        diffs += _differences({k: v for k, v in theirs.items() if k not in RESUMABLE_FIELDS},
+                              {k: v for k, v in mine.items() if k not in RESUMABLE_FIELDS},
+                              f"train.{stage}" if multi else "train")
+    if diffs:
+        raise ResumeError(f"{run_dir} holds a run with other settings ({'; '.join(diffs)}): resume it with its "
+                          f"own settings, {start_over}")
+    stage, step = tr.get("stage", stages[0]), int(tr.get("step", 0))
+    asked = ((current.get("train") or {}).get(stage) or {}).get("steps")
+    if stage in stages and asked is not None and step > asked:
+        where = f" of stage {stage!r}" if multi else ""
+        raise ResumeError(f"{run_dir} has trained {step} steps{where}, more than the {asked} asked for: ask for at "
+                          f"least {step} (--train.steps), or {start_over}")
+    return ckpt
+
+
+class _StopSignals:
+    """While entered (in the main thread), SIGINT and SIGTERM only set :attr:`signum`, which the loop reads
+    after each step; a second signal raises ``KeyboardInterrupt`` at once. Handlers are restored on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # asked twice: stop now, without a checkpoint
+            self._restore()
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def __enter__(self) -> _StopSignals:
+        self.signum = None
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._restore()
+
+
 @dataclass
 class _Resume:
     """What a run directory's checkpoint says about the stages."""
@@ -172,7 +387,7 @@ class Trainer:
             in the run directory's checkpoint); ``None`` trains every stage in order.
     """
 
-    _RUN_FIELDS = ("run_dir", "seed", "device", "resume", "amp", "progress")
+    _RUN_FIELDS = ("run_dir", "seed", "device", "resume", "overwrite", "amp", "progress")
 
     def __init__(
         self, agent: Any, config: TrainConfig | Mapping[str, TrainConfig] | None = None, stage: str | None = None
@@ -198,11 +413,7 @@ class Trainer:
         else:
             self.configs = {n: config or TrainConfig() for n in names}
         for s in self.stages:
-            c = self.configs[s.name]
-            if c.steps < 1:
-                raise ValueError(f"TrainConfig.steps must be >= 1, got {c.steps}")
-            if c.checkpoint_every < 1:
-                raise ValueError(f"TrainConfig.checkpoint_every must be >= 1, got {c.checkpoint_every}")
+            self.configs[s.name].check("TrainConfig" if len(stages) == 1 else f"TrainConfig of stage {s.name!r}")
         first = self.configs[self.stages[0].name]
         for s in self.stages[1:]:
             for f in self._RUN_FIELDS:
@@ -216,6 +427,13 @@ class Trainer:
         self.run_dir = Path(first.run_dir) if first.run_dir else None
         self.multi_stage = len(stages) > 1
         self._dataset: Any = None  # what fit() trains on, for the stages' on_checkpoint hooks
+        self._signals = _StopSignals()
+
+    def run_config(self) -> dict[str, Any]:
+        """The full resolved config of this run (written to ``train_config.json`` and into every checkpoint)."""
+        agent = self.agent
+        return run_config(type(agent).__name__, agent.config, getattr(agent, "act", None),
+                          (getattr(agent, "data_info", None) or {}).get("dataset_id"), self.configs)
 
     # ---------------------------------------------------------------- checkpoints
     @property
@@ -233,6 +451,7 @@ class Trainer:
             sections["trainer"] = {
                 "step": step,
                 "config": asdict(self.configs[stage.name]),
+                "run_config": self.run_config(),
                 "stage": stage.name,
                 "stages_done": done,
                 **state,
@@ -254,12 +473,12 @@ class Trainer:
 
     def _read_resume(self) -> _Resume | None:
         path = self.last_checkpoint
-        if path is None or not self.config.resume or not path.exists():
+        ckpt = check_run_dir(self.run_dir, self.run_config(), [s.name for s in self.stages], self.config.resume,
+                             self.config.overwrite)
+        if ckpt is None:
             return None
-        ckpt = read_checkpoint(path)
-        tr = ckpt.manifest.get("trainer")
-        if not isinstance(tr, dict):
-            raise CheckpointError(f"{path}: no trainer state to resume from")
+        assert path is not None
+        tr = ckpt.manifest["trainer"]
         # checkpoints of one-stage training before stages existed: the agent's first (only) stage
         stage = tr.get("stage", self.all_stages[0].name)
         if stage not in {s.name for s in self.all_stages}:
@@ -269,17 +488,63 @@ class Trainer:
 
     # ---------------------------------------------------------------- the loop
     def fit(self, dataset: Any) -> TrainResult:
+        """Train (or resume) every stage asked for.
+
+        Raises:
+            ResumeError: the run directory holds another run (see :func:`check_run_dir`).
+            TrainingInterrupted: SIGINT or SIGTERM arrived; the checkpoint it names resumes the run.
+        """
         self._dataset = dataset
         ddp = Distributed(self.config.device)
         try:
-            return self._fit(dataset, ddp)
+            with self._signals:
+                return self._fit(dataset, ddp)
         finally:
             ddp.close()
+
+    def _start_over(self, ddp: Distributed) -> None:
+        """``overwrite``: delete what an earlier run wrote into the run directory (and nothing else)."""
+        if self.run_dir is not None and self.config.overwrite and ddp.is_main:
+            for name in RUN_FILES:
+                path = self.run_dir / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+        ddp.barrier()
+
+    def _stop_signal(self, ddp: Distributed) -> int:
+        """The signal that asked training to stop (0: none); under DDP, every rank stops at the same step."""
+        signum = self._signals.signum or 0
+        if ddp.enabled:
+            import torch.distributed as dist
+
+            flag = torch.tensor([signum], device=ddp.device if ddp.device.type == "cuda" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            signum = int(flag.item())
+        return signum
+
+    def _after_step(self, ddp: Distributed, stage: Stage, cfg: TrainConfig, done_steps: int, done: dict[str, int],
+                    state_fn: Any) -> None:
+        """Checkpoint on schedule; on SIGINT/SIGTERM checkpoint now and raise :class:`TrainingInterrupted`.
+
+        ``state_fn()`` returns the stage's ``(state, tensors)`` for the checkpoint (only called when one is written).
+        """
+        scheduled = done_steps % cfg.checkpoint_every == 0 or done_steps == cfg.steps
+        signum = self._stop_signal(ddp) if done_steps < cfg.steps else 0
+        if self.run_dir is not None and (scheduled or signum):
+            finished = {**done, stage.name: done_steps} if done_steps == cfg.steps else done
+            state, tensors = state_fn()
+            self._save(ddp, stage, done_steps, finished, state, tensors)
+        if signum:
+            raise TrainingInterrupted(signum, done_steps, cfg.steps, stage.name,
+                                      self.last_checkpoint if self.run_dir is not None else None)
 
     def _fit(self, dataset: Any, ddp: Distributed) -> TrainResult:
         agent = self.agent
         agent.device = ddp.device
         agent.model.to(ddp.device)
+        self._start_over(ddp)
         resume = self._read_resume()
         done = dict(resume.done) if resume else {}
         if resume is not None and resume.stage not in done:
@@ -296,14 +561,16 @@ class Trainer:
                     start, restore = resume.step, resume
                 elif stage.name in done:
                     if done[stage.name] < cfg.steps:
-                        raise CheckpointError(
+                        raise ResumeError(
                             f"{resume.path if resume else self.run_dir}: stage {stage.name!r} finished at "
-                            f"{done[stage.name]} steps in this run; to train it for {cfg.steps}, start a new run_dir "
-                            "(or set resume=False)"
+                            f"{done[stage.name]} steps in this run; to train it for {cfg.steps}, start over with "
+                            "--overwrite (overwrite=True) or use another --run-dir"
                         )
                     start = cfg.steps
-                if start >= cfg.steps and restore is None:
-                    continue  # finished in an earlier run
+                if start >= cfg.steps:
+                    done[stage.name] = max(start, done.get(stage.name, 0))
+                    resume = None
+                    continue  # finished in an earlier run (its weights are restored)
                 set_seed(cfg.seed + ddp.rank)
                 if start == 0 and stage.setup is not None:
                     stage.setup(dataset)
@@ -312,7 +579,7 @@ class Trainer:
                         print(f"resuming from {restore.path} at step {start}" +
                               (f" of stage {stage.name!r}" if self.multi_stage else ""))
                     logger.drop_rows_after(stage.name, start)
-                logger.open(start, {n: asdict(c) for n, c in self.configs.items()} if self.multi_stage else asdict(cfg))
+                logger.open(start, self.run_config())
                 loop = self._gradient_stage if isinstance(stage, GradientStage) else self._search_stage
                 result = loop(stage, cfg, dataset, ddp, start, restore, done, logger)
                 done[stage.name] = cfg.steps
@@ -413,15 +680,13 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{throughput:.0f}")
                     logger.row(stage.name, row)
                 bar.update(1)
-                if self.run_dir is not None and (done_steps % cfg.checkpoint_every == 0 or done_steps == cfg.steps):
-                    finished = {**done, stage.name: done_steps} if done_steps == cfg.steps else done
-                    state = {
-                        "optimizer": None,
-                        "scaler": scaler.state_dict() if scaler is not None else None,
-                        "sampler": {"seed": cfg.seed, "next_batch": done_steps},
-                    }
-                    state["optimizer"], opt_tensors = _optimizer_state(optimizer)
-                    self._save(ddp, stage, done_steps, finished, state, {"optimizer": opt_tensors})
+
+                def state(done_steps: int = done_steps) -> tuple[dict[str, Any], dict[str, Any]]:
+                    meta, opt_tensors = _optimizer_state(optimizer)
+                    return {"optimizer": meta, "scaler": scaler.state_dict() if scaler is not None else None,
+                            "sampler": {"seed": cfg.seed, "next_batch": done_steps}}, {"optimizer": opt_tensors}
+
+                self._after_step(ddp, stage, cfg, done_steps, done, state)
         finally:
             bar.close()
             for p in frozen:
@@ -455,10 +720,12 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss_value:.4f}")
                     logger.row(stage.name, {"step": done_steps, "loss": loss_value, **metrics})
                 bar.update(1)
-                if self.run_dir is not None and (done_steps % cfg.checkpoint_every == 0 or done_steps == cfg.steps):
-                    finished = {**done, stage.name: done_steps} if done_steps == cfg.steps else done
+
+                def state() -> tuple[dict[str, Any], dict[str, Any]]:
                     meta, tensors = search.state_dict()
-                    self._save(ddp, stage, done_steps, finished, {"search": meta}, {"search": tensors})
+                    return {"search": meta}, {"search": tensors}
+
+                self._after_step(ddp, stage, cfg, done_steps, done, state)
         finally:
             bar.close()
         result.final_loss = result.losses[-1] if result.losses else float("nan")
