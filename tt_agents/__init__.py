@@ -5,6 +5,8 @@ Agents (all follow :class:`Agent`: ``predict``, ``save``, ``load``, ``fit``):
 - :class:`TTPlanner`: the Trajectory Transformer, a discretized GPT with batched beam-search planning.
 - :class:`DecisionTransformer`: return-conditioned, optionally few-shot prompted (in-context).
 - :class:`BCPolicy`: behaviour cloning (MLP or CNN), a baseline.
+- :class:`LatentActionPolicy`: learning to act without actions (LAPO): latent action model, latent BC,
+  few-label decoder; :class:`VPTPolicy`, its IDM-relabel-BC baseline (see :mod:`tt_agents.latent`).
 - :class:`WorldModelController`: World Models (VAE, MDN-RNN / Transformer / TraDE memory, CMA-ES controller).
 
 Functions: :func:`load_agent` (any checkpoint), :func:`evaluate` (episodes on a vector env).
@@ -16,6 +18,7 @@ from tt_agents.bc import BCConfig, BCPolicy
 from tt_agents.checkpoint import CheckpointError
 from tt_agents.dt import DT_PRESETS, DecisionTransformer, DTActConfig, DTConfig, DTState, MissingRewardError
 from tt_agents.evaluation import EvalResult, evaluate
+from tt_agents.latent import LatentActionPolicy, LatentConfig, VPTConfig, VPTPolicy
 from tt_agents.registry import register_agent
 from tt_agents.spaces import SpaceMismatchError
 from tt_agents.trainer import TrainConfig, Trainer, TrainResult
@@ -33,6 +36,8 @@ __all__ = [
     "DTConfig",
     "DTState",
     "DecisionTransformer",
+    "LatentActionPolicy",
+    "LatentConfig",
     "MissingRewardError",
     "NonFiniteInputError",
     "Preset",
@@ -46,6 +51,8 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "VPTConfig",
+    "VPTPolicy",
     "WorldModelConfig",
     "WorldModelController",
     "__version__",

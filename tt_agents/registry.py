@@ -25,7 +25,9 @@ __all__ = ["AGENT_REGISTRY", "BUILTIN_AGENTS", "PLUGINS_ENV", "register_agent", 
 BUILTIN_AGENTS: dict[str, str] = {
     "BCPolicy": "tt_agents.bc",
     "DecisionTransformer": "tt_agents.dt",
+    "LatentActionPolicy": "tt_agents.latent.agents",
     "TTPlanner": "tt_agents.tt",
+    "VPTPolicy": "tt_agents.latent.agents",
     "WorldModelController": "tt_agents.world_model.agent",
 }
 """The package's agents: class name -> the module that defines (and registers) it."""

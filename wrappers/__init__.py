@@ -8,6 +8,8 @@
 - :class:`ProcgenEnv`, :class:`ProcgenVectorEnv`: Procgen games as Gymnasium envs (they live in
   :mod:`tt_agents.envs`; these names are kept for one release).
 - :class:`VectorPlanner`: one batched planner acting for every sub-env of a vector env.
+- :class:`LatentActionRelabel`, :class:`LatentActionSpace`: a trained latent action model's latents in
+  ``info`` while an env runs, and an env acting in its latent action space.
 
 Names are imported lazily, so that ``import wrappers`` does not import Procgen or MuJoCo.
 """
@@ -25,6 +27,8 @@ _LAZY = {
     "ProcgenEnv": "tt_agents.envs.procgen",
     "ProcgenVectorEnv": "tt_agents.envs.procgen",
     "VectorPlanner": "wrappers.planning",
+    "LatentActionRelabel": "wrappers.latent",
+    "LatentActionSpace": "wrappers.latent",
 }
 
 __all__ = sorted(_LAZY)
