@@ -1,0 +1,307 @@
+"""World Models on CarRacing-v3: returns of V only / V + untrained M / V + trained M (each kind), real-env and dream CMA-ES.
+
+One command runs the whole pipeline at a budget set by the options, caching every phase's result
+in ``--work-dir`` (a killed run picks up where it stopped: the dataset, each trained agent and
+each evaluation are files), and rewrites its ``benchmarks.md`` section after every phase:
+
+1. brownian random-policy rollouts (``scripts/rollouts.py``), frames at 64x64;
+2. V on the frames, then M of each kind on V's latents (the same V for every kind);
+3. speed: one CMA-ES generation evaluated in a real vector env with every candidate's rollout
+   stepped together (one batched V, C and M forward per step) against one candidate at a time
+   (a 1-env vector env), and dream steps per second against real env steps per second;
+4. C by CMA-ES in dreams (each M kind) and in the real env (V only, V + untrained M, V + trained M);
+5. each controller, and the random policy, evaluated on ``--eval-episodes`` real episodes.
+
+Episodes are cut at ``--eval-steps`` (CarRacing's own limit is 1000): on a shared 2-core CPU
+CarRacing steps at a few dozen frames per second, so full-length evaluation of every variant does
+not fit; the returns are therefore not comparable to the paper's 906 +- 21 over full episodes
+(given beside them for reference only).
+
+Example (the figures in benchmarks.md):
+    python scripts/bench.py world-model --work-dir runs/bench-world-model
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benches._common import markdown_table, write_section
+from tt_agents import TrainConfig, load_agent
+from tt_agents.data import load_dataset
+from tt_agents.evaluation import evaluate
+from tt_agents.world_model.agent import WorldModelController
+from tt_agents.world_model.controller import EnvEvaluator, dream_returns, split_jobs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import rollouts  # noqa: E402
+
+
+@dataclass
+class Args:
+    work_dir: str = "runs/bench-world-model"
+    """Where the dataset, agents and evaluations are cached (delete it to start over)."""
+    env_id: str = "CarRacing-v3"
+    episodes: int = 16
+    """Random rollouts for V and M."""
+    rollout_steps: int = 300
+    """Steps per rollout episode."""
+    num_envs: int = 4
+    """Sub-envs of the rollouts and the evaluations."""
+    vae_steps: int = 600
+    memory_steps: int = 600
+    kinds: tuple[str, ...] = ("mdnrnn", "transformer", "trade")
+    generations: int = 20
+    """CMA-ES generations in dreams."""
+    pop_size: int = 16
+    n_samples: int = 4
+    dream_horizon: int = 300
+    real_generations: int = 3
+    """CMA-ES generations in the real env (each costs pop_size * real_samples * real_steps env steps)."""
+    real_pop_size: int = 8
+    real_samples: int = 1
+    real_steps: int = 100
+    """Steps of each real-env rollout of the search."""
+    eval_episodes: int = 20
+    eval_steps: int = 300
+    """Evaluation episodes are cut here."""
+    speed_steps: int = 50
+    """Steps per rollout of the speed comparison."""
+    seed: int = 0
+
+
+def _cfg(**kw: Any) -> Any:
+    base = WorldModelController.presets["cpu"].config
+    return dataclasses.replace(base, **kw)
+
+
+class RandomPolicy:
+    """Uniform random actions with SB3's predict signature."""
+
+    def __init__(self, space: Any, seed: int) -> None:
+        self.space = space
+        self.space.seed(seed)
+
+    def predict(self, obs: Any, state: Any = None, episode_start: Any = None, deterministic: bool = True):
+        return np.stack([self.space.sample() for _ in range(len(obs))]), state
+
+
+class Bench:
+    def __init__(self, args: Args) -> None:
+        self.args = args
+        self.work = Path(args.work_dir).resolve()
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.store = self.work / "store"
+        os.environ["MINARI_DATASETS_PATH"] = str(self.store)
+        self.results_path = self.work / "results.json"
+        self.results: dict[str, Any] = json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
+
+    def save(self) -> None:
+        self.results_path.write_text(json.dumps(self.results, indent=1))
+        self.write()
+
+    def timed(self, key: str, fn: Any) -> Any:
+        t0 = time.perf_counter()
+        out = fn()
+        self.results.setdefault("wall_s", {})[key] = time.perf_counter() - t0
+        return out
+
+    # -------------------------------------------------------------- phases
+    def dataset(self) -> Any:
+        a = self.args
+        if "rollouts" not in self.results:
+            def run() -> None:
+                rollouts.main(rollouts.Args(env_id=a.env_id, dataset_id="carracing/bench-v0", episodes=a.episodes,
+                                            num_envs=a.num_envs, max_episode_steps=a.rollout_steps, seed=a.seed,
+                                            overwrite=True))
+            self.timed("rollouts", run)
+            ds = load_dataset("carracing/bench-v0")
+            self.results["rollouts"] = {"episodes": len(ds), "steps": int(ds.total_steps)}
+            self.save()
+        return load_dataset("carracing/bench-v0")
+
+    def train_vm(self, ds: Any) -> dict[str, Path]:
+        a = self.args
+        v_path = self.work / "v.zip"
+        if not v_path.exists():
+            agent = WorldModelController(ds.observation_space, ds.action_space, _cfg(), device="cpu", seed=a.seed)
+            res = self.timed("vae", lambda: agent.fit(ds, TrainConfig(steps=a.vae_steps, batch_size=32, lr=1e-3,
+                                                                       warmup_steps=50, weight_decay=0.0,
+                                                                       progress=False), stage="vae"))
+            self.results["vae_loss"] = [res.losses[0], res.final_loss]
+            agent.save(v_path)
+            self.save()
+        paths = {}
+        for kind in a.kinds:
+            path = self.work / f"vm_{kind}.zip"
+            paths[kind] = path
+            if path.exists():
+                continue
+            v = load_agent(v_path, device="cpu")
+            agent = WorldModelController(ds.observation_space, ds.action_space, _cfg(memory_kind=kind), device="cpu",
+                                         seed=a.seed)
+            agent.model.vae.load_state_dict(v.model.vae.state_dict())
+            res = self.timed(f"memory_{kind}", lambda agent=agent: agent.fit(
+                ds, TrainConfig(steps=a.memory_steps, batch_size=16, lr=1e-3, warmup_steps=50, weight_decay=0.0,
+                                progress=False), stage="memory"))
+            self.results.setdefault("memory_loss", {})[kind] = [res.losses[0], res.final_loss]
+            agent.save(path)
+            self.save()
+        return paths
+
+    def speed(self, ds: Any, path: Path) -> None:
+        a = self.args
+        if "speed" in self.results:
+            return
+        agent = load_agent(path, device="cpu")
+        P = a.real_pop_size
+        g = torch.Generator().manual_seed(a.seed)
+        cands = 0.1 * torch.randn(P, agent.model.controller.n_params, generator=g)
+        jobs = np.arange(P)
+        out = {}
+        for n in (P, 1):
+            ev = EnvEvaluator(lambda k: agent.make_env(a.env_id, k, max_episode_steps=a.speed_steps), n,
+                              lambda o: agent.encode(o)[0], agent._raw_to_actions, a.speed_steps)
+            t0 = time.perf_counter()
+            ev.returns(agent.model, cands, jobs, 1, a.seed, 0)
+            dt = time.perf_counter() - t0
+            out["batched" if n > 1 else "one_at_a_time"] = {"seconds": dt, "env_steps": ev.env_steps,
+                                                             "steps_per_s": ev.env_steps / dt}
+            ev.close()
+        z0 = agent.encode(np.stack([np.asarray(ep.observations[0]) for ep in ds]))[0]
+        Pd, S = a.pop_size, a.n_samples
+        cands = 0.1 * torch.randn(Pd, agent.model.controller.n_params, generator=g)
+        t0 = time.perf_counter()
+        dream_returns(agent.model, cands, split_jobs(Pd * S, 0, 1), S, z0, a.dream_horizon, 1.0, a.seed, 0,
+                      agent._raw_to_memory)
+        dt = time.perf_counter() - t0
+        out["dream"] = {"seconds": dt, "steps": Pd * S * a.dream_horizon, "steps_per_s": Pd * S * a.dream_horizon / dt}
+        self.results["speed"] = out
+        self.save()
+
+    def controllers(self, ds: Any, paths: dict[str, Path]) -> dict[str, Path]:
+        a = self.args
+        v_path = self.work / "v.zip"
+        variants: dict[str, tuple[Path, dict[str, Any]]] = {}
+        for kind in a.kinds:
+            variants[f"dream, V + trained M ({kind})"] = (paths[kind], {"controller_env": "dream"})
+        real = {"controller_env": a.env_id, "pop_size": a.real_pop_size, "n_samples": a.real_samples,
+                "max_episode_steps": a.real_steps, "eval_envs": a.real_pop_size * a.real_samples}
+        variants["real, V only"] = (v_path, {**real, "controller_uses_memory": False})
+        variants["real, V + untrained M (mdnrnn)"] = (v_path, real)
+        if "mdnrnn" in paths:
+            variants["real, V + trained M (mdnrnn)"] = (paths["mdnrnn"], real)
+        out = {}
+        for name, (src, changes) in variants.items():
+            path = self.work / ("c_" + "".join(ch if ch.isalnum() else "_" for ch in name) + ".zip")
+            out[name] = path
+            if path.exists():
+                continue
+            base = load_agent(src, device="cpu")
+            if not changes.get("controller_uses_memory", True):
+                agent = WorldModelController(base.observation_space, base.action_space,
+                                             dataclasses.replace(base.config, **changes), device="cpu", seed=a.seed)
+                agent.model.vae.load_state_dict(base.model.vae.state_dict())
+            else:
+                agent = base.with_config(**changes)
+            gens = a.generations if changes["controller_env"] == "dream" else a.real_generations
+            run_dir = self.work / ("run_" + path.stem)
+            res = self.timed(name, lambda agent=agent, gens=gens, run_dir=run_dir: agent.fit(
+                ds, TrainConfig(steps=gens, progress=False, log_every=1, run_dir=str(run_dir)), stage="controller"))
+            rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            self.results.setdefault("search", {})[name] = {
+                "generations": gens, "pop_size": agent.config.pop_size, "n_samples": agent.config.n_samples,
+                "seconds": res.seconds, "s_per_generation": res.seconds / gens,
+                "first_mean": rows[0]["mean"], "last_mean": rows[-1]["mean"], "best": rows[-1]["best_ever"]}
+            agent.save(path)
+            self.save()
+        return out
+
+    def evaluate_all(self, ds: Any, controllers: dict[str, Path]) -> None:
+        a = self.args
+        todo: dict[str, Any] = {"random policy": None, **controllers}
+        for name, path in todo.items():
+            if name in self.results.get("eval", {}):
+                continue
+            if path is None:
+                agent: Any = load_agent(self.work / "v.zip", device="cpu")
+                policy = RandomPolicy(ds.action_space, a.seed)
+            else:
+                agent = policy = load_agent(path, device="cpu")
+            envs = agent.make_env(a.env_id, a.num_envs, max_episode_steps=a.eval_steps)
+            t0 = time.perf_counter()
+            res = evaluate(policy, envs, n_episodes=a.eval_episodes, seed=10_000 + a.seed, progress=False)
+            envs.close()
+            self.results.setdefault("eval", {})[name] = {"mean": res.mean_return, "stderr": res.stderr_return,
+                                                         "std": float(np.std(res.returns)), "n": res.n_episodes,
+                                                         "seconds": time.perf_counter() - t0}
+            self.save()
+
+    # -------------------------------------------------------------- report
+    def write(self) -> None:
+        a, r = self.args, self.results
+        lines = [
+            f"Budget: {r.get('rollouts', {}).get('episodes', '?')} brownian random rollouts of {a.rollout_steps} steps "
+            f"({r.get('rollouts', {}).get('steps', '?')} frames, 64x64); V {a.vae_steps} steps (batch 32), each M "
+            f"{a.memory_steps} steps (batch 16 sequences of 32), the `cpu` preset's sizes (V widths 16/32/64/128, "
+            f"latent 32; MDN-RNN 64 units x 5 Gaussians; transformer kinds d_model 32, 8 heads, 3 layers); "
+            f"dream CMA-ES {a.generations} generations x {a.pop_size} candidates x {a.n_samples} dreams of up to "
+            f"{a.dream_horizon} steps; real-env CMA-ES {a.real_generations} generations x {a.real_pop_size} x "
+            f"{a.real_samples} rollouts of {a.real_steps} steps. Evaluation: {a.eval_episodes} episodes cut at "
+            f"{a.eval_steps} steps (not CarRacing's full 1000), deterministic (V's mean).",
+            "",
+        ]
+        walls = r.get("wall_s", {})
+        if walls:
+            lines += ["Wall time per phase (s): " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()), ""]
+        ev = r.get("eval", {})
+        search = r.get("search", {})
+        if ev:
+            rows = []
+            for name, e in ev.items():
+                s = search.get(name, {})
+                rows.append([name, f"{e['mean']:.1f} +- {e['std']:.1f} (stderr {e['stderr']:.1f}, n={e['n']})",
+                             f"{s['first_mean']:.2f} -> {s['last_mean']:.2f}" if s else "",
+                             f"{s['s_per_generation']:.1f}" if s else ""])
+            rows.append(["paper (full episodes, 100 trials)", "906 +- 21 (V only 632 +- 251)", "", ""])
+            rows.append(["PyTorch port (full episodes)", "860 +- 120 (untrained MDN-RNN 870 +- 120)", "", ""])
+            lines += [f"Returns over the first {a.eval_steps} steps of real CarRacing-v3 episodes:", "",
+                      markdown_table(["controller", "return (mean +- std)", "search fitness, first -> last "
+                                      "generation mean", "s / generation"], rows), ""]
+        sp = r.get("speed")
+        if sp:
+            b, o, d = sp["batched"], sp["one_at_a_time"], sp["dream"]
+            lines += [
+                f"Speed (one CMA-ES generation of {a.real_pop_size} candidates x 1 rollout of {a.speed_steps} real "
+                f"steps; dream: {a.pop_size} x {a.n_samples} dreams of {a.dream_horizon} steps):", "",
+                markdown_table(["evaluation", "seconds", "steps", "steps/s"], [
+                    [f"real, batched ({a.real_pop_size} sub-envs, one V+C+M forward per step)", b["seconds"],
+                     b["env_steps"], b["steps_per_s"]],
+                    ["real, one candidate at a time (1 sub-env)", o["seconds"], o["env_steps"], o["steps_per_s"]],
+                    ["dream (inside M, batched)", d["seconds"], d["steps"], d["steps_per_s"]],
+                ]), "",
+                f"Batched / one at a time: {o['seconds'] / b['seconds']:.2f}x (goal 4x); dream / real steps per "
+                f"second: {d['steps_per_s'] / b['steps_per_s']:.0f}x against the batched real env (goal 20x).", "",
+            ]
+        write_section("world-model", "World Models on CarRacing-v3 (V, M kinds, CMA-ES in dreams and real env)",
+                      "\n".join(lines))
+
+
+def main(args: Args) -> None:
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    bench = Bench(args)
+    ds = bench.dataset()
+    paths = bench.train_vm(ds)
+    bench.speed(ds, paths[args.kinds[0]])
+    controllers = bench.controllers(ds, paths)
+    bench.evaluate_all(ds, controllers)
+    print(json.dumps(bench.results, indent=1))
