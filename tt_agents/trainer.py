@@ -588,7 +588,8 @@ class Trainer:
         finally:
             logger.close()
         agent.model.eval()
-        if self.run_dir is not None and ddp.is_main:
+        # a run already finished keeps its files as they are (only a missing final.zip is written)
+        if self.run_dir is not None and ddp.is_main and (results or not (self.run_dir / "final.zip").exists()):
             agent.save(self.run_dir / "final.zip")
             plot_training_curve(self.run_dir / "metrics.jsonl", self.run_dir / "training_curve.png")
         if not results:  # every stage was finished already

@@ -28,8 +28,8 @@ def make_store(tmp_path: Path) -> Path:
 
 
 def script_env(store: Path | None = None, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **extra}
-    env.pop("TT_AGENTS_DEBUG", None)
+    env = {k: v for k, v in os.environ.items() if k != "TT_AGENTS_DEBUG"}
+    env.update({"OMP_NUM_THREADS": "1", **extra})
     if store is not None:
         env["MINARI_DATASETS_PATH"] = str(store)
     return env
