@@ -88,8 +88,9 @@ class LatentActionRelabel(gym.Wrapper):
 class LatentActionSpace(gym.Wrapper):
     """Act in the agent's latent action space: ``step(z)`` decodes ``z`` to an env action and steps the env.
 
-    The action space is the agent's ``latent_space`` (an unbounded float32 Box of the latent's width);
-    ``info["env_action"]`` holds the decoded action.
+    The action space is the agent's ``latent_space`` (a float32 Box of the latent's width, bounded by the
+    latents of the agent's training data; latents outside are decoded as given); ``info["env_action"]``
+    holds the decoded action.
 
     Args:
         env: the env (its spaces must fit the agent's).

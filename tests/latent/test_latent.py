@@ -11,30 +11,16 @@ import numpy as np
 import pytest
 import torch
 
+from tests.latent.conftest import VECTOR_LAM, fit_latent
 from tests.latent.point_env import collect
 from tt_agents import TrainConfig, load_agent
 from tt_agents.data import Episode, EpisodeDataset
 from tt_agents.latent import LAMConfig, LatentActionPolicy, LatentConfig, VPTPolicy, codebook_perplexity
 from tt_agents.latent.models import LatentActionModel
 
-# LAPO's settings except the EMA decay: 0.999 needs LAPO's 50k steps; a test trains a thousand
-VECTOR_LAM = LAMConfig(n_latents=1, code_dim=8, codebook_size=8, mlp_hidden=(64, 64), vq_decay=0.95, kmeans_init=True)
 IMAGE_LAM = LAMConfig(n_latents=1, code_dim=8, codebook_size=8, cnn_channels=(8,), cnn_features=32, unet_channels=(8,),
                       vq_decay=0.95, kmeans_init=True)
 
-
-
-def _fit(ds, lam: LAMConfig, lam_steps: int, batch: int = 64, labels: int = 128, **kw) -> LatentActionPolicy:
-    agent = LatentActionPolicy(ds.observation_space, ds.action_space,
-                               LatentConfig(lam=lam, labels=labels, decoder_hidden=(64,), **kw),
-                               device="cpu", seed=0)
-    agent.fit(ds, {
-        "lam": TrainConfig(steps=lam_steps, batch_size=batch, lr=3e-3, warmup_steps=10, progress=False),
-        "relabel": TrainConfig(steps=1, progress=False),
-        "latent_bc": TrainConfig(steps=100, batch_size=64, lr=3e-3, warmup_steps=10, progress=False),
-        "decoder": TrainConfig(steps=300, batch_size=32, lr=3e-3, warmup_steps=10, progress=False),
-    })
-    return agent
 
 
 def _true_actions(ds) -> np.ndarray:
@@ -73,17 +59,6 @@ def decoder_accuracy(agent: LatentActionPolicy, ds) -> float:
     _, labels = agent._relabeled(ds)
     pred = agent.decode(labels["latent_actions"])
     return float(np.mean(pred == _true_actions(ds)))
-
-
-@pytest.fixture(scope="module")
-def vector_data():
-    return collect("vector", "discrete", n_episodes=40)
-
-
-@pytest.fixture(scope="module")
-def vector_agent(vector_data):
-    # the distractor dimensions change more than the position: weight the FDM's error by each one's change
-    return _fit(vector_data, VECTOR_LAM, lam_steps=1000, normalize_fdm_target=True)
 
 
 def test_nmi_and_lookup_reference_values():
@@ -128,7 +103,7 @@ def test_decoder_learns_from_16_and_128_labels(vector_agent, vector_data):
 
 def test_image_codes_identify_the_true_action():
     ds = collect("image", "discrete", n_episodes=40)
-    agent = _fit(ds, IMAGE_LAM, lam_steps=500, batch=32)
+    agent = fit_latent(ds, IMAGE_LAM, lam_steps=500, batch=32)
     _, labels = agent._relabeled(ds)
     codes, actions = labels["latent_codes"], _true_actions(ds)
     perplexity = codebook_perplexity(torch.as_tensor(codes), 8).item()

@@ -265,6 +265,8 @@ class LatentActionPolicy(_LatentBase):
         super()._setup_preprocessing()
         c = 3 if self.image else int(np.prod(self.observation_space.shape))
         self.target_std = np.ones(self.observation_space.shape[-1] if self.image else c, np.float32)
+        d = self.config.lam.latent_dim
+        self.latent_low, self.latent_high = -np.ones(d, np.float32), np.ones(d, np.float32)
 
     def _build_model(self) -> nn.Module:
         cfg = self.config
@@ -277,9 +279,9 @@ class LatentActionPolicy(_LatentBase):
 
     @property
     def latent_space(self) -> gym.spaces.Box:
-        """The space of the latent actions (the IDM's unquantized output)."""
-        d = self.config.lam.latent_dim
-        return gym.spaces.Box(-np.inf, np.inf, (d,), np.float32)
+        """The space of the latent actions (the IDM's unquantized output): bounded by the smallest and largest
+        latents of the data the ``relabel`` stage labelled ([-1, 1] before), so that SB3's algorithms take it."""
+        return gym.spaces.Box(self.latent_low, self.latent_high, dtype=np.float32)
 
     @property
     def n_codes(self) -> int:
@@ -291,11 +293,14 @@ class LatentActionPolicy(_LatentBase):
 
     # ---- preprocessing
     def _preprocessing_state(self) -> dict[str, Any]:
-        return {**self.normalizer.state(), "target_std": self.target_std.tolist()}
+        return {**self.normalizer.state(), "target_std": self.target_std.tolist(),
+                "latent_low": self.latent_low.tolist(), "latent_high": self.latent_high.tolist()}
 
     def _load_preprocessing_state(self, state: dict[str, Any]) -> None:
         state = dict(state)
         self.target_std = np.asarray(state.pop("target_std"), np.float32).reshape(self.target_std.shape)
+        self.latent_low = np.asarray(state.pop("latent_low"), np.float32).reshape(self.latent_low.shape)
+        self.latent_high = np.asarray(state.pop("latent_high"), np.float32).reshape(self.latent_high.shape)
         self.normalizer.load_state(state)
 
     def _setup_lam(self, dataset: Any) -> None:
@@ -346,7 +351,7 @@ class LatentActionPolicy(_LatentBase):
         lam.eval()
         try:
             with torch.inference_mode():
-                for s in tqdm(range(0, n, bs), desc="relabel", disable=not progress, dynamic_ncols=True):
+                for s in tqdm(range(0, n, bs), desc="relabel", disable=None if progress else True, dynamic_ncols=True):
                     idx = np.arange(s, min(n, s + bs))
                     frames = self._frames(tr.frames(idx))
                     out = lam(frames)
@@ -356,6 +361,7 @@ class LatentActionPolicy(_LatentBase):
                     fdm += float(self._fdm_error(out["prediction"], frames, reduce=False).sum())
         finally:
             lam.train(was)
+        self.latent_low, self.latent_high = latents.min(0), np.maximum(latents.max(0), latents.min(0) + 1e-6)
         labels = {"latent_actions": latents, "latent_codes": codes, "metric_loss": np.float64(fdm / n)}
         if self.n_codes:
             cb = lam.quantizer.codebook_size
@@ -532,7 +538,7 @@ class VPTPolicy(_LatentBase):
         idm = self.model.idm
         labels = []
         with torch.inference_mode():
-            for s in tqdm(range(0, n, bs), desc="relabel", disable=not progress, dynamic_ncols=True):
+            for s in tqdm(range(0, n, bs), desc="relabel", disable=None if progress else True, dynamic_ncols=True):
                 out = self.model.squash(idm(self._frames(tr.frames(np.arange(s, min(n, s + bs))))))
                 labels.append(out.argmax(-1).cpu().numpy() if self.discrete else out.float().cpu().numpy())
         pseudo = np.concatenate(labels)
