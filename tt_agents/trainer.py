@@ -567,10 +567,11 @@ class Trainer:
                             "--overwrite (overwrite=True) or use another --run-dir"
                         )
                     start = cfg.steps
-                if start >= cfg.steps:
+                if start >= cfg.steps:  # finished in an earlier run (the checkpoint's weights are restored)
                     done[stage.name] = max(start, done.get(stage.name, 0))
-                    resume = None
-                    continue  # finished in an earlier run (its weights are restored)
+                    if restore is not None:
+                        resume = None
+                    continue
                 set_seed(cfg.seed + ddp.rank)
                 if start == 0 and stage.setup is not None:
                     stage.setup(dataset)
