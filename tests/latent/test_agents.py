@@ -173,3 +173,4 @@ def test_decision_transformer_over_latent_actions(vector_agent, vector_data, tmp
     assert env.unwrapped.action_space.contains(info["env_action"])  # ... the decoder maps it to an env action
     mean, _ = evaluate_policy(dt, env, n_eval_episodes=1, warn=False)
     assert np.isfinite(mean)
+
