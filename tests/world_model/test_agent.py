@@ -24,12 +24,11 @@ def _make(kind: str = "mdnrnn", **kw):
                                                                       **kw), device="cpu", seed=0)
 
 
-@pytest.mark.parametrize(("kind", "action_kind"), [("mdnrnn", "continuous"), ("transformer", "discrete"),
-                                                   ("trade", "continuous")])
+@pytest.mark.parametrize(("kind", "action_kind"), [("mdnrnn", "continuous"), ("transformer", "discrete")])
 def test_harness(kind, action_kind, tmp_path):
+    """The two M families (recurrent state, transformer window); TraDE acts through the transformer's code."""
     agent = check_agent(_make(kind), "image", action_kind, tmp_path)
-    assert type(agent.model.memory).__name__ == {"mdnrnn": "MDNRNN", "transformer": "CausalTransformerMemory",
-                                                 "trade": "TraDEMemory"}[kind]
+    assert type(agent.model.memory).__name__ == {"mdnrnn": "MDNRNN", "transformer": "CausalTransformerMemory"}[kind]
 
 
 

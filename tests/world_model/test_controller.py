@@ -166,7 +166,7 @@ def _train(run: Path, delay: float = 0.0) -> subprocess.Popen:
 def test_killed_mid_generation_resumes_to_the_same_result(tmp_path):
     full = _train(tmp_path / "full")
     part = tmp_path / "part"
-    proc = _train(part, delay=0.3)
+    proc = _train(part, delay=0.2)
     deadline = time.monotonic() + 200
     while not (part / "evaluating_4").exists() and time.monotonic() < deadline:  # generation 5 is being evaluated
         time.sleep(0.02)

@@ -84,7 +84,8 @@ def test_mixture_log_prob_matches_torch_distributions(case):
 
 def test_mixture_head_bounds_sigmas_and_gives_each_dimension_its_weights():
     head = MixtureHead(features=4, latent=3, n_mixtures=2)
-    out = head(torch.randn(2, 7, 4) * 1e6)
+    with torch.no_grad():
+        out = head(torch.randn(2, 7, 4) * 1e6)
     assert out.logit_pi.shape == out.mu.shape == out.log_sigma.shape == (2, 7, 3, 2)
     assert out.reward.shape == out.done_logit.shape == (2, 7)
     assert float(out.log_sigma.min()) >= LOG_SIGMA_MIN and float(out.log_sigma.max()) <= 2.0
