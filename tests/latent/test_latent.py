@@ -198,3 +198,20 @@ def test_vpt_learns_from_its_labels():
     assert right.mean() > 0.6  # chance: 0.25
     # the relabel stage's loss: how often the IDM disagrees with the labels it learned from
     assert result.stages["relabel"].losses[0] == pytest.approx(1 - right[:256].mean())
+
+
+def test_joint_order_trains_the_decoder_with_the_lam(vector_data):
+    accs = {}
+    for joint in (True, False):
+        agent = LatentActionPolicy(vector_data.observation_space, vector_data.action_space,
+                                   LatentConfig(lam=VECTOR_LAM, decoder_hidden=(64,), normalize_fdm_target=True,
+                                                joint_decoder=joint, labels=128), device="cpu", seed=0)
+        decoder = [p.detach().clone() for p in agent.model.decoder.parameters()]
+        result = agent.fit(vector_data, TrainConfig(steps=300, batch_size=64, lr=3e-3, warmup_steps=10,
+                                                    progress=False), stage="lam")
+        changed = any(not torch.equal(a, b) for a, b in zip(decoder, agent.model.decoder.parameters()))
+        assert changed == joint  # the sequential order leaves the decoder to its own stage
+        accs[joint] = decoder_accuracy(agent, vector_data)  # no decoder stage run
+    print(f"decoder accuracy right after the lam stage: joint {accs[True]:.3f}, sequential {accs[False]:.3f}")
+    assert accs[True] > 0.45 and accs[True] > accs[False] + 0.2  # chance: 0.25
+    assert len(result.losses) == 300

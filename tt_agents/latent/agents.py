@@ -79,6 +79,31 @@ class LatentConfig:
     """Label smoothing of the decoder's cross-entropy (discrete actions): a few labels overfit without it."""
     relabel_batch_size: int = 256
     """Transitions per batch when relabeling (memory, not results)."""
+    joint_decoder: bool = False
+    """Train the decoder together with the LAM in the ``lam`` stage (the prompt-DT work's joint order): each
+    step adds the decoder's loss on a batch of the labelled transitions, with gradients into the IDM, so the
+    labels shape the latent. The ``lam`` stage then reads the labelled transitions' actions (and only
+    those); the ``decoder`` stage afterwards fine-tunes the decoder on the final latents."""
+    joint_weight: float = 1.0
+    """Weight of the decoder's loss in the joint ``lam`` stage."""
+
+
+class _JointLAM(nn.Module):
+    """The ``lam`` stage's module when the decoder trains with it: the LAM and the decoder (no weights of its own)."""
+
+    def __init__(self, lam: nn.Module, decoder: nn.Module) -> None:
+        super().__init__()
+        self.lam, self.decoder = lam, decoder
+
+
+class _JointSampler:
+    """A batch of all transitions (``frames``) and one of the labelled ones (``label_*``), both pure in the step."""
+
+    def __init__(self, unlabelled: TransitionSampler, labelled: TransitionSampler) -> None:
+        self.unlabelled, self.labelled = unlabelled, labelled
+
+    def sample(self, step: int) -> dict[str, np.ndarray]:
+        return {**self.unlabelled.sample(step), **{f"label_{k}": v for k, v in self.labelled.sample(step).items()}}
 
 
 def _check_common(agent: Agent, name: str) -> None:
@@ -395,12 +420,32 @@ class LatentActionPolicy(_LatentBase):
         with torch.no_grad():
             return self.model.policy.features(self._obs(obs)).float()
 
+    def _lam_sampler(self, dataset, batch_size, seed, rank, world_size):
+        tr = Transitions(dataset, self._history)
+        sampler = TransitionSampler(tr, batch_size, seed, rank, world_size)
+        if not self.config.joint_decoder:
+            return sampler
+        n = min(self.config.labels, len(tr))
+        labelled = TransitionSampler(tr, min(batch_size, n), seed + 1, rank, world_size, subset=n,
+                                     observations=self.config.decoder_uses_obs,
+                                     fields={"actions": labelled_actions(dataset, n)})
+        return _JointSampler(sampler, labelled)
+
+    def _joint_loss(self, joint: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, metrics = self._lam_loss(joint.lam, batch)
+        z = joint.lam.idm(self._frames(batch["label_frames"]))  # gradients reach the IDM
+        out = joint.decoder(z.float(), self._features(batch.get("label_observations")))
+        action_loss = self._action_loss(out, batch["label_actions"])
+        metrics["decoder_loss"] = float(action_loss.detach())
+        return loss + self.config.joint_weight * action_loss, metrics
+
     def stages(self):
         m = self.model
+        joint = self.config.joint_decoder
         return [
-            GradientStage("lam", module=m.lam, loss=self._lam_loss, setup=self._setup_lam,
-                          make_sampler=lambda ds, bs, seed, rank, ws: TransitionSampler(
-                              Transitions(ds, self._history), bs, seed, rank, ws)),
+            GradientStage("lam", module=_JointLAM(m.lam, m.decoder) if joint else m.lam,
+                          loss=self._joint_loss if joint else self._lam_loss, setup=self._setup_lam,
+                          make_sampler=self._lam_sampler),
             SearchStage("relabel", start=lambda ds, seed, rank, ws: _RelabelSearch(self, ds, progress=True)),
             GradientStage("latent_bc", module=m.policy, loss=self._latent_bc_loss, make_sampler=self._latent_bc_sampler),
             GradientStage("decoder", module=m.decoder, loss=self._decoder_loss, make_sampler=self._decoder_sampler),
