@@ -14,7 +14,10 @@ from tests.agent_harness import check_agent
 from tests.fake_env import make_dataset
 from tt_agents import SpaceMismatchError, TrainConfig
 from tt_agents.checkpoint import read_checkpoint
-from tt_agents.world_model.agent import WorldModelConfig, WorldModelController
+from tt_agents.evaluation import evaluate
+from tt_agents.world_model.agent import WorldModelConfig, WorldModelController, WorldModelState
+from tt_agents.world_model.frames import ResizeFrames
+from wrappers.planning import VectorPlanner
 
 TINY = WorldModelController.presets["tiny"].config
 
@@ -80,3 +83,32 @@ def test_resizes_frames_and_refuses_other_spaces():
     with pytest.raises(ValueError, match="exceeds the transformer's context"):
         WorldModelController(gym.spaces.Box(0, 255, (64, 64, 3), np.uint8), box,
                              WorldModelConfig(memory_kind="transformer", context=4, sequence_len=8), device="cpu")
+
+
+gym.register("WorldModelFakeImage96-v0", entry_point="tests.world_model.test_agent:_fake_96")
+
+
+def _fake_96():
+    """The fake image env at 96x96 (CarRacing's size), so the agent's resizing is on the path."""
+    from tests.fake_env import make_env
+
+    env = ResizeFrames(make_env("image", "continuous", episode_len=5), 96, 96)
+    return env
+
+
+def test_evaluate_and_vector_planner_on_a_resized_env():
+    ds = make_dataset("image", "continuous", n_episodes=2)
+    agent = _make()(ds.observation_space, ds.action_space)
+    envs = agent.make_env("WorldModelFakeImage96-v0", 2)  # 96x96 frames resized to the agent's 64x64
+    assert envs.single_observation_space == agent.observation_space
+    res = evaluate(agent, envs, n_episodes=3, progress=False)
+    assert res.n_episodes == 3 and np.isfinite(res.mean_return)
+    planner = VectorPlanner(agent.make_env("WorldModelFakeImage96-v0", 2), agent)
+    planner.reset(seed=0)
+    starts = []
+    for _ in range(8):  # past the 5-step episodes' autoresets
+        _, _, _, _, info = planner.step()
+        assert agent.action_space.contains(info["actions"][0])
+        starts.append(info["episode_start"].copy())
+    assert isinstance(planner.state, WorldModelState) and planner.state.z.shape == (2, TINY.latent)
+    assert np.array(starts)[:, 0].any()  # an episode began again and the agent's state row was reset
