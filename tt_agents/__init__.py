@@ -8,12 +8,15 @@ Agents (all follow :class:`Agent`: ``predict``, ``save``, ``load``, ``fit``):
 - :class:`LatentActionPolicy`: learning to act without actions (LAPO): latent action model, latent BC,
   few-label decoder; :class:`VPTPolicy`, its IDM-relabel-BC baseline (see :mod:`tt_agents.latent`).
 - :class:`WorldModelController`: World Models (VAE, MDN-RNN / Transformer / TraDE memory, CMA-ES controller).
+- :class:`TrajectoryAutoencoder`: latent trajectories that are sparse in time (a learned probability per
+  step that a new latent transition begins), and a policy acting through them (see :mod:`tt_agents.autoencoder`).
 
 Functions: :func:`load_agent` (any checkpoint), :func:`evaluate` (episodes on a vector env).
 """
 
 from tt_agents._version import __version__
 from tt_agents.agent import AGENT_REGISTRY, Agent, NonFiniteInputError, Preset, load_agent
+from tt_agents.autoencoder import TAEConfig, TrajectoryAutoencoder
 from tt_agents.bc import BCConfig, BCPolicy
 from tt_agents.checkpoint import CheckpointError
 from tt_agents.dt import DT_PRESETS, DecisionTransformer, DTActConfig, DTConfig, DTState, MissingRewardError
@@ -43,6 +46,8 @@ __all__ = [
     "Preset",
     "EvalResult",
     "SpaceMismatchError",
+    "TAEConfig",
+    "TrajectoryAutoencoder",
     "PlanConfig",
     "TT_PRESETS",
     "TTConfig",

@@ -27,6 +27,7 @@ BUILTIN_AGENTS: dict[str, str] = {
     "DecisionTransformer": "tt_agents.dt",
     "LatentActionPolicy": "tt_agents.latent.agents",
     "TTPlanner": "tt_agents.tt",
+    "TrajectoryAutoencoder": "tt_agents.autoencoder",
     "VPTPolicy": "tt_agents.latent.agents",
     "WorldModelController": "tt_agents.world_model.agent",
 }

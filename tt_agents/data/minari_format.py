@@ -20,7 +20,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from tt_agents import spaces
+import tt_agents.spaces as spaces
 from tt_agents.data.episodes import DatasetError
 from tt_agents.spaces import serialize_space
 from tt_agents.utils import atomic_write_bytes

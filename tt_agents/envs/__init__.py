@@ -2,6 +2,9 @@
 
 - :class:`ProcgenEnv`, :class:`ProcgenVectorEnv` (:mod:`tt_agents.envs.procgen`): Procgen games,
   one batched Procgen env for a vector env; importing the module registers ``procgen/<game>-v0``.
+- :class:`SwitchingPointMass`, :class:`SwitchingPolicy`, :func:`switching_dataset`
+  (:mod:`tt_agents.envs.switching`): a point mass driven by piecewise-constant actions with known
+  switch points, the ground truth for temporal segmentation (``tt_agents/SwitchingPointMass-v0``).
 
 Names are imported lazily, so that ``import tt_agents.envs`` does not import Procgen.
 """
@@ -11,7 +14,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_LAZY = {"ProcgenEnv": "tt_agents.envs.procgen", "ProcgenVectorEnv": "tt_agents.envs.procgen"}
+_LAZY = {
+    "ProcgenEnv": "tt_agents.envs.procgen",
+    "ProcgenVectorEnv": "tt_agents.envs.procgen",
+    "SwitchingPointMass": "tt_agents.envs.switching",
+    "SwitchingPolicy": "tt_agents.envs.switching",
+    "switching_dataset": "tt_agents.envs.switching",
+}
 
 __all__ = sorted(_LAZY)
 
