@@ -112,3 +112,15 @@ def test_evaluate_and_vector_planner_on_a_resized_env():
         starts.append(info["episode_start"].copy())
     assert isinstance(planner.state, WorldModelState) and planner.state.z.shape == (2, TINY.latent)
     assert np.array(starts)[:, 0].any()  # an episode began again and the agent's state row was reset
+
+
+def test_side_by_side_reconstruction_video(tmp_path):
+    ds = make_dataset("image", "continuous", n_episodes=1, episode_len=4)
+    agent = _make()(ds.observation_space, ds.action_space)
+    ep = ds[0]
+    strip = agent.reconstructions(np.asarray(ep.observations), np.asarray(ep.actions))
+    assert strip.shape == (5, 64, 192, 3) and strip.dtype == np.uint8
+    np.testing.assert_array_equal(strip[:, :, :64], np.asarray(ep.observations))  # the real frames, unchanged
+    assert strip[0, :, 128:].max() == 0 and strip[1:, :, 128:].max() > 0  # M predicts from the second frame on
+    path = agent.reconstruction_video(np.asarray(ep.observations), np.asarray(ep.actions), tmp_path / "wm.gif")
+    assert path.stat().st_size > 0

@@ -386,6 +386,40 @@ class WorldModelController(Agent):
             plot_fitness(Path(run_dir) / "metrics.jsonl", Path(run_dir) / "fitness_curve.png")
         return result
 
+    @torch.no_grad()
+    def reconstructions(self, observations: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """Side-by-side frames of an episode: the real frame, V's reconstruction, and M's prediction of it.
+
+        Args:
+            observations: uint8 frames ``(T + 1, H, W, C)``; actions: ``(T, ...)`` (an episode's).
+
+        Returns:
+            uint8 ``(T + 1, 64, 3 * 64, C)``: ``[real | V(real) | decode(M's next-latent mean)]``; M's
+            column is black on the first frame (nothing predicts it). Write it with
+            :meth:`reconstruction_video`.
+        """
+        mu, _ = self.encode(np.asarray(observations))
+        real = self.frames(np.asarray(observations))
+        recon = self.model.vae.decode(mu)
+        predicted = torch.zeros_like(real)
+        if len(actions):
+            out, _ = self.model.memory(mu[None, :-1], self.memory_actions(np.asarray(actions))[None])
+            k = out.logit_pi[0].argmax(-1, keepdim=True)  # (T, D, 1): each dimension's most likely component
+            predicted[1:] = self.model.vae.decode(out.mu[0].gather(-1, k)[..., 0])
+        strip = torch.cat([real, recon, predicted], dim=3)  # (T + 1, C, 64, 192)
+        return (strip.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+    def reconstruction_video(self, observations: np.ndarray, actions: np.ndarray, path: str | os.PathLike,
+                             fps: int = 30) -> Path:
+        """Write :meth:`reconstructions` of an episode as a video (``.mp4`` or ``.gif``)."""
+        from tt_agents.evaluation import _write_video
+
+        frames = self.reconstructions(observations, actions)
+        if frames.shape[-1] == 1:
+            frames = np.repeat(frames, 3, axis=-1)
+        _write_video(list(frames), path, fps=fps)
+        return Path(path)
+
     def with_config(self, **changes: Any) -> WorldModelController:
         """A new agent with some config fields changed and this one's weights (for ablations: another
         ``controller_env`` or search size over the same trained V and M)."""
