@@ -1,0 +1,258 @@
+"""Latent actions on HalfCheetah-v5 (MLP LAM): relative return of LatentActionPolicy, VPTPolicy and BC at few labels.
+
+One command runs the whole pipeline at a budget set by the options, caching every phase in
+``--work-dir`` (a killed run picks up where it stopped) and rewriting its ``benchmarks.md``
+section after every finished run:
+
+1. an SB3 SAC expert trained for ``--expert-steps`` (this script's own data collection:
+   ``scripts/collect.py`` belongs to another part of the project), its return and a uniform random
+   policy's return (the two ends of the relative return ``(R - random) / (expert - random)``);
+2. ``--episodes`` episodes of the expert (stochastic actions) written as a Minari dataset;
+3. per seed: LatentActionPolicy's ``lam``, ``relabel`` and ``latent_bc`` stages on the whole
+   dataset (observations only), then its ``decoder`` on the first N transitions for each N in
+   ``--labels``; VPTPolicy (IDM on the first N, relabel, BC on everything) and BCPolicy on the same
+   first N transitions;
+4. each policy evaluated on ``--eval-episodes`` episodes.
+
+Example (the figures in benchmarks.md):
+    python scripts/bench.py latent-actions --work-dir runs/bench-latent-actions
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from benches._common import markdown_table, write_section
+from tt_agents import BCConfig, BCPolicy, TrainConfig, load_agent
+from tt_agents.data import Episode, EpisodeDataset, load_dataset
+from tt_agents.data.minari_io import EpisodeRecord, MinariWriter
+from tt_agents.evaluation import evaluate
+from tt_agents.latent import LatentActionPolicy, VPTConfig, VPTPolicy
+
+# LAPO's offline decoding figure (averaged over 16 Procgen games, relative return) for reference
+LAPO_PROCGEN = {16: 0.05, 32: 0.15, 64: 0.23, 128: 0.33, 256: 0.50, 1024: 0.57}
+
+
+@dataclass
+class Args:
+    work_dir: str = "runs/bench-latent-actions"
+    """Where the expert, the dataset, the agents and each run's result are cached."""
+    env_id: str = "HalfCheetah-v5"
+    expert_steps: int = 30_000
+    """SAC env steps of the expert (a budget a shared 2-core CPU allows; far from SAC's converged return)."""
+    episodes: int = 20
+    """Expert episodes in the dataset (1000 steps each)."""
+    labels: tuple[int, ...] = (16, 128, 1024)
+    """Labelled transitions (the first N of the dataset)."""
+    seeds: tuple[int, ...] = (0, 1)
+    lam_steps: int = 3000
+    latent_bc_steps: int = 3000
+    decoder_steps: int = 1000
+    idm_steps: int = 1000
+    """VPT's IDM steps on the labelled transitions."""
+    bc_steps: int = 2000
+    """Steps of VPT's BC on the relabeled data, and of the BC baseline on the labelled transitions."""
+    batch_size: int = 256
+    eval_episodes: int = 3
+    threads: int = 1
+    """torch threads (the machine is shared)."""
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _expert(args: Args, work: Path) -> dict[str, float]:
+    info_path = work / "expert.json"
+    if info_path.exists():
+        return json.loads(info_path.read_text())
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    path = work / "expert_sac.zip"
+    t0 = time.perf_counter()
+    if not path.exists():
+        model = SAC("MlpPolicy", gym.make(args.env_id), learning_starts=5000, seed=0, device="cpu", verbose=0)
+        model.learn(args.expert_steps, progress_bar=False)
+        model.save(path)
+    model = SAC.load(path, device="cpu")
+    expert, _ = evaluate_policy(model, gym.make(args.env_id), n_eval_episodes=args.eval_episodes, deterministic=True)
+    env = gym.make(args.env_id)
+    env.action_space.seed(0)
+    rand = []
+    for i in range(args.eval_episodes):
+        env.reset(seed=i)
+        done, ret = False, 0.0
+        while not done:
+            _, r, term, trunc, _ = env.step(env.action_space.sample())
+            ret += float(r)
+            done = term or trunc
+        rand.append(ret)
+    info = {"expert": float(expert), "random": float(np.mean(rand)), "expert_steps": args.expert_steps,
+            "seconds": time.perf_counter() - t0}
+    info_path.write_text(json.dumps(info))
+    return info
+
+
+def _dataset(args: Args, work: Path) -> EpisodeDataset:
+    folder = work / "data" / "halfcheetah-expert-v0"
+    if not (folder / "data" / "metadata.json").exists():
+        from stable_baselines3 import SAC
+
+        model = SAC.load(work / "expert_sac.zip", device="cpu")
+        env = gym.make(args.env_id)
+        with MinariWriter("bench/halfcheetah-expert-v0", env.observation_space, env.action_space, path=folder,
+                          env_spec=env.spec, overwrite=True, metadata={"policy": "SAC (stochastic)"}) as w:
+            for i in range(args.episodes):
+                obs, _ = env.reset(seed=1000 + i)
+                o, a, r, te, tr = [obs], [], [], [], []
+                done = False
+                while not done:
+                    act, _ = model.predict(obs, deterministic=False)
+                    obs, rew, term, trunc, _ = env.step(act)
+                    o.append(obs)
+                    a.append(act)
+                    r.append(rew)
+                    te.append(term)
+                    tr.append(trunc)
+                    done = term or trunc
+                w.write_episodes([EpisodeRecord(np.stack(o), np.stack(a), np.asarray(r), np.asarray(te),
+                                                np.asarray(tr), seed=1000 + i)])
+    return load_dataset(folder)
+
+
+def _first(ds: EpisodeDataset, n: int) -> EpisodeDataset:
+    """The first ``n`` transitions of ``ds`` (the labelled split), as episodes cut where the count ends."""
+    eps, have = [], 0
+    for ep in ds:
+        if have >= n:
+            break
+        k = min(len(ep), n - have)
+        trunc = np.array(ep.truncations[:k])
+        trunc[-1] = trunc[-1] or k < len(ep)
+        eps.append(Episode(ep.observations[: k + 1], ep.actions[:k], ep.rewards[:k], ep.terminations[:k], trunc,
+                           id=ep.id))
+        have += k
+    return EpisodeDataset(eps, ds.observation_space, ds.action_space, ds.metadata)
+
+
+def _cfg(steps: int, batch: int, lr: float = 3e-4) -> TrainConfig:
+    return TrainConfig(steps=steps, batch_size=batch, lr=lr, warmup_steps=min(100, steps // 10), grad_clip=2.0,
+                       progress=False, device="cpu")
+
+
+def _eval(agent, args: Args) -> float:
+    return float(evaluate(agent, args.env_id, n_episodes=args.eval_episodes, n_envs=args.eval_episodes,
+                          seed=10_000, progress=False).mean_return)
+
+
+def _run(args: Args, work: Path, ds: EpisodeDataset, method: str, n: int, seed: int) -> dict:
+    out = work / "results" / f"{method}_{n}_s{seed}.json"
+    if out.exists():
+        return json.loads(out.read_text())
+    torch.manual_seed(seed)
+    times: dict[str, float] = {}
+    extra: dict[str, float] = {}
+    if method == "latent":
+        base = work / "agents" / f"latent_base_s{seed}.zip"
+        if not base.exists():
+            agent = LatentActionPolicy.from_preset("mujoco", ds.observation_space, ds.action_space, device="cpu",
+                                                   seed=seed)
+            times["lam"] = agent.fit(ds, {"lam": _cfg(args.lam_steps, args.batch_size)}, stage="lam").seconds
+            for stage in ("relabel", "latent_bc"):
+                r = agent.fit(ds, {"relabel": _cfg(1, 1), "latent_bc": _cfg(args.latent_bc_steps, args.batch_size)},
+                              stage=stage)
+                times[stage] = r.seconds
+                if stage == "relabel":
+                    _, labels = agent._relabeled(ds)
+                    extra["perplexity"] = float(labels["metric_perplexity"])
+                    extra["codes_used"] = float(labels["metric_codes_used"])
+            base.parent.mkdir(parents=True, exist_ok=True)
+            agent.save(base)
+            (base.with_suffix(".json")).write_text(json.dumps({"times": times, **extra}))
+        meta = json.loads(base.with_suffix(".json").read_text())
+        times, extra = dict(meta["times"]), {k: v for k, v in meta.items() if k != "times"}
+        agent = load_agent(base, device="cpu")
+        agent.config.labels = n
+        times["decoder"] = agent.fit(ds, {"decoder": _cfg(args.decoder_steps, min(64, n), 1e-3)},
+                                     stage="decoder").seconds
+    elif method == "vpt":
+        cfg = VPTConfig(labels=n)
+        agent = VPTPolicy(ds.observation_space, ds.action_space, cfg, device="cpu", seed=seed)
+        res = agent.fit(ds, {"idm": _cfg(args.idm_steps, min(args.batch_size, n), 1e-3), "relabel": _cfg(1, 1),
+                             "bc": _cfg(args.bc_steps, args.batch_size)})
+        times = {k: v.seconds for k, v in res.stages.items()}
+    else:
+        agent = BCPolicy(ds.observation_space, ds.action_space, BCConfig(), device="cpu", seed=seed)
+        res = agent.fit(_first(ds, n), _cfg(args.bc_steps, min(args.batch_size, n), 1e-3))
+        times = {"bc": res.seconds}
+    result = {"method": method, "labels": n, "seed": seed, "return": _eval(agent, args), "times": times, **extra}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result))
+    return result
+
+
+NAMES = {"latent": "LatentActionPolicy", "vpt": "VPTPolicy", "bc": "BCPolicy"}
+
+
+def _write(args: Args, expert: dict, results: list[dict]) -> None:
+    span = expert["expert"] - expert["random"]
+    rows = []
+    for method in NAMES:
+        for n in args.labels:
+            mine = [r for r in results if r["method"] == method and r["labels"] == n]
+            if not mine:
+                continue
+            rel = np.array([(r["return"] - expert["random"]) / span for r in mine])
+            se = float(rel.std(ddof=1) / np.sqrt(len(rel))) if len(rel) > 1 else float("nan")
+            stage_times = {k: np.mean([r["times"].get(k, np.nan) for r in mine]) for k in mine[0]["times"]}
+            times = ", ".join(f"{k} {v:.0f}" for k, v in stage_times.items())
+            perp = f"{np.mean([r['perplexity'] for r in mine]):.1f}" if "perplexity" in mine[0] else "-"
+            rows.append([NAMES[method], n, len(mine), f"{rel.mean():.3f} ± {se:.3f}",
+                         f"{np.mean([r['return'] for r in mine]):.0f}", perp, times,
+                         f"{LAPO_PROCGEN[n]:.2f}" if method == "latent" and n in LAPO_PROCGEN else "-"])
+    body = f"""Data: {args.episodes} episodes (1000 steps each) of an SB3 SAC expert trained for {expert['expert_steps']} env
+steps (this script's own collection), stochastic actions. Expert return {expert['expert']:.0f} (deterministic,
+{args.eval_episodes} episodes), uniform random {expert['random']:.0f}; relative return is
+(R - random) / (expert - random), mean ± standard error over seeds, each seed's return the mean of
+{args.eval_episodes} episodes. Labels: the first N transitions of the dataset. LatentActionPolicy: preset
+`mujoco` (MLP LAM, 2 tokens x 4 dims, 64 codes, EMA decay 0.999, commitment 0.05, decoder sees o_t),
+lam {args.lam_steps} / latent_bc {args.latent_bc_steps} / decoder {args.decoder_steps} steps; VPTPolicy: IDM
+{args.idm_steps} steps on the N labels, BC {args.bc_steps} steps on the relabeled data; BCPolicy {args.bc_steps}
+steps on the N labels. Training seconds per stage on this shared CPU. LAPO's column: its Procgen figure
+(16-game average, a different domain), for scale only.
+
+{markdown_table(["agent", "labels", "seeds", "relative return", "return", "perplexity", "seconds per stage",
+                 "LAPO (Procgen)"], rows)}
+
+Not measured here: Procgen bigfish (its expert and data need collect.py's PPO expert, more than this CPU
+budget allows), the online PPO fine-tuning stage (not built yet)."""
+    write_section("latent-actions", "Latent actions: HalfCheetah-v5, few labels", body)
+
+
+def main(args: Args) -> None:
+    torch.set_num_threads(args.threads)
+    work = Path(args.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "args.json").write_text(json.dumps(dataclasses.asdict(args)))
+    _log("expert")
+    expert = _expert(args, work)
+    _log(f"expert {expert}")
+    ds = _dataset(args, work)
+    _log(f"dataset {ds}")
+    results = []
+    for seed in args.seeds:
+        for n in args.labels:
+            for method in NAMES:
+                r = _run(args, work, ds, method, n, seed)
+                _log(json.dumps(r))
+                results.append(r)
+                _write(args, expert, results)
