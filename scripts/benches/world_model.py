@@ -76,6 +76,8 @@ class Args:
     """Evaluation episodes are cut here."""
     speed_steps: int = 50
     """Steps per rollout of the speed comparison."""
+    vectorization: str = "sync"
+    """Real envs' vector mode: ``async`` runs each sub-env in its own process (for many cores)."""
     seed: int = 0
 
 
@@ -169,7 +171,7 @@ class Bench:
         jobs = np.arange(P)
         out = {}
         for n in (P, 1):
-            ev = EnvEvaluator(lambda k: agent.make_env(a.env_id, k, max_episode_steps=a.speed_steps), n,
+            ev = EnvEvaluator(lambda k: agent.make_env(a.env_id, k, a.vectorization, max_episode_steps=a.speed_steps), n,
                               lambda o: agent.encode(o)[0], agent._raw_to_actions, a.speed_steps)
             t0 = time.perf_counter()
             ev.returns(agent.model, cands, jobs, 1, a.seed, 0)
@@ -195,7 +197,8 @@ class Bench:
         for kind in a.kinds:
             variants[f"dream, V + trained M ({kind})"] = (paths[kind], {"controller_env": "dream"})
         real = {"controller_env": a.env_id, "pop_size": a.real_pop_size, "n_samples": a.real_samples,
-                "max_episode_steps": a.real_steps, "eval_envs": a.real_pop_size * a.real_samples}
+                "max_episode_steps": a.real_steps, "eval_envs": a.real_pop_size * a.real_samples,
+                "eval_vectorization": a.vectorization}
         variants["real, V only"] = (v_path, {**real, "controller_uses_memory": False})
         variants["real, V + untrained M (mdnrnn)"] = (v_path, real)
         if "mdnrnn" in paths:
@@ -237,7 +240,7 @@ class Bench:
                 policy = RandomPolicy(ds.action_space, a.seed)
             else:
                 agent = policy = load_agent(path, device="cpu")
-            envs = agent.make_env(a.env_id, a.num_envs, max_episode_steps=a.eval_steps)
+            envs = agent.make_env(a.env_id, a.num_envs, a.vectorization, max_episode_steps=a.eval_steps)
             t0 = time.perf_counter()
             res = evaluate(policy, envs, n_episodes=a.eval_episodes, seed=10_000 + a.seed, progress=False)
             envs.close()
@@ -282,7 +285,7 @@ class Bench:
             b, o, d = sp["batched"], sp["one_at_a_time"], sp["dream"]
             lines += [
                 f"Speed (one CMA-ES generation of {a.real_pop_size} candidates x 1 rollout of {a.speed_steps} real "
-                f"steps; dream: {a.pop_size} x {a.n_samples} dreams of {a.dream_horizon} steps):", "",
+                f"steps, {a.vectorization} vector env; dream: {a.pop_size} x {a.n_samples} dreams of {a.dream_horizon} steps):", "",
                 markdown_table(["evaluation", "seconds", "steps", "steps/s"], [
                     [f"real, batched ({a.real_pop_size} sub-envs, one V+C+M forward per step)", b["seconds"],
                      b["env_steps"], b["steps_per_s"]],

@@ -119,13 +119,14 @@ def test_real_env_evaluation_batched_equals_one_at_a_time():
     cands[1] = cands[0]
     jobs = np.arange(6)
     out = []
-    for n in (1, 4):
-        ev = EnvEvaluator(lambda k: agent.make_env("WorldModelFakeImage-v0", k), n, lambda o: agent.encode(o)[0],
-                          agent._raw_to_actions, max_steps=50)
+    for n, mode in ((1, "sync"), (4, "sync"), (3, "async")):
+        ev = EnvEvaluator(lambda k, mode=mode: agent.make_env("WorldModelFakeImage-v0", k, vectorization_mode=mode), n,
+                          lambda o: agent.encode(o)[0], agent._raw_to_actions, max_steps=50)
         out.append(ev.returns(agent.model, cands, jobs, 2, seed=0, generation=0))
         assert ev.env_steps == 6 * 6  # 6 jobs of 6 steps, whatever the waves
         ev.close()
     torch.testing.assert_close(out[0], out[1], rtol=0, atol=1e-9)
+    torch.testing.assert_close(out[0], out[2], rtol=0, atol=1e-9)  # sub-envs in their own processes
     # rollout s of every candidate resets with the same seed: twin candidates get the same returns
     assert out[0][0] == out[0][2] and out[0][1] == out[0][3] and out[0][0] != out[0][1] and out[0][4] != out[0][0]
     agent.fit(ds, TrainConfig(steps=2, batch_size=4, warmup_steps=1, progress=False), stage="vae")

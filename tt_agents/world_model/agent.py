@@ -112,6 +112,8 @@ class WorldModelConfig:
     """Where candidates are evaluated: ``"dream"`` (inside M), ``"dataset"`` (the dataset's env id) or an env id."""
     eval_envs: int = 8
     """Sub-envs of a real-env evaluation per rank (candidate rollouts stepped together)."""
+    eval_vectorization: str = "sync"
+    """``"sync"`` (sub-envs in this process) or ``"async"`` (one process per sub-env: many cores, costly envs)."""
     max_episode_steps: int = 1000
     """Longest real-env rollout of the search (CarRacing's own limit is 1000)."""
     dream_horizon: int = 1000
@@ -349,7 +351,8 @@ class WorldModelController(Agent):
                 env_id = (getattr(dataset, "metadata", None) or {}).get("env_id")
                 if not env_id:
                     raise ValueError("controller_env='dataset' but the dataset records no env_id; give the env id")
-            evaluator = EnvEvaluator(lambda n: self.make_env(env_id, n), c.eval_envs,
+            evaluator = EnvEvaluator(lambda n: self.make_env(env_id, n, vectorization_mode=c.eval_vectorization),
+                                     c.eval_envs,
                                      lambda obs: self.encode(obs)[0], self._raw_to_actions, c.max_episode_steps)
 
             def evaluate(candidates: torch.Tensor, generation: int) -> torch.Tensor:
@@ -364,8 +367,9 @@ class WorldModelController(Agent):
         return CMAESSearch(flat_params(model.controller).cpu(), c.sigma0, P, seed, evaluate, write_best,
                            c.target_return, log, c.on_cma_stop)
 
-    def make_env(self, env_id: str, num_envs: int, **kwargs: Any) -> gym.vector.VectorEnv:
-        """A sync vector env of ``env_id`` whose frames are resized to this agent's observation space if needed."""
+    def make_env(self, env_id: str, num_envs: int, vectorization_mode: str = "sync",
+                 **kwargs: Any) -> gym.vector.VectorEnv:
+        """A vector env of ``env_id`` whose frames are resized to this agent's observation space if needed."""
         H, W = self.observation_space.shape[:2]
         probe = gym.make(env_id, **kwargs)
         space = probe.observation_space
@@ -376,7 +380,10 @@ class WorldModelController(Agent):
                 raise SpaceMismatchError(f"{env_id}'s observations {space} cannot be resized to the agent's "
                                          f"{self.observation_space}")
             wrappers = [lambda e: ResizeFrames(e, H, W)]
-        return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync", wrappers=wrappers, **kwargs)
+        if vectorization_mode not in ("sync", "async"):
+            raise ValueError(f"vectorization_mode must be 'sync' or 'async', got {vectorization_mode!r}")
+        return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization_mode, wrappers=wrappers,
+                            **kwargs)
 
     def fit(self, dataset: Any, config: Any = None, stage: str | None = None, **overrides: Any) -> TrainResult:
         """:meth:`Agent.fit`; a run directory also gets ``fitness_curve.png`` (best / mean / std per generation)."""
