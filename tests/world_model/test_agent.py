@@ -38,8 +38,10 @@ def test_harness(kind, action_kind, tmp_path):
 def test_checkpoint_holds_every_stage(tmp_path):
     ds = make_dataset("image", "continuous", n_episodes=3)
     agent = _make()(ds.observation_space, ds.action_space)
-    cfg = TrainConfig(steps=2, batch_size=4, warmup_steps=1, progress=False, run_dir=str(tmp_path), log_every=1)
+    cfg = TrainConfig(steps=2, batch_size=4, warmup_steps=1, progress=False, run_dir=str(tmp_path), log_every=1,
+                      keep_checkpoints=True)  # checkpoint_every 1000: the controller stage checkpoints every generation
     agent.fit(ds, cfg)
+    assert read_checkpoint(tmp_path / "checkpoints" / "step_1.zip").manifest["trainer"]["stage"] == "controller"
     ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.zip")
     assert ckpt.manifest["trainer"]["stages_done"] == {"vae": 2, "memory": 2, "controller": 2}
     assert "history" in ckpt.manifest["trainer"]["search"]  # the CMA-ES state of the last stage

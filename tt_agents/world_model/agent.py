@@ -386,8 +386,15 @@ class WorldModelController(Agent):
                             **kwargs)
 
     def fit(self, dataset: Any, config: Any = None, stage: str | None = None, **overrides: Any) -> TrainResult:
-        """:meth:`Agent.fit`; a run directory also gets ``fitness_curve.png`` (best / mean / std per generation)."""
-        result = super().fit(dataset, config, stage, **overrides)
+        """:meth:`Agent.fit`; the ``controller`` stage checkpoints every generation (a generation costs far more
+        than a checkpoint of the search's state), and a run directory also gets ``fitness_curve.png`` (best /
+        mean / std fitness per generation)."""
+        if overrides:
+            config = ({k: dataclasses.replace(v, **overrides) for k, v in config.items()} if isinstance(config, dict)
+                      else dataclasses.replace(config or TrainConfig(), **overrides))
+        configs = dict(config) if isinstance(config, dict) else {n: config or TrainConfig() for n in self.stage_names}
+        configs["controller"] = dataclasses.replace(configs.get("controller") or TrainConfig(), checkpoint_every=1)
+        result = super().fit(dataset, configs, stage)
         run_dir = result.run_dir
         if run_dir and run_dir != "None" and int(os.environ.get("RANK", "0")) == 0:
             plot_fitness(Path(run_dir) / "metrics.jsonl", Path(run_dir) / "fitness_curve.png")
