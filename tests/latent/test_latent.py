@@ -215,3 +215,17 @@ def test_joint_order_trains_the_decoder_with_the_lam(vector_data):
     print(f"decoder accuracy right after the lam stage: joint {accs[True]:.3f}, sequential {accs[False]:.3f}")
     assert accs[True] > 0.45 and accs[True] > accs[False] + 0.2  # chance: 0.25
     assert len(result.losses) == 300
+
+
+def test_vit_backbone_shapes_and_gradients():
+    cfg = LAMConfig(n_latents=2, code_dim=4, codebook_size=8, backbone="vit", vit_patch=4, vit_dim=16, vit_layers=1,
+                    vit_heads=2)
+    lam = LatentActionModel((8, 8, 3), True, cfg).train()
+    frames = torch.randint(0, 256, (5, 3, 8, 8, 3), dtype=torch.uint8)
+    out = lam(frames)
+    assert out["latent"].shape == (5, 8) and out["codes"].shape == (5, 2)
+    assert out["prediction"].shape == (5, 3, 8, 8)  # the next frame, channels first
+    out["prediction"].square().mean().backward()
+    assert lam.idm.head.weight.grad.abs().sum() > 0 and lam.fdm.vit.pos.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="patches"):
+        LatentActionModel((10, 10, 3), True, cfg)

@@ -39,6 +39,9 @@ __all__ = [
     "InverseDynamics",
     "UNetFDM",
     "MLPFDM",
+    "PatchTransformer",
+    "ViTIDM",
+    "ViTFDM",
     "LatentActionModel",
     "LatentPolicy",
     "ActionDecoder",
@@ -84,6 +87,14 @@ class LAMConfig:
     """Widths of the FDM's UNet levels (images)."""
     mlp_hidden: tuple[int, ...] = (256, 256)
     """Hidden widths of the MLP IDM, FDM and latent policy (vector observations)."""
+    backbone: str = "cnn"
+    """Images: ``cnn`` (IMPALA IDM, UNet FDM, as LAPO) or ``vit`` (a small transformer over the patches of every
+    frame of the window, for both the IDM and the FDM, as the prompt-DT work's option)."""
+    vit_patch: int = 8
+    """ViT patch size in pixels (the frame's height and width must be multiples of it)."""
+    vit_dim: int = 128
+    vit_layers: int = 2
+    vit_heads: int = 4
 
     @property
     def latent_dim(self) -> int:
@@ -100,6 +111,10 @@ class LAMConfig:
             raise ValueError(f"LAMConfig.history must be >= 0, got {self.history}")
         if not 0.0 < self.vq_decay < 1.0:
             raise ValueError(f"LAMConfig.vq_decay must be in (0, 1), got {self.vq_decay}")
+        if self.backbone not in ("cnn", "vit"):
+            raise ValueError(f"LAMConfig.backbone must be 'cnn' or 'vit', got {self.backbone!r}")
+        if self.vit_dim % self.vit_heads:
+            raise ValueError(f"LAMConfig.vit_dim ({self.vit_dim}) must be a multiple of vit_heads ({self.vit_heads})")
         if not self.fsq_levels or min(self.fsq_levels) < 2:
             raise ValueError(f"LAMConfig.fsq_levels must be levels >= 2, got {self.fsq_levels}")
 
@@ -234,6 +249,81 @@ class UNetFDM(nn.Module):
         return self.out(x)  # (B, C, H, W)
 
 
+class PatchTransformer(nn.Module):
+    """A small ViT over a window of frames: every ``patch x patch`` patch of every frame is a token, with a learned
+    embedding of its (frame, patch) position, plus optional extra tokens; ``torch.nn.TransformerEncoder`` layers.
+
+    Example:
+        >>> vit = PatchTransformer((8, 8, 3), frames=3, patch=4, dim=16, layers=1, heads=2)
+        >>> vit(torch.zeros(2, 3, 8, 8, 3, dtype=torch.uint8)).shape  # (B, frames * patches, dim)
+        torch.Size([2, 12, 16])
+    """
+
+    def __init__(self, obs_shape: tuple[int, int, int], frames: int, patch: int, dim: int, layers: int, heads: int,
+                 extra_tokens: int = 0) -> None:
+        super().__init__()
+        h, w, c = obs_shape
+        if h % patch or w % patch:
+            raise ValueError(f"frames of {h}x{w} pixels do not split into {patch}x{patch} patches; set LAMConfig.vit_patch")
+        self.patch, self.grid = patch, (h // patch, w // patch)
+        n = frames * self.grid[0] * self.grid[1]
+        self.embed = nn.Linear(patch * patch * c, dim)
+        self.pos = nn.Parameter(torch.zeros(1, n + extra_tokens, dim))
+        nn.init.normal_(self.pos, std=0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def patches(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(B, F, H, W, C)`` uint8 frames -> ``(B, F * patches, patch * patch * C)`` in [-0.5, 0.5]."""
+        b, f, h, w, c = frames.shape
+        p, (gh, gw) = self.patch, self.grid
+        x = frames.float() / 255.0 - 0.5
+        x = x.reshape(b, f, gh, p, gw, p, c).permute(0, 1, 2, 4, 3, 5, 6)  # (B, F, gh, gw, p, p, C)
+        return x.reshape(b, f * gh * gw, p * p * c)
+
+    def forward(self, frames: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.embed(self.patches(frames))  # (B, F * patches, dim)
+        if extra is not None:
+            x = torch.cat([x, extra], 1)  # (B, F * patches + extra, dim)
+        return self.norm(self.blocks(x + self.pos))
+
+
+class ViTIDM(nn.Module):
+    """Window ``(B, W, H, W_img, C)`` -> latent action ``(B, out_dim)``: the patch tokens' mean through a linear head."""
+
+    def __init__(self, obs_shape: tuple[int, int, int], window: int, cfg: LAMConfig, out_dim: int) -> None:
+        super().__init__()
+        self.vit = PatchTransformer(obs_shape, window, cfg.vit_patch, cfg.vit_dim, cfg.vit_layers, cfg.vit_heads)
+        self.head = nn.Linear(cfg.vit_dim, out_dim)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.head(self.vit(frames).mean(1))
+
+
+class ViTFDM(nn.Module):
+    """Past frames ``(B, W - 1, H, W_img, C)`` + latent -> the next frame ``(B, C, H, W_img)`` in [-0.5, 0.5] units:
+    the latent is one more token, and the last past frame's patch tokens are read out as the next frame's patches."""
+
+    def __init__(self, obs_shape: tuple[int, int, int], frames: int, latent_dim: int, cfg: LAMConfig) -> None:
+        super().__init__()
+        self.vit = PatchTransformer(obs_shape, frames, cfg.vit_patch, cfg.vit_dim, cfg.vit_layers, cfg.vit_heads,
+                                    extra_tokens=1)
+        self.latent = nn.Linear(latent_dim, cfg.vit_dim)
+        self.obs_shape, self.patch = obs_shape, cfg.vit_patch
+        self.out = nn.Linear(cfg.vit_dim, cfg.vit_patch ** 2 * obs_shape[2])
+
+    def forward(self, past: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        h, w, c = self.obs_shape
+        p = self.patch
+        gh, gw = h // p, w // p
+        x = self.vit(past, self.latent(z)[:, None])  # (B, F * patches + 1, dim)
+        last = x[:, -1 - gh * gw:-1]  # (B, patches, dim): the last past frame's tokens
+        delta = self.out(last).reshape(-1, gh, gw, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(-1, c, h, w)
+        base = past[:, -1].float().permute(0, 3, 1, 2) / 255.0 - 0.5  # (B, C, H, W): o_t
+        return base + delta
+
+
 class MLPFDM(nn.Module):
     """Past vectors ``(B, (history + 1) * D)`` + latent -> the next vector ``(B, D)``, as ``o_t`` plus a change."""
 
@@ -261,9 +351,14 @@ class LatentActionModel(nn.Module):
         super().__init__()
         cfg.check()
         self.image, self.window = image, cfg.history + 2
-        self.idm = InverseDynamics(obs_shape, image, self.window, cfg, cfg.latent_dim)
+        vit = image and cfg.backbone == "vit"
+        self.vit = vit
+        self.idm = ViTIDM(obs_shape, self.window, cfg, cfg.latent_dim) if vit else InverseDynamics(  # type: ignore[arg-type]
+            obs_shape, image, self.window, cfg, cfg.latent_dim)
         self.quantizer = Quantizer(cfg)
-        if image:
+        if vit:
+            self.fdm = ViTFDM(obs_shape, self.window - 1, cfg.latent_dim, cfg)  # type: ignore[arg-type]
+        elif image:
             self.fdm: nn.Module = UNetFDM(obs_shape, self.window - 1, cfg.latent_dim, cfg.unet_channels)  # type: ignore[arg-type]
         else:
             self.fdm = MLPFDM(math.prod(obs_shape), self.window - 1, cfg.latent_dim, cfg.mlp_hidden)
@@ -276,7 +371,7 @@ class LatentActionModel(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         z, q, codes, loss = self.encode(frames)
-        past = stack_frames(frames[:, :-1], self.image)
+        past = frames[:, :-1] if self.vit else stack_frames(frames[:, :-1], self.image)
         out = {"latent": z, "quantized": q, "prediction": self.fdm(past, q), "vq_loss": loss}
         if codes is not None:
             out["codes"] = codes
