@@ -1,8 +1,9 @@
-"""Reproduce the figures of benchmarks.md: ``python scripts/bench.py <section> [--options]``.
+"""Reproduce the figures of benchmarks.md: ``python scripts/bench.py <section> [--options] [--write]``.
 
 Every module in ``scripts/benches/`` (not starting with ``_``) is a section: it defines a
-``@dataclass Args`` and ``main(args)``, which measures, prints, and rewrites its own section of
-``benchmarks.md`` with the command, the machine and the date.
+``@dataclass Args`` and ``main(args)``, which measures and prints its figures. Only with ``--write``
+(anywhere on the command line) does it also rewrite its own section of ``benchmarks.md``, stamped
+with the command, the machine and the date; without it benchmarks.md is left alone.
 """
 
 from __future__ import annotations
@@ -11,15 +12,20 @@ import importlib
 import pkgutil
 import sys
 from pathlib import Path
-from typing import Annotated, Union
+from typing import Annotated, Any, Union
 
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import benches  # noqa: E402
+from _cli import run  # noqa: E402
+from benches import _common  # noqa: E402
+
+WRITE_FLAG = "--write"
 
 
-def sections() -> dict[str, object]:
+def sections() -> dict[str, Any]:
     out = {}
     for info in pkgutil.iter_modules(benches.__path__):
         if not info.name.startswith("_"):
@@ -27,18 +33,39 @@ def sections() -> dict[str, object]:
     return out
 
 
+def print_only(name: str, title: str, body: str, path: Path = _common.BENCHMARKS_MD) -> None:
+    """What ``write_section`` would write, printed; benchmarks.md is not touched."""
+    print(f"## {title}\n\n{body.strip()}\n\n(benchmarks.md not changed: add {WRITE_FLAG} to record this section)")
+
+
+def cli(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    write = WRITE_FLAG in argv
+    argv = [a for a in argv if a != WRITE_FLAG]
+
+    def go() -> None:
+        mods = sections()
+        if not mods:
+            raise SystemExit("error: no benchmark sections found in scripts/benches/")
+        for m in mods.values():  # each section writes through its module's write_section
+            if hasattr(m, "write_section"):
+                m.write_section = _common.write_section if write else print_only
+        union = Union[  # type: ignore[valid-type]
+            tuple(
+                Annotated[m.Args, tyro.conf.subcommand(name, description=(m.__doc__ or "").strip().splitlines()[0])]
+                for name, m in mods.items()
+            )
+        ]
+        description = (f"Measure one section of benchmarks.md and print its figures; {WRITE_FLAG} also records them "
+                       "in benchmarks.md.")
+        args = tyro.cli(union, args=argv, description=description)
+        for m in mods.values():
+            if isinstance(args, m.Args):
+                m.main(args)
+                break
+
+    run(go, argv)
+
+
 if __name__ == "__main__":
-    mods = sections()
-    if not mods:
-        raise SystemExit("no benchmark sections found in scripts/benches/")
-    union = Union[  # type: ignore[valid-type]
-        tuple(
-            Annotated[m.Args, tyro.conf.subcommand(name, description=(m.__doc__ or "").strip().splitlines()[0])]
-            for name, m in mods.items()
-        )
-    ]
-    args = tyro.cli(union)
-    for m in mods.values():
-        if isinstance(args, m.Args):
-            m.main(args)
-            break
+    cli()

@@ -113,8 +113,20 @@ def _train_options(agent_cls: type, stage_names: list[str], train: Any) -> tuple
     return cls, cls()
 
 
+def cost_line(name: str, figures: dict[str, dict]) -> str:
+    """What benchmarks.md measured for subcommand ``name`` (``""`` if it has not been measured)."""
+    f = figures.get(name)
+    if not f:
+        return ""
+    return (f"Measured (benchmarks.md, presets; 2 CPU cores, Hopper-v5's spaces): {f['parameters']:,} parameters, "
+            f"{f['steps_per_s']:.3g} train steps/s, {f['s_per_action']:.3g} s per action.")
+
+
 def subcommands() -> dict[str, tuple[type, Any, Any]]:
     """``name -> (agent class, Args dataclass, default Args)`` for every registered agent and preset."""
+    from benches.presets import measured
+
+    figures = measured()
     out = {}
     for agent_cls in agent_classes().values():
         presets = agent_cls.presets or {"default": None}
@@ -137,10 +149,12 @@ def subcommands() -> dict[str, tuple[type, Any, Any]]:
                 fields.append(("act", documented(agent_cls.act_class),
                                field(default_factory=lambda a=act: documented_value(a))))
             args_cls = make_dataclass(f"{agent_cls.__name__}Args", fields, bases=(Common,))
+            name = cli if i == 0 else f"{cli}-{pname}"
             args_cls.__doc__ = clean_help(" ".join(filter(None, [
                 (agent_cls.__doc__ or "").strip().splitlines()[0],
-                f"Preset {pname!r}: {preset.description}." if preset is not None else ""])))
-            out[cli if i == 0 else f"{cli}-{pname}"] = (agent_cls, args_cls, args_cls(
+                f"Preset {pname!r}: {preset.description.rstrip('.')}." if preset is not None else "",
+                cost_line(name, figures)])))
+            out[name] = (agent_cls, args_cls, args_cls(
                 dataset=tyro.MISSING, agent=documented_value(config), train=train_default))
     return out
 

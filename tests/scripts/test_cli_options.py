@@ -137,3 +137,21 @@ def test_a_video_renders_only_sub_env_0_and_only_while_recording(tmp_path):
     assert set(CountingEnv.renders) == {0}
     assert res.lengths == [10] * 6  # FakeEnv's episodes: 10 steps
     assert len(CountingEnv.renders) == 10 + 1  # the first frame, then one per step of the first episode
+
+
+def test_bench_writes_benchmarks_md_only_with_write(monkeypatch, tmp_path):
+    from tests.scripts._helpers import REPO
+
+    bench = load_script("bench")
+    recorded = []
+    monkeypatch.setattr(bench._common, "write_section", lambda name, title, body, **kw: recorded.append(name))
+    before = (REPO / "benchmarks.md").read_bytes()
+    tiny = ["presets", "--presets", "bc", "--steps", "1", "--warmup", "1", "--rounds", "1", "--actions", "1"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        bench.cli(tiny)
+    assert "benchmarks.md not changed" in out.getvalue() and "| bc | BCPolicy |" in out.getvalue()
+    assert recorded == [] and (REPO / "benchmarks.md").read_bytes() == before
+    with contextlib.redirect_stdout(io.StringIO()):
+        bench.cli([*tiny, "--write"])
+    assert recorded == ["presets"]
