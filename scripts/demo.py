@@ -13,6 +13,9 @@ Everything goes under ``--out-dir`` (datasets in ``<out-dir>/datasets`` unless
 the demo is run again. The defaults fit in about 15 minutes on 2 CPU cores; they are far below
 the papers' budgets, so the scores show the pipeline working, not the papers' numbers (see
 benchmarks.md for those runs).
+
+Ctrl-C (or SIGTERM) while an agent trains writes its checkpoint; the same command resumes there.
+A user error prints one line and exits 2 (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -33,7 +36,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from _cli import check_device, run  # noqa: E402
+
 from tt_agents import TrainConfig  # noqa: E402
+from tt_agents.evaluation import DEFAULT_N_ENVS  # noqa: E402
+from tt_agents.trainer import TrainingInterrupted  # noqa: E402
 
 
 @dataclass
@@ -59,10 +66,12 @@ class Args:
     """Optimizer steps of each agent."""
     eval_episodes: int = 4
     """Evaluation episodes per agent, spread over --eval-envs sub-envs."""
-    eval_envs: int = 4
+    eval_envs: int = DEFAULT_N_ENVS
     seed: int = 0
     device: str = "auto"
     """'auto' uses CUDA when present."""
+    debug: bool = False
+    """Show the full traceback of an error (also TT_AGENTS_DEBUG=1)."""
 
 
 def collect(args: Args, store: Path) -> dict:
@@ -171,6 +180,7 @@ def score_table(rows: list[dict]) -> str:
 
 
 def main(args: Args) -> list[dict]:
+    check_device(args.device)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store = Path(os.environ.setdefault("MINARI_DATASETS_PATH", str((out / "datasets").resolve())))
@@ -200,5 +210,19 @@ def _make_env(args: Args):
     return gym.make(args.env_id, max_episode_steps=args.max_episode_steps)
 
 
+def cli(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+
+    def go() -> None:
+        try:
+            main(tyro.cli(Args, args=argv))
+        except TrainingInterrupted as e:
+            print(f"interrupted after step {e.step} of {e.steps}; checkpoint {e.checkpoint}; resume with: "
+                  f"{' '.join([sys.executable, sys.argv[0], *argv])}", file=sys.stderr)
+            raise SystemExit(e.exit_code) from None
+
+    run(go, argv)
+
+
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    cli()
