@@ -76,6 +76,8 @@ class Args:
     """Evaluation episodes are cut here."""
     speed_steps: int = 50
     """Steps per rollout of the speed comparison."""
+    section: str = "world-model"
+    """The benchmarks.md section written (another name keeps an earlier run's section)."""
     vectorization: str = "sync"
     """Real envs' vector mode: ``async`` runs each sub-env in its own process (for many cores)."""
     seed: int = 0
@@ -295,8 +297,10 @@ class Bench:
                 f"Batched / one at a time: {o['seconds'] / b['seconds']:.2f}x (goal 4x); dream / real steps per "
                 f"second: {d['steps_per_s'] / b['steps_per_s']:.0f}x against the batched real env (goal 20x).", "",
             ]
-        write_section("world-model", "World Models on CarRacing-v3 (V, M kinds, CMA-ES in dreams and real env)",
-                      "\n".join(lines))
+        title = "World Models on CarRacing-v3 (V, M kinds, CMA-ES in dreams and real env)"
+        if a.section != "world-model":
+            title += f": {a.section}"
+        write_section(a.section, title, "\n".join(lines))
 
 
 def main(args: Args) -> None:
