@@ -76,6 +76,8 @@ class Args:
     """Evaluation episodes are cut here."""
     speed_steps: int = 50
     """Steps per rollout of the speed comparison."""
+    dream_variants: bool = True
+    """Train (and evaluate) the dream controllers; off: only the real-env ones (a real-env budget study)."""
     section: str = "world-model"
     """The benchmarks.md section written (another name keeps an earlier run's section)."""
     vectorization: str = "sync"
@@ -196,7 +198,7 @@ class Bench:
         a = self.args
         v_path = self.work / "v.zip"
         variants: dict[str, tuple[Path, dict[str, Any]]] = {}
-        for kind in a.kinds:
+        for kind in a.kinds if a.dream_variants else ():
             variants[f"dream, V + trained M ({kind})"] = (paths[kind], {"controller_env": "dream"})
         real = {"controller_env": a.env_id, "pop_size": a.real_pop_size, "n_samples": a.real_samples,
                 "max_episode_steps": a.real_steps, "eval_envs": a.real_pop_size * a.real_samples,
