@@ -121,6 +121,10 @@ def test_alphas_recover_known_switch_points(tmp_path):
     f1, ratio = _pooled_f1(agent, test)
     assert f1 >= 0.9, f1
     assert 0.8 <= ratio <= 1.2, ratio
+    # the held latents keep the actions: the decoder rebuilds them from (state, latent) alone
+    err = np.mean([np.mean((agent.reconstruct(e) - e.actions) ** 2) for e in test])
+    spread = np.mean([np.var(e.actions) for e in test])
+    assert err < 0.05 * spread, (err, spread)
 
 
 @pytest.mark.parametrize("hold", ["gumbel", "reinforce"])

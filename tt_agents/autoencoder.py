@@ -78,12 +78,16 @@ __all__ = [
 
 @dataclass
 class TAEConfig:
+    """Network and loss settings of :class:`TrajectoryAutoencoder` (its two stages' training settings are TrainConfigs)."""
+
     latent_dim: int = 8
     """Size of the latents (``tanh``-bounded)."""
     d_model: int = 64
     """Width of the encoder's transformer and of the state features."""
     n_layers: int = 2
+    """Transformer layers of the encoder."""
     n_heads: int = 4
+    """Attention heads (``d_model`` must be a multiple)."""
     window: int = 16
     """Each step attends to the steps within this distance (local attention: any episode length)."""
     causal: bool = False
@@ -114,6 +118,7 @@ class TAEConfig:
     predict_next_state: bool = False
     """Also reconstruct the next state from (state, held latent, action) (vector observations)."""
     next_state_weight: float = 1.0
+    """Weight of the next-state reconstruction (``predict_next_state``)."""
     normalize_observations: bool = True
     """Standardise vector observations with the training data's statistics."""
 
@@ -372,6 +377,21 @@ class TrajectoryAutoencoder(Agent):
         ends = np.append(begin[1:], T)
         segments = [Segment(int(s), int(e), held_np[s].copy()) for s, e in zip(begin, ends)]
         return Encoding(alphas, starts_np, held_np, segments)
+
+    @torch.no_grad()
+    def reconstruct(self, episode: Episode, encoding: Encoding | None = None) -> np.ndarray:
+        """The decoder's actions for an episode from its own held latents (hard transitions): ``(T, ...)``.
+
+        The reconstruction error against ``episode.actions`` is what a latent segmentation keeps of them.
+        """
+        enc = encoding or self.encode(episode)
+        T = len(enc.alphas)
+        obs = self.normalizer(torch.as_tensor(np.asarray(episode.observations)[:T], device=self.device)[None])
+        s = self.model.autoencoder.state(obs)
+        out = self.model.autoencoder.decoder(s, torch.as_tensor(enc.latents, device=self.device)[None])[0]
+        if self.discrete:
+            return out.argmax(-1).cpu().numpy()
+        return self.scaler.unscale(out.cpu().numpy())
 
     # ---- acting
     def initial_state(self, n_envs: int, act: Any = None) -> TAEState:
