@@ -151,8 +151,9 @@ _DOCUMENTED: dict[type, type] = {}
 def documented(cls: type) -> type:
     """A dataclass subclass of ``cls`` whose fields carry their docstrings as help (double backticks cleaned).
 
-    tyro shows a nested config's field docstrings as they are written (reST's double backticks
-    included); this gives it cleaned help instead. Turn a parsed value back with :func:`undocumented`.
+    tyro shows a config's field docstrings as they are written (reST's double backticks included);
+    this gives it cleaned help instead, nested configs included. Turn a parsed value back with
+    :func:`undocumented`.
     """
     if cls in _DOCUMENTED:
         return _DOCUMENTED[cls]
@@ -164,9 +165,16 @@ def documented(cls: type) -> type:
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        default: Any = (dataclasses.field(default_factory=f.default_factory)
-                        if f.default_factory is not dataclasses.MISSING else dataclasses.field(default=f.default))
-        fields.append((f.name, annotate(hints[f.name], docs.get(f.name)), default))
+        hint = hints[f.name]
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):  # a nested config: its fields documented too
+            value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            default: Any = dataclasses.field(default_factory=lambda v=value: documented_value(v))
+            hint = documented(hint)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = dataclasses.field(default_factory=f.default_factory)
+        else:
+            default = dataclasses.field(default=f.default)
+        fields.append((f.name, annotate(hint, docs.get(f.name)), default))
     sub = dataclasses.make_dataclass(cls.__name__, fields, bases=(cls,))
     sub.__doc__ = clean_help(cls.__doc__ or "")
     sub.__cli_base__ = cls  # type: ignore[attr-defined]
@@ -179,10 +187,14 @@ def undocumented(value: Any) -> Any:
     base = getattr(type(value), "__cli_base__", None)
     if base is None:
         return value
-    return base(**{f.name: getattr(value, f.name) for f in dataclasses.fields(base) if f.init})
+    return base(**{f.name: undocumented(getattr(value, f.name)) for f in dataclasses.fields(base) if f.init})
 
 
 def documented_value(value: Any) -> Any:
     """``value`` (a dataclass config) as an instance of :func:`documented`'s subclass, same field values."""
+    if not (dataclasses.is_dataclass(value) and not isinstance(value, type)):
+        return value
+    value = undocumented(value)
     sub = documented(type(value))
-    return sub(**{f.name: getattr(value, f.name) for f in dataclasses.fields(type(value)) if f.init})
+    return sub(**{f.name: documented_value(getattr(value, f.name)) for f in dataclasses.fields(type(value))
+                  if f.init})

@@ -118,8 +118,8 @@ def cost_line(name: str, figures: dict[str, dict]) -> str:
     f = figures.get(name)
     if not f:
         return ""
-    return (f"Measured (benchmarks.md, presets; 2 CPU cores, Hopper-v5's spaces): {f['parameters']:,} parameters, "
-            f"{f['steps_per_s']:.3g} train steps/s, {f['s_per_action']:.3g} s per action.")
+    return (f"Measured (benchmarks.md, presets: a shared 2-core CPU, Hopper-v5's spaces): {f['parameters']:,} "
+            f"parameters, {f['steps_per_s']:.3g} train steps/s, {f['s_per_action']:.3g} s per action.")
 
 
 def subcommands() -> dict[str, tuple[type, Any, Any]]:
@@ -228,8 +228,9 @@ def main(name: str, agent_cls: type, args: Any, argv: list[str]) -> None:
         raise SystemExit(e.exit_code) from None
     final = Path(run_dir) / "final.zip"
     if not result.losses:
+        steps_option = "--train.steps" if len(agent_cls.stage_names) == 1 else f"--train.{result.stage}.steps"
         print(f"{run_dir} is already trained to {result.steps} steps: nothing to do ({final}; ask for more "
-              "--train.steps to continue, or --overwrite to start over)")
+              f"{steps_option} to continue, or --overwrite to start over)")
     else:
         print(f"trained {type(agent).__name__}: final loss {result.final_loss:.4f} in {result.seconds:.0f} s; "
               f"agent saved to {final}")

@@ -38,6 +38,10 @@ def _help(parser_type, argv: list[str]) -> str:
 
 def test_every_subcommand_lists_each_option_once_with_help():
     train = load_script("train")
+    from benches.presets import measured
+
+    figures = measured()
+    assert {"bc", "tt", "tt-small", "dt-cpu"} <= set(figures)
     commands = train.subcommands()
     parser_type = train.parser_type(commands)
     for name, (_, args_cls, _) in commands.items():
@@ -50,6 +54,8 @@ def test_every_subcommand_lists_each_option_once_with_help():
             run_level = [o for o in options if not o.startswith(("--agent.", "--act."))]  # act.seed: the plan's
             assert [o for o in run_level if o.lstrip("-").split(".")[-1] == flag] == [f"--{flag}"], (name, setting)
         text = _help(parser_type, [name])
+        if name in figures:  # a measured preset says what it costs
+            assert f"{figures[name]['steps_per_s']:.3g} train steps/s" in text, name
         for option in options:
             assert option in text, (name, option)
         assert "``" not in text, name

@@ -85,3 +85,23 @@ def test_readme_runs_as_written(tmp_path):
             assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     assert json.loads((clone / "eval.json").read_text())["env_id"] == "Hopper-v5"
     assert (clone / "runs" / "bc-ddp" / "final.zip").is_file()
+
+
+def test_readme_preset_table_holds_the_recorded_figures():
+    """README's preset table quotes benchmarks.md's presets section (the figures of one benchmark run)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from benches.presets import measured
+
+    figures = measured()
+    assert figures, "benchmarks.md has no presets section: run scripts/bench.py presets --write"
+    rows = {}
+    for line in (REPO / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0].startswith("`") and cells[0].strip("`") in figures:
+            rows[cells[0].strip("`")] = cells
+    assert set(rows) == set(figures), (sorted(rows), sorted(figures))
+    for name, cells in rows.items():
+        f = figures[name]
+        assert cells[1] == f"{f['parameters']:,}", name
+        assert cells[2].split()[0] == f"{f['steps_per_s']:.3g}", name
+        assert cells[4] == f"{f['s_per_action']:.3g}", name
