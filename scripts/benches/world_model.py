@@ -267,6 +267,8 @@ class Bench:
             f"{a.eval_steps} steps (not CarRacing's full 1000), deterministic (V's mean).",
             "",
         ]
+        if r.get("reused_from"):
+            lines += [f"The dataset, V and M (and their wall times below) are reused from {r['reused_from']}.", ""]
         walls = r.get("wall_s", {})
         if walls:
             lines += ["Wall time per phase (s): " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()), ""]
