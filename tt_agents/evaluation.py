@@ -177,6 +177,10 @@ def evaluate(
     venv = make_vec_env(env, n_envs, render=video_path is not None)
     try:
         _check_spaces(agent, venv, env_id)
+        first = (getattr(venv, "envs", None) or [None])[0]
+        if video_path is not None and first is not None and getattr(first, "render_mode", "rgb_array") != "rgb_array":
+            raise ValueError(f"video_path needs an env that renders: make sub-env 0 with render_mode='rgb_array' "
+                             f"(it has render_mode={first.render_mode!r})")
     except Exception:
         if not isinstance(env, VectorEnv):
             venv.close()
