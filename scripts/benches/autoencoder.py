@@ -170,29 +170,38 @@ def bipedal(args: Args) -> tuple[str, dict]:
     def make(cfg):
         return lambda: TrajectoryAutoencoder(full.observation_space, full.action_space, cfg, device=args.device, seed=0)
 
-    learned, t_learned = _load_or_train(out / "learned", make(tae_cfg()), train, train_cfg(), args.device)
-    encs = [learned.encode(e) for e in test]
-    rate = float(np.mean(np.concatenate([e.starts[1:] for e in encs])))
-    stride = max(1, round(1 / max(rate, 1e-6)))
-    every, t_every = _load_or_train(out / "every-step", make(tae_cfg(fixed_stride=1)), train, train_cfg(), args.device)
-    fixed, t_fixed = _load_or_train(out / f"stride-{stride}", make(tae_cfg(fixed_stride=stride)), train, train_cfg(),
-                                    args.device)
+    def rate_of(agent):
+        return float(np.mean(np.concatenate([agent.encode(e).starts[1:] for e in test])))
 
     def recon(agent):
         return float(np.mean([np.mean((agent.reconstruct(e) - e.actions) ** 2) for e in test]))
 
+    def spread(agent):
+        r = [float(np.mean(agent.encode(e).starts[1:])) for e in test]
+        return f"{min(r):.3f} to {max(r):.3f}"
+
+    soft, t_soft = _load_or_train(out / "learned", make(tae_cfg()), train, train_cfg(), args.device)
+    learned, t_learned = _load_or_train(out / "learned-gumbel", make(tae_cfg(hold="gumbel")), train, train_cfg(),
+                                        args.device)
+    encs = [learned.encode(e) for e in test]
+    rate, soft_rate = rate_of(learned), rate_of(soft)
+    stride = max(1, round(1 / max(rate, 1e-6)))
+    every, t_every = _load_or_train(out / "every-step", make(tae_cfg(fixed_stride=1)), train, train_cfg(), args.device)
+    fixed, t_fixed = _load_or_train(out / f"stride-{stride}", make(tae_cfg(fixed_stride=stride)), train, train_cfg(),
+                                    args.device)
     rows = [
-        ["learned transitions (soft hold)", f"{rate:.3f} (1 per {1 / max(rate, 1e-6):.1f} steps)", recon(learned),
-         f"{t_learned:.0f}"],
-        [f"fixed stride {stride}", f"{1 / stride:.3f}", recon(fixed), f"{t_fixed:.0f}"],
+        ["learned transitions, Gumbel straight-through hold", f"{rate:.3f} (1 per {1 / max(rate, 1e-6):.1f} steps)",
+         recon(learned), f"{t_learned:.0f}"],
+        [f"fixed stride {stride} (the same mean rate)", f"{1 / stride:.3f}", recon(fixed), f"{t_fixed:.0f}"],
         ["a transition at every step", "1.000", recon(every), f"{t_every:.0f}"],
+        ["learned transitions, soft hold", f"{soft_rate:.3f}", recon(soft), f"{t_soft:.0f}"],
     ]
     bc, t_bc = _load_or_train(
         out / "bc", lambda: BCPolicy(full.observation_space, full.action_space, BCConfig(), device=args.device, seed=0),
         train, TrainConfig(steps=ae_steps + pol_steps, batch_size=256, lr=1e-3, progress=False), args.device)
     env_fn = lambda: gym.make("BipedalWalker-v3")  # noqa: E731
     returns = []
-    for name, agent in (("TrajectoryAutoencoder (latent policy)", learned), ("BC", bc)):
+    for name, agent in (("TrajectoryAutoencoder (Gumbel hold; latent policy)", learned), ("BC", bc)):
         t0 = time.perf_counter()
         r = evaluate(agent, env_fn, n_episodes=args.eval_episodes, n_envs=args.eval_envs, seed=1000, progress=False)
         returns.append([name, f"{r.mean_return:.1f} ± {r.stderr_return:.1f}",
@@ -211,7 +220,8 @@ def bipedal(args: Args) -> tuple[str, dict]:
         f"64-step windows, batch 64), target segment length {args.target_segment_length}, {ae_steps} autoencoder "
         f"steps + {pol_steps} policy steps; BC (MLP 256x256) {ae_steps + pol_steps} steps at batch 256.\n\n"
         "Action reconstruction on held-out episodes (MSE, actions in [-1, 1]; the decoder sees the state and the "
-        "held latent):\n\n"
+        f"held latent). Hard-transition rate per held-out episode, min to max: Gumbel {spread(learned)}, "
+        f"soft {spread(soft)}:\n\n"
         + markdown_table(["transitions", "rate", "recon MSE", "train s"], rows)
         + f"\n\nReturn over {args.eval_episodes} episodes ({args.eval_envs} envs; ± standard error):\n\n"
         + markdown_table(["agent", "return", "episodes", "eval s"], returns)
