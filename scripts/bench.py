@@ -34,8 +34,14 @@ def sections() -> dict[str, Any]:
 
 
 def print_only(name: str, title: str, body: str, path: Path = _common.BENCHMARKS_MD) -> None:
-    """What ``write_section`` would write, printed; benchmarks.md is not touched."""
-    print(f"## {title}\n\n{body.strip()}\n\n(benchmarks.md not changed: add {WRITE_FLAG} to record this section)")
+    """The section ``write_section`` would write (markers, command, machine, date), printed; benchmarks.md is not
+    touched."""
+    import datetime
+
+    stamp = (f"- command: `{_common.command()} {WRITE_FLAG}`\n- machine: {_common.machine()}\n"
+             f"- date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}\n")
+    print(f"<!-- bench:{name} -->\n## {title}\n\n{stamp}\n{body.strip()}\n<!-- /bench:{name} -->")
+    print(f"(benchmarks.md not changed: add {WRITE_FLAG} to record this section)")
 
 
 def cli(argv: list[str] | None = None) -> None:
