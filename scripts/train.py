@@ -219,6 +219,8 @@ def main(name: str, agent_cls: type, args: Any, argv: list[str]) -> None:
     try:
         result = agent.fit(dataset, configs, stage=args.stage)
     except TrainingInterrupted as e:
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the run
+            raise SystemExit(e.exit_code) from None
         if e.checkpoint is None:
             print(f"{e}", file=sys.stderr)
         else:
