@@ -49,8 +49,6 @@ class TwoStageConfig:
     """Initial step size of the search."""
     fit_samples: int = 256
     """Transitions the head's search fits on."""
-    step_delay: float = 0.0
-    """Seconds each search generation sleeps (lets a test kill a run mid-stage)."""
 
 
 class AutoEncoder(nn.Module):
@@ -97,7 +95,7 @@ class HeadSearch:
         return float(F.mse_loss(torch.tanh(self.features @ w.T + b), self.targets))
 
     def step(self, step: int) -> dict[str, float]:
-        time.sleep(self.cfg.step_delay)
+        time.sleep(float(os.environ.get("TT_TEST_STEP_DELAY", 0)))  # lets a test kill a run mid-stage
         noise = torch.as_tensor(self.rng.standard_normal((self.cfg.population, len(self.best))), dtype=self.best.dtype)
         candidates = self.best + self.sigma * noise
         losses = [self._loss(c) for c in candidates]
@@ -220,7 +218,7 @@ from tests.fake_env import make_dataset
 from tests.test_two_stage_agent import TwoStageAgent, TwoStageConfig
 from tt_agents import TrainConfig
 ds = make_dataset("vector", "continuous", n_episodes=4)
-agent = TwoStageAgent(ds.observation_space, ds.action_space, TwoStageConfig(step_delay={delay}), device="cpu", seed=0)
+agent = TwoStageAgent(ds.observation_space, ds.action_space, TwoStageConfig(), device="cpu", seed=0)
 agent.fit(ds, {{"encoder": TrainConfig(steps=20, batch_size=16, lr=3e-3, checkpoint_every=5, progress=False,
                                        run_dir={run!r}, log_every=1),
                "head": TrainConfig(steps=30, checkpoint_every=5, progress=False, run_dir={run!r}, log_every=1)}})
@@ -228,7 +226,8 @@ agent.fit(ds, {{"encoder": TrainConfig(steps=20, batch_size=16, lr=3e-3, checkpo
 
 
 def _train(run: Path, delay: float = 0.0) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", _TRAIN.format(repo=str(REPO), run=str(run), delay=delay)])
+    env = {**os.environ, "TT_TEST_STEP_DELAY": str(delay)}  # the same config either way: only the pace differs
+    return subprocess.Popen([sys.executable, "-c", _TRAIN.format(repo=str(REPO), run=str(run))], env=env)
 
 
 def test_killed_in_the_search_stage_resumes_to_the_same_agent(tmp_path):
