@@ -21,12 +21,33 @@ from tt_agents.bc import BCConfig, BCPolicy
 from tt_agents.checkpoint import CheckpointError
 from tt_agents.dt import DT_PRESETS, DecisionTransformer, DTActConfig, DTConfig, DTState, MissingRewardError
 from tt_agents.evaluation import EvalResult, evaluate
-from tt_agents.latent import LatentActionPolicy, LatentConfig, VPTConfig, VPTPolicy
 from tt_agents.registry import register_agent
 from tt_agents.spaces import SpaceMismatchError
 from tt_agents.trainer import TrainConfig, Trainer, TrainResult
 from tt_agents.tt import TT_PRESETS, PlanConfig, TTConfig, TTPlanner, TTState
-from tt_agents.world_model.agent import WorldModelConfig, WorldModelController
+
+# Agents whose modules import heavy libraries (vector-quantize-pytorch pulls in torch._dynamo; cma) load on
+# first use, so that `import tt_agents` (and every script's start) stays fast.
+_LAZY = {
+    "LatentActionPolicy": "tt_agents.latent",
+    "LatentConfig": "tt_agents.latent",
+    "VPTConfig": "tt_agents.latent",
+    "VPTPolicy": "tt_agents.latent",
+    "WorldModelConfig": "tt_agents.world_model.agent",
+    "WorldModelController": "tt_agents.world_model.agent",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tt_agents' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 __all__ = [
     "AGENT_REGISTRY",
