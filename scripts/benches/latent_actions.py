@@ -1,8 +1,9 @@
 """Latent actions on HalfCheetah-v5 (MLP LAM): relative return of LatentActionPolicy, VPTPolicy and BC at few labels.
 
 One command runs the whole pipeline at a budget set by the options, caching every phase in
-``--work-dir`` (a killed run picks up where it stopped) and rewriting its ``benchmarks.md``
-section after every finished run:
+``--work-dir`` (a killed run picks up where it stopped; a rerun with every result cached only
+rewrites the table) and, with ``--write``, rewriting its ``benchmarks.md`` section after every
+finished run:
 
 1. an SB3 SAC expert trained for ``--expert-steps`` (this script's own data collection:
    ``scripts/collect.py`` belongs to another part of the project), its return and a uniform random
@@ -14,8 +15,8 @@ section after every finished run:
    first N transitions;
 4. each policy evaluated on ``--eval-episodes`` episodes.
 
-Example (the figures in benchmarks.md):
-    python scripts/bench.py latent-actions --work-dir runs/bench-latent-actions
+Example (the figures in benchmarks.md; ~5 minutes per seed on a shared 2-core CPU after the expert's ~25):
+    python scripts/bench.py latent-actions --work-dir runs/bench-latent-actions --seeds 0 1 2 3 4 5 6 7 8 9 --write
 """
 
 from __future__ import annotations
