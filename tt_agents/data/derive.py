@@ -58,6 +58,7 @@ def derive_dataset(
     overwrite: bool = False,
     progress: bool = True,
     description: str | None = None,
+    fsync: bool = True,
 ) -> Path:
     """Write dataset ``dataset_id``: the episodes of ``source`` with the fields ``compute`` adds.
 
@@ -72,6 +73,7 @@ def derive_dataset(
         overwrite: replace an existing dataset at the destination (else it is an error).
         progress: show a progress bar.
         description: the progress bar's label.
+        fsync: flush each batch to the disk (survives a power loss), as :class:`MinariWriter` does.
 
     Returns:
         the new dataset's folder (``load_dataset`` reads it; so does ``minari.load_dataset`` when
@@ -102,7 +104,7 @@ def derive_dataset(
     writer = MinariWriter(
         dataset_id, reader.observation_space, reader.action_space, path=dest,
         env_spec=reader.metadata.get("env_spec"), extra_spaces={**reader.extra_spaces, **field_spaces},
-        metadata=meta, jpeg_encoding=reader.jpeg_encoding, fsync=False, overwrite=overwrite,
+        metadata=meta, jpeg_encoding=reader.jpeg_encoding, fsync=fsync, overwrite=overwrite,
     )
     n = reader.total_episodes
     with writer, tqdm(total=n, desc=description or f"derive {dataset_id}", unit="episode", disable=not progress) as bar:

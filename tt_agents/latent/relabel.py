@@ -8,8 +8,8 @@ latent, float32 ``(T, latent_dim)``) and ``latent_codes`` (the code indices, int
 
 When the source is a Minari dataset on disk, each episode's HDF5 group is copied as stored (JPEG
 frames are not re-encoded, infos and attributes come along) and the new fields are added to its
-``extras`` group, through :class:`~tt_agents.data.writer.MinariWriter` (its lock, its atomic
-commits). An in-memory :class:`~tt_agents.data.EpisodeDataset` is written episode by episode with
+``extras`` group, through :func:`tt_agents.data.derive.derive_dataset` (the writer's lock, its
+atomic commits). An in-memory :class:`~tt_agents.data.EpisodeDataset` is written episode by episode with
 the same arrays.
 """
 
@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
+from tt_agents.data.derive import derive_dataset
 from tt_agents.data.episodes import DatasetError, EpisodeDataset
 from tt_agents.data.loading import load_dataset
 from tt_agents.data.minari_format import _RESERVED_KEYS, EpisodeRecord, dataset_path, parse_dataset_id
@@ -173,47 +173,24 @@ def relabel(
         raise DatasetError(f"a dataset already exists at {target}; pass overwrite=True or another id")
     meta = {k: v for k, v in source_meta.items() if k not in _RESERVED_KEYS and k not in ("format", "source")}
     meta["relabeled_from"] = source_id
+    if folder is not None:  # each episode's HDF5 group copied as stored, the latent fields beside it
+        derive_dataset(folder, new_id, lambda eps: labeler([np.asarray(e.observations) for e in eps]),
+                       _latent_spaces(lam), path=target, metadata=meta, batch_episodes=episodes_per_batch,
+                       overwrite=overwrite, progress=progress, description=f"relabel {new_id}")
+        return load_dataset(target)
     writer = MinariWriter(new_id, obs_space, act_space, path=target, env_spec=source_meta.get("env_spec"),
                           extra_spaces={**extras, **_latent_spaces(lam)}, metadata=meta, jpeg_encoding=jpeg,
                           overwrite=overwrite)
     bar = tqdm(total=n_episodes, desc=f"relabel {new_id}", disable=not progress, dynamic_ncols=True)
     try:
         for start in range(0, n_episodes, episodes_per_batch):
-            idx = list(range(start, min(n_episodes, start + episodes_per_batch)))
-            if folder is not None:
-                _copy_batch(writer, reader, idx, labeler)
-            else:
-                eps = [dataset[i] for i in idx]
-                labels = labeler([np.asarray(e.observations) for e in eps])
-                writer.write_episodes([
-                    EpisodeRecord(e.observations, e.actions, e.rewards, e.terminations, e.truncations,
-                                  extras={**e.extras, **lab}) for e, lab in zip(eps, labels)])
-            bar.update(len(idx))
+            eps = [dataset[i] for i in range(start, min(n_episodes, start + episodes_per_batch))]
+            labels = labeler([np.asarray(e.observations) for e in eps])
+            writer.write_episodes([
+                EpisodeRecord(e.observations, e.actions, e.rewards, e.terminations, e.truncations,
+                              extras={**e.extras, **lab}) for e, lab in zip(eps, labels)])
+            bar.update(len(eps))
     finally:
         bar.close()
         writer.close()
     return load_dataset(target)
-
-
-def _copy_batch(writer: MinariWriter, reader: MinariReader, idx: list[int], labeler: _Labeler) -> None:
-    """Copy episodes ``idx`` of the source's HDF5 file as stored and add the latent fields to their ``extras``."""
-    with reader.open() as src:
-        eps = [reader.read_episode(src, i) for i in idx]  # decoded observations, for the IDM
-        labels = labeler([np.asarray(e.observations) for e in eps])
-        first = writer.total_episodes
-        leaves = {k: writer._extra_leaves[k] for k in labels[0]}
-
-        def write(dst: h5py.File) -> int:
-            steps = 0
-            for k, (i, lab) in enumerate(zip(idx, labels)):
-                steps += reader._check_structure(src, i)
-                name = f"episode_{first + k}"
-                src.copy(src[f"episode_{i}"], dst, name=name)  # byte for byte, attributes and infos included
-                dst[name].attrs["id"] = first + k
-                xg = dst[name].require_group("extras")
-                for field, value in lab.items():
-                    writer._write_leaves(xg, field, value, leaves[field])
-            return steps
-
-        # the writer's own append: its lock, the removal of a failed write's groups, the atomic commit
-        writer._append(len(idx), write)
