@@ -27,6 +27,7 @@ import io
 import json
 import re
 import shutil
+import sys
 import time
 import warnings
 import zipfile
@@ -40,6 +41,9 @@ import numpy as np
 import torch
 import tyro
 from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cli import UsageError, run  # noqa: E402
 
 DATASET_KINDS = ("random", "medium", "medium-replay", "expert")
 
@@ -274,19 +278,19 @@ def algo_of_zip(path: str) -> str:
         with zipfile.ZipFile(path) as z:
             data = json.loads(z.read("data"))
     except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
-        raise SystemExit(f"error: {path} is not an SB3 model .zip ({e}); pass a file saved by model.save()") from None
+        raise UsageError(f"{path} is not an SB3 model .zip ({e}); pass a file saved by model.save()") from None
     module = str(data.get("policy_class", {}).get("__module__", ""))
     for algo in ("sac", "td3", "ppo"):
         if f"stable_baselines3.{algo}." in module or module.endswith(f".{algo}.policies"):
             return algo
-    raise SystemExit(f"error: cannot tell which algorithm saved {path} (policy module {module!r}); pass --algo")
+    raise UsageError(f"cannot tell which algorithm saved {path} (policy module {module!r}); pass --algo")
 
 
 def load_model(path: str, algo: str, venv: gym.vector.VectorEnv, device: str) -> Any:
     model = _algo_class(algo).load(path, device=device)
     if model.action_space != venv.single_action_space:
-        raise SystemExit(
-            f"error: the policy in {path} acts in {model.action_space}, but {venv.single_action_space} is needed"
+        raise UsageError(
+            f"the policy in {path} acts in {model.action_space}, but {venv.single_action_space} is needed"
         )
     return model
 
@@ -382,26 +386,26 @@ def main(args: Args) -> dict[str, Any]:
     kinds = list(dict.fromkeys(args.datasets))
     bad = [k for k in kinds if k not in DATASET_KINDS]
     if bad:
-        raise SystemExit(f"error: unknown datasets {bad}; choose from {DATASET_KINDS}")
+        raise UsageError(f"unknown datasets {bad}; choose from {DATASET_KINDS}")
     if args.expert_zip and "medium-replay" in kinds:
-        raise SystemExit(
-            "error: medium-replay is the training log of the expert, so it needs a trained expert: drop --expert-zip "
+        raise UsageError(
+            "medium-replay is the training log of the expert, so it needs a trained expert: drop --expert-zip "
             "or drop medium-replay from --datasets"
         )
     if args.medium_zip and "medium-replay" in kinds:
-        raise SystemExit(
-            "error: medium-replay is cut at the trained medium checkpoint: drop --medium-zip or medium-replay"
+        raise UsageError(
+            "medium-replay is cut at the trained medium checkpoint: drop --medium-zip or medium-replay"
         )
     if args.expert_zip and "medium" in kinds and not args.medium_zip:
-        raise SystemExit("error: with --expert-zip, 'medium' needs --medium-zip (no training checkpoints exist)")
+        raise UsageError("with --expert-zip, 'medium' needs --medium-zip (no training checkpoints exist)")
     if is_procgen(args.env_id) and args.max_episode_steps is not None:
         warnings.warn("--max-episode-steps is ignored for Procgen (each game has its own time limit)", stacklevel=1)
     namespace = args.namespace or default_namespace(args.env_id)
     ids = {k: f"{namespace}/{k}-v{args.version}" for k in kinds}
     for dataset_id in ids.values():
         if dataset_path(dataset_id).exists() and not args.overwrite:
-            raise SystemExit(
-                f"error: dataset {dataset_id} already exists at {dataset_path(dataset_id)}; pass --overwrite"
+            raise UsageError(
+                f"dataset {dataset_id} already exists at {dataset_path(dataset_id)}; pass --overwrite"
             )
     out_dir = Path(args.out_dir or Path("runs") / "collect" / namespace)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -417,8 +421,8 @@ def main(args: Args) -> dict[str, Any]:
         else:
             algo = "ppo" if image or not isinstance(act_space, gym.spaces.Box) else "sac"
     if algo in ("sac", "td3") and not isinstance(act_space, gym.spaces.Box):
-        raise SystemExit(
-            f"error: {algo.upper()} needs continuous (Box) actions, {args.env_id} has {act_space}; use --algo ppo"
+        raise UsageError(
+            f"{algo.upper()} needs continuous (Box) actions, {args.env_id} has {act_space}; use --algo ppo"
         )
     hp = fit_budget(algo, zoo_hyperparameters(algo, args.env_id), args.expert_steps, args.train_envs)
     common = {
@@ -525,8 +529,8 @@ def main(args: Args) -> dict[str, Any]:
             medium_info = {"name": "medium", "zip": str(args.medium_zip)}
         else:
             if not checkpoints:
-                raise SystemExit(
-                    "error: training saved no checkpoint to pick 'medium' from; raise --n-checkpoints or --expert-steps"
+                raise UsageError(
+                    "training saved no checkpoint to pick 'medium' from; raise --n-checkpoints or --expert-steps"
                 )
             target = ref_min + args.medium_fraction * (ref_max - ref_min)
             scores = []
@@ -560,8 +564,8 @@ def main(args: Args) -> dict[str, Any]:
         ends = np.cumsum(lengths)
         n_eps = max(1, int(np.searchsorted(ends, medium_step, side="right"))) if len(lengths) else 0
         if n_eps == 0:
-            raise SystemExit(
-                "error: the expert's training finished no episode, so medium-replay would be empty; raise --expert-steps"
+            raise UsageError(
+                "the expert's training finished no episode, so medium-replay would be empty; raise --expert-steps"
             )
         writer = MinariWriter(
             ids["medium-replay"],
@@ -616,4 +620,4 @@ def main(args: Args) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    run(lambda: main(tyro.cli(Args)))  # a user error: one line on stderr, exit code 2 (scripts/_cli.py)
