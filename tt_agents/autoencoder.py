@@ -57,9 +57,9 @@ from tt_agents.models.autoencoder import (
     hard_hold,
     sparsity_prior,
 )
-from tt_agents.preprocessing import ActionScaler, ObservationNormalizer
+from tt_agents.preprocessing import policy_preprocessing
 from tt_agents.registry import register_agent
-from tt_agents.spaces import SpaceMismatchError, is_image_space
+from tt_agents.spaces import SpaceMismatchError
 from tt_agents.stages import GradientStage
 from tt_agents.trainer import TrainConfig
 
@@ -216,12 +216,9 @@ class TrajectoryAutoencoder(Agent):
             raise ValueError(f"TAEConfig.d_model ({c.d_model}) must be a multiple of n_heads ({c.n_heads})")
 
     def _setup_preprocessing(self) -> None:
-        self.image = is_image_space(self.observation_space)
-        self.discrete = isinstance(self.action_space, gym.spaces.Discrete)
-        self.normalizer = ObservationNormalizer(
-            self.observation_space.shape, enabled=self.config.normalize_observations and not self.image
+        self.image, self.discrete, self.normalizer, self.scaler = policy_preprocessing(
+            self.observation_space, self.action_space, self.config.normalize_observations
         )
-        self.scaler = None if self.discrete else ActionScaler(self.action_space)
 
     def _build_model(self) -> nn.Module:
         c = self.config
@@ -437,9 +434,11 @@ class TrajectoryAutoencoder(Agent):
     def _save_alphas_figure(self, dataset: Any, run_dir: Path, step: int) -> None:
         episodes = [dataset[i] for i in range(min(len(dataset), 24))]
         alphas = [self.encode(ep).alphas[:200] for ep in episodes if len(ep)]
+        from tt_agents.utils import atomic_write_bytes
+
         out = Path(run_dir) / "figures"
-        plot_alphas(alphas, out / f"alphas_{step:07d}.png", title=f"alphas at step {step}")
-        plot_alphas(alphas, out / "alphas.png", title=f"alphas at step {step}")
+        png = plot_alphas(alphas, out / f"alphas_{step:07d}.png", title=f"alphas at step {step}")
+        atomic_write_bytes(out / "alphas.png", png.read_bytes())  # the latest, drawn once
 
 
 # ----------------------------------------------------------------------------------------------

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from tt_agents.agent import Agent, Preset
 from tt_agents.data.sampler import WindowSampler
 from tt_agents.models.bc import BCNet
-from tt_agents.preprocessing import ActionScaler, ObservationNormalizer
+from tt_agents.preprocessing import policy_preprocessing
 from tt_agents.registry import register_agent
-from tt_agents.spaces import SpaceMismatchError, is_image_space
+from tt_agents.spaces import SpaceMismatchError
 from tt_agents.trainer import TrainConfig
 
 __all__ = ["BCConfig", "BCPolicy"]
@@ -74,12 +74,9 @@ class BCPolicy(Agent):
             )
 
     def _setup_preprocessing(self) -> None:
-        self.image = is_image_space(self.observation_space)
-        self.discrete = isinstance(self.action_space, gym.spaces.Discrete)
-        self.normalizer = ObservationNormalizer(
-            self.observation_space.shape, enabled=self.config.normalize_observations and not self.image
+        self.image, self.discrete, self.normalizer, self.scaler = policy_preprocessing(
+            self.observation_space, self.action_space, self.config.normalize_observations
         )
-        self.scaler = None if self.discrete else ActionScaler(self.action_space)
 
     def _build_model(self) -> nn.Module:
         n_out = int(self.action_space.n) if self.discrete else int(np.prod(self.action_space.shape))

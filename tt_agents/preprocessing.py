@@ -2,17 +2,19 @@
 
 - :class:`ObservationNormalizer`: standardise vector observations with the data's mean and std.
 - :class:`ActionScaler`: map a bounded Box action space to [-1, 1] and back.
+- :func:`policy_preprocessing`: both, as a policy over vector or image observations and Box or
+  Discrete actions sets them up.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-__all__ = ["ObservationNormalizer", "ActionScaler"]
+__all__ = ["ObservationNormalizer", "ActionScaler", "Preprocessing", "policy_preprocessing"]
 
 
 class ObservationNormalizer:
@@ -84,3 +86,28 @@ class ActionScaler:
     def unscale(self, a: np.ndarray) -> np.ndarray:
         """Network outputs in [-1, 1], ``(..., A)``, back to the action space."""
         return self.low + (np.asarray(a, np.float32) + 1.0) * 0.5 * (self.high - self.low)
+
+
+class Preprocessing(NamedTuple):
+    image: bool
+    """Image observations (uint8 ``(H, W, C)``): not normalized, a CNN reads them."""
+    discrete: bool
+    """Discrete actions: no scaler."""
+    normalizer: ObservationNormalizer
+    scaler: ActionScaler | None
+
+
+def policy_preprocessing(observation_space: gym.Space, action_space: gym.Space, normalize: bool) -> Preprocessing:
+    """The normalizer (enabled for vector observations when ``normalize``) and the scaler (Box actions) of a policy.
+
+    Example:
+        >>> p = policy_preprocessing(gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2), normalize=True)
+        >>> p.image, p.discrete, p.normalizer.enabled, p.scaler
+        (False, True, True, None)
+    """
+    from tt_agents.spaces import is_image_space
+
+    image = is_image_space(observation_space)
+    discrete = isinstance(action_space, gym.spaces.Discrete)
+    normalizer = ObservationNormalizer(observation_space.shape, enabled=normalize and not image)
+    return Preprocessing(image, discrete, normalizer, None if discrete else ActionScaler(action_space))

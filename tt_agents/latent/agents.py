@@ -48,7 +48,7 @@ from tt_agents.latent.models import (
     codebook_perplexity,
 )
 from tt_agents.latent.transitions import Transitions, TransitionSampler
-from tt_agents.preprocessing import ActionScaler, ObservationNormalizer
+from tt_agents.preprocessing import policy_preprocessing
 from tt_agents.registry import register_agent
 from tt_agents.spaces import SpaceMismatchError, is_image_space
 from tt_agents.stages import GradientStage, SearchStage
@@ -142,12 +142,9 @@ class _LatentBase(Agent):
     """What both agents share: spaces, preprocessing of windows and observations, the action head's loss."""
 
     def _setup_preprocessing(self) -> None:
-        self.image = is_image_space(self.observation_space)
-        self.discrete = isinstance(self.action_space, gym.spaces.Discrete)
-        self.normalizer = ObservationNormalizer(
-            self.observation_space.shape, enabled=self.config.normalize_observations and not self.image
+        self.image, self.discrete, self.normalizer, self.scaler = policy_preprocessing(
+            self.observation_space, self.action_space, self.config.normalize_observations
         )
-        self.scaler = None if self.discrete else ActionScaler(self.action_space)
         self._cache: tuple[Any, Transitions, dict[str, np.ndarray]] | None = None
 
     @property
