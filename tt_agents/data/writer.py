@@ -407,9 +407,7 @@ class MinariWriter:
                     self._check_added(i, T, fields, new_fields)
 
             def write(dst: h5py.File) -> int:
-                steps = 0
                 for k, i in enumerate(indices):
-                    steps += reader._check_structure(src, i)
                     name = f"episode_{first + k}"
                     src.copy(src[f"episode_{i}"], dst, name=name)
                     dst[name].attrs["id"] = first + k
@@ -417,7 +415,7 @@ class MinariWriter:
                         xg = dst[name].require_group("extras")
                         for field_name in new_fields:
                             self._write_leaves(xg, field_name, add_fields[k][field_name], self._extra_leaves[field_name])
-                return steps
+                return sum(lengths)  # checked above, before anything was written
 
             return self._append(len(indices), write)
 
