@@ -56,6 +56,9 @@ class Args:
     """Return of an expert (default: from the training data's metadata)."""
     video: str | None = None
     """Write the first episode of sub-env 0 to this .mp4 or .gif."""
+    reconstruction_video: str | None = None
+    """WorldModelController only: act for one more episode (reset with --seed) and write it to this .mp4 or .gif
+    as real frames | V's reconstructions | M's predicted next frames, side by side."""
     json_out: str | None = None
     """Write the result as JSON."""
     device: str = "auto"
@@ -98,6 +101,9 @@ def check_options(args: Args) -> None:
         raise UsageError(f"--n-envs must be >= 1, got {args.n_envs}")
     if args.video is not None and Path(args.video).suffix.lower() not in VIDEO_SUFFIXES:
         raise UsageError(f"--video {args.video}: the file must end in one of {', '.join(VIDEO_SUFFIXES)}")
+    if args.reconstruction_video is not None and Path(args.reconstruction_video).suffix.lower() not in VIDEO_SUFFIXES:
+        raise UsageError(f"--reconstruction-video {args.reconstruction_video}: the file must end in one of "
+                         f"{', '.join(VIDEO_SUFFIXES)}")
 
 
 def main(args: Args) -> None:
@@ -106,12 +112,19 @@ def main(args: Args) -> None:
     env_id = args.env_id or agent.data_info.get("env_id")
     if env_id is None:
         raise UsageError(f"{args.checkpoint} does not record its env; pass --env-id")
+    if args.reconstruction_video is not None and not hasattr(agent, "episode_reconstruction_video"):
+        raise UsageError(f"--reconstruction-video needs a WorldModelController checkpoint; {args.checkpoint} holds a "
+                         f"{type(agent).__name__}")
     res = evaluate(agent, env_id, n_episodes=args.n_episodes, n_envs=args.n_envs, seed=args.seed,
                    deterministic=args.deterministic, ref_min_score=args.ref_min_score,
                    ref_max_score=args.ref_max_score, video_path=args.video, json_path=args.json_out,
                    act=undocumented(args.act) if getattr(args, "act", None) is not None else None,
                    progress=args.progress)
     print(f"{type(agent).__name__} on {env_id}: {res}")
+    if args.reconstruction_video is not None:
+        path = agent.episode_reconstruction_video(env_id, args.reconstruction_video, seed=args.seed,
+                                                  deterministic=args.deterministic)
+        print(f"real | V's reconstruction | M's prediction: {path}")
 
 
 def evaluate_defaults() -> dict[str, Any]:

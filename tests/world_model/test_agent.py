@@ -98,6 +98,15 @@ def _fake_96():
     return env
 
 
+def _fake_64():
+    from tests.fake_env import make_env
+
+    return make_env("image", "continuous", episode_len=5)
+
+
+gym.register("WorldModelFakeImage64-v0", entry_point="tests.world_model.test_agent:_fake_64")
+
+
 def test_evaluate_and_vector_planner_on_a_resized_env():
     ds = make_dataset("image", "continuous", n_episodes=2)
     agent = _make()(ds.observation_space, ds.action_space)
@@ -126,3 +135,25 @@ def test_side_by_side_reconstruction_video(tmp_path):
     assert strip[0, :, 128:].max() == 0 and strip[1:, :, 128:].max() > 0  # M predicts from the second frame on
     path = agent.reconstruction_video(np.asarray(ep.observations), np.asarray(ep.actions), tmp_path / "wm.gif")
     assert path.stat().st_size > 0
+
+
+def test_eval_script_writes_the_side_by_side_video(tmp_path):
+    """scripts/eval.py --reconstruction-video: one more episode, as real | V(real) | M's prediction."""
+    from PIL import Image
+
+    from tests.scripts._helpers import load_script
+
+    ds = make_dataset("image", "continuous", n_episodes=1)
+    agent = _make()(ds.observation_space, ds.action_space)
+    agent.save(tmp_path / "wm.zip")
+    ev = load_script("eval")
+    path = tmp_path / "side.gif"
+    ev.main(ev.Args(checkpoint=str(tmp_path / "wm.zip"), env_id="WorldModelFakeImage64-v0", n_episodes=1, n_envs=1,
+                    device="cpu", progress=False, reconstruction_video=str(path)))
+    with Image.open(path) as gif:
+        assert gif.size == (3 * 64, 64) and gif.n_frames == 6  # a 5-step episode: its 6 frames
+    resized = agent.episode_reconstruction_video("WorldModelFakeImage96-v0", tmp_path / "resized.gif", seed=1)
+    with Image.open(resized) as gif:  # 96x96 frames, resized to V's 64x64 on the way
+        assert gif.size == (3 * 64, 64) and gif.n_frames == 6
+    with pytest.raises(ev.UsageError, match="must end in one of"):
+        ev.check_options(ev.Args(checkpoint=str(tmp_path / "wm.zip"), reconstruction_video=str(tmp_path / "x.avi")))

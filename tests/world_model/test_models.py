@@ -114,7 +114,7 @@ def _fit_two_modes(head_cls):
         head.proj.bias[2 * 2: 4 * 2].copy_(torch.tensor([-1.0, 1.0, -1.0, 1.0]))
 
     def nll():
-        out = head(h)
+        out = head(h[:1])  # every row's feature is the same: one row, broadcast over the n points
         return -mixture_log_prob(x, out.logit_pi, out.mu, out.log_sigma).mean()
 
     _train(head, nll, 300, lr=3e-2)

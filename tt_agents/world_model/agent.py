@@ -434,6 +434,32 @@ class WorldModelController(Agent):
         _write_video(list(frames), path, fps=fps)
         return Path(path)
 
+    @torch.no_grad()
+    def episode_reconstruction_video(self, env: str | gym.vector.VectorEnv, path: str | os.PathLike, seed: int = 0,
+                                     deterministic: bool = True, fps: int = 30) -> Path:
+        """Act for one episode in ``env`` and write its :meth:`reconstructions` (real frame | V's reconstruction | M's
+        predicted frame) to ``path`` (``.mp4`` or ``.gif``); what ``scripts/eval.py --reconstruction-video`` does.
+
+        Args:
+            env: an env id (made with :meth:`make_env`, resized to V's frames) or a 1-env vector env.
+            seed: the episode's reset seed.
+        """
+        envs = self.make_env(env, 1) if isinstance(env, str) else env
+        try:
+            obs, _ = envs.reset(seed=seed)
+            frames, actions, state, done = [obs[0]], [], None, False
+            while not done:
+                action, state = self.predict(obs, state=state, episode_start=np.array([not actions]),
+                                             deterministic=deterministic)
+                obs, _, term, trunc, _ = envs.step(action)
+                frames.append(obs[0])  # the vector env resets on the next step: this is the episode's last frame
+                actions.append(action[0])
+                done = bool(term[0] or trunc[0])
+        finally:
+            if isinstance(env, str):
+                envs.close()
+        return self.reconstruction_video(np.stack(frames), np.stack(actions), path, fps=fps)
+
     def with_config(self, **changes: Any) -> WorldModelController:
         """A new agent with some config fields changed and this one's weights (for ablations: another
         ``controller_env`` or search size over the same trained V and M)."""

@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -249,6 +250,10 @@ class EnvEvaluator:
         encode: frames ``(N, H, W, C)`` uint8 -> latents ``(N, D)`` (V's means).
         to_actions: C's raw outputs ``(N, out)`` -> ``(memory actions (N, A), env actions (N, ...) numpy)``.
         max_steps: longest episode (env's own time limit applies too).
+
+    ``env_steps`` counts the rollouts' env steps so far; ``env_seconds`` the time spent in the vector
+    env's ``reset`` and ``step`` (physics, rendering, the resize wrapper) and ``model_seconds`` the
+    time in V, C and M: the profile that says which side a faster evaluation must cut.
     """
 
     def __init__(self, make_env: Callable[[int], Any], num_envs: int, encode: Callable[[np.ndarray], torch.Tensor],
@@ -256,6 +261,8 @@ class EnvEvaluator:
         self.envs = make_env(num_envs)
         self.num_envs, self.encode, self.to_actions, self.max_steps = num_envs, encode, to_actions, max_steps
         self.env_steps = 0
+        self.env_seconds = 0.0
+        self.model_seconds = 0.0
 
     @torch.no_grad()
     def returns(self, model: WorldModel, candidates: torch.Tensor, jobs: np.ndarray, n_samples: int, seed: int,
@@ -274,18 +281,25 @@ class EnvEvaluator:
     def _wave(self, model: WorldModel, params: torch.Tensor, seeds: list[int], n_real: int) -> torch.Tensor:
         device = next(model.parameters()).device
         params = params.to(device)
+        clock = time.perf_counter
+        t0 = clock()
         obs, _ = self.envs.reset(seed=seeds)
+        self.env_seconds += clock() - t0
         n = self.num_envs
         state = model.memory.initial_state(n, device)
         ret = np.zeros(n)
         alive = np.ones(n, bool)
         for _ in range(self.max_steps):
+            t0 = clock()
             z = self.encode(obs)
             raw = model.controller.batched(params, model.controller_input(z, state))
             m_action, env_action = self.to_actions(raw)
             if model.controller_uses_memory:
                 _, state = model.memory.step(z, m_action, state)
+            t1 = clock()
             obs, r, term, trunc, _ = self.envs.step(env_action)
+            self.model_seconds += t1 - t0
+            self.env_seconds += clock() - t1
             self.env_steps += int(alive[:n_real].sum())  # the idle copies are not counted
             ret += np.where(alive, r, 0.0)
             alive &= ~(np.asarray(term) | np.asarray(trunc))
