@@ -9,13 +9,14 @@ each evaluation are files), and rewrites its ``benchmarks.md`` section after eve
 3. speed: one CMA-ES generation evaluated in a real vector env with every candidate's rollout
    stepped together (one batched V, C and M forward per step) against one candidate at a time
    (a 1-env vector env), and dream steps per second against real env steps per second;
-4. C by CMA-ES in dreams (each M kind) and in the real env (V only, V + untrained M, V + trained M);
-5. each controller, and the random policy, evaluated on ``--eval-episodes`` real episodes.
+4. C by CMA-ES in the real env (V only, V + untrained M, V + trained M of each kind, all at one
+   budget) and in dreams (each M kind);
+5. each controller, and the random policy, evaluated on ``--eval-episodes`` real episodes of
+   ``--eval-steps`` (CarRacing's own limit, 1000, by default: full episodes).
 
-Episodes are cut at ``--eval-steps`` (CarRacing's own limit is 1000): on a shared 2-core CPU
-CarRacing steps at a few dozen frames per second, so full-length evaluation of every variant does
-not fit; the returns are therefore not comparable to the paper's 906 +- 21 over full episodes
-(given beside them for reference only).
+``--reuse`` copies an earlier work dir's dataset, V, M and those controllers whose search budget
+(generations, population, samples) equals this run's into the work dir instead of training them
+again; their wall times come with them, and the section says so.
 
 Example (the figures in benchmarks.md):
     python scripts/bench.py world-model --work-dir runs/bench-world-model
@@ -65,15 +66,17 @@ class Args:
     pop_size: int = 16
     n_samples: int = 4
     dream_horizon: int = 300
-    real_generations: int = 3
+    real_generations: int = 6
     """CMA-ES generations in the real env (each costs pop_size * real_samples * real_steps env steps)."""
     real_pop_size: int = 8
-    real_samples: int = 1
-    real_steps: int = 100
+    real_samples: int = 2
+    real_steps: int = 150
     """Steps of each real-env rollout of the search."""
     eval_episodes: int = 20
-    eval_steps: int = 300
-    """Evaluation episodes are cut here."""
+    eval_steps: int = 1000
+    """Evaluation episodes are cut here (1000: CarRacing's own limit, i.e. full episodes)."""
+    eval_envs: int = 10
+    """Sub-envs of the evaluations (one batched predict per step for all of them)."""
     speed_steps: int = 50
     """Steps per rollout of the speed comparison."""
     dream_variants: bool = True
@@ -83,6 +86,8 @@ class Args:
     vectorization: str = "sync"
     """Real envs' vector mode: ``async`` runs each sub-env in its own process (for many cores)."""
     seed: int = 0
+    reuse: tuple[str, ...] = ()
+    """Earlier work dirs to take the dataset, V, M and same-budget controllers from (the first one that has each)."""
 
 
 def _cfg(**kw: Any) -> Any:
@@ -110,8 +115,62 @@ class Bench:
         os.environ["MINARI_DATASETS_PATH"] = str(self.store)
         self.results_path = self.work / "results.json"
         self.results: dict[str, Any] = json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
+        for src in args.reuse:
+            self.reuse(Path(src).resolve())
+
+    def search_budget(self, name: str) -> dict[str, int]:
+        a = self.args
+        if name.startswith("dream"):
+            return {"generations": a.generations, "pop_size": a.pop_size, "n_samples": a.n_samples,
+                    "steps": a.dream_horizon}
+        return {"generations": a.real_generations, "pop_size": a.real_pop_size, "n_samples": a.real_samples,
+                "steps": a.real_steps}
+
+    def reuse(self, src: Path) -> None:
+        """Copy ``src``'s dataset, V, M and the controllers searched at this run's budget (not its evaluations)."""
+        import shutil
+
+        theirs = json.loads((src / "results.json").read_text())
+        if (src / "store").exists() and not self.store.exists():
+            shutil.copytree(src / "store", self.store)
+        for key in ("rollouts", "vae_loss"):
+            if key in theirs:
+                self.results.setdefault(key, theirs[key])
+        walls = self.results.setdefault("wall_s", {})
+        for name in ("rollouts", "vae"):
+            if name in theirs.get("wall_s", {}):
+                walls.setdefault(name, theirs["wall_s"][name])
+        for file in ["v.zip", *(f"vm_{k}.zip" for k in self.args.kinds)]:
+            if (src / file).exists() and not (self.work / file).exists():
+                shutil.copy2(src / file, self.work / file)
+                kind = file[3:-4]
+                if file != "v.zip" and kind in theirs.get("memory_loss", {}):
+                    self.results.setdefault("memory_loss", {})[kind] = theirs["memory_loss"][kind]
+                    walls.setdefault(f"memory_{kind}", theirs["wall_s"].get(f"memory_{kind}"))
+        for name, s in theirs.get("search", {}).items():
+            path = self.work / self.controller_file(name)
+            if path.exists() or not (src / path.name).exists():
+                continue
+            c = load_agent(src / path.name, device="cpu").config  # the rollout length its search used
+            s = {**s, "steps": c.dream_horizon if c.controller_env == "dream" else c.max_episode_steps}
+            if {k: s.get(k) for k in ("generations", "pop_size", "n_samples", "steps")} == self.search_budget(name):
+                shutil.copy2(src / path.name, path)
+                if (src / ("run_" + path.stem)).exists():
+                    shutil.copytree(src / ("run_" + path.stem), self.work / ("run_" + path.stem))
+                self.results.setdefault("search", {})[name] = s
+                walls[name] = theirs["wall_s"].get(name, s["seconds"])
+                self.results.setdefault("reused", {})[name] = str(src)
+        self.results.setdefault("reused_from", [])
+        if str(src) not in self.results["reused_from"]:
+            self.results["reused_from"].append(str(src))
+        self.results_path.write_text(json.dumps(self.results, indent=1))
+
+    @staticmethod
+    def controller_file(name: str) -> str:
+        return "c_" + "".join(ch if ch.isalnum() else "_" for ch in name) + ".zip"
 
     def save(self) -> None:
+        self.results.setdefault("load_average", []).append(os.getloadavg()[0])
         self.results_path.write_text(json.dumps(self.results, indent=1))
         self.write()
 
@@ -181,7 +240,9 @@ class Bench:
             ev.returns(agent.model, cands, jobs, 1, a.seed, 0)
             dt = time.perf_counter() - t0
             out["batched" if n > 1 else "one_at_a_time"] = {"seconds": dt, "env_steps": ev.env_steps,
-                                                             "steps_per_s": ev.env_steps / dt}
+                                                             "steps_per_s": ev.env_steps / dt,
+                                                             "env_seconds": ev.env_seconds,
+                                                             "model_seconds": ev.model_seconds}
             ev.close()
         z0 = agent.encode(np.stack([np.asarray(ep.observations[0]) for ep in ds]))[0]
         Pd, S = a.pop_size, a.n_samples
@@ -198,18 +259,18 @@ class Bench:
         a = self.args
         v_path = self.work / "v.zip"
         variants: dict[str, tuple[Path, dict[str, Any]]] = {}
-        for kind in a.kinds if a.dream_variants else ():
-            variants[f"dream, V + trained M ({kind})"] = (paths[kind], {"controller_env": "dream"})
         real = {"controller_env": a.env_id, "pop_size": a.real_pop_size, "n_samples": a.real_samples,
                 "max_episode_steps": a.real_steps, "eval_envs": a.real_pop_size * a.real_samples,
                 "eval_vectorization": a.vectorization}
         variants["real, V only"] = (v_path, {**real, "controller_uses_memory": False})
         variants["real, V + untrained M (mdnrnn)"] = (v_path, real)
-        if "mdnrnn" in paths:
-            variants["real, V + trained M (mdnrnn)"] = (paths["mdnrnn"], real)
+        for kind in a.kinds:
+            variants[f"real, V + trained M ({kind})"] = (paths[kind], real)
+        for kind in a.kinds if a.dream_variants else ():
+            variants[f"dream, V + trained M ({kind})"] = (paths[kind], {"controller_env": "dream"})
         out = {}
         for name, (src, changes) in variants.items():
-            path = self.work / ("c_" + "".join(ch if ch.isalnum() else "_" for ch in name) + ".zip")
+            path = self.work / self.controller_file(name)
             out[name] = path
             if path.exists():
                 continue
@@ -228,14 +289,16 @@ class Bench:
             self.results.setdefault("search", {})[name] = {
                 "generations": gens, "pop_size": agent.config.pop_size, "n_samples": agent.config.n_samples,
                 "seconds": res.seconds, "s_per_generation": res.seconds / gens,
-                "first_mean": rows[0]["mean"], "last_mean": rows[-1]["mean"], "best": rows[-1]["best_ever"]}
+                "first_mean": rows[0]["mean"], "last_mean": rows[-1]["mean"], "best": rows[-1]["best_ever"],
+                "steps": a.dream_horizon if changes["controller_env"] == "dream" else a.real_steps}
             agent.save(path)
             self.save()
         return out
 
     def evaluate_all(self, ds: Any, controllers: dict[str, Path]) -> None:
         a = self.args
-        todo: dict[str, Any] = {"random policy": None, **controllers}
+        real = {k: v for k, v in controllers.items() if k.startswith("real")}
+        todo: dict[str, Any] = {**real, "random policy": None, **{k: v for k, v in controllers.items() if k not in real}}
         for name, path in todo.items():
             if name in self.results.get("eval", {}):
                 continue
@@ -244,63 +307,98 @@ class Bench:
                 policy = RandomPolicy(ds.action_space, a.seed)
             else:
                 agent = policy = load_agent(path, device="cpu")
-            envs = agent.make_env(a.env_id, a.num_envs, a.vectorization, max_episode_steps=a.eval_steps)
+            envs = agent.make_env(a.env_id, a.eval_envs, a.vectorization, max_episode_steps=a.eval_steps)
             t0 = time.perf_counter()
             res = evaluate(policy, envs, n_episodes=a.eval_episodes, seed=10_000 + a.seed, progress=False)
             envs.close()
             self.results.setdefault("eval", {})[name] = {"mean": res.mean_return, "stderr": res.stderr_return,
                                                          "std": float(np.std(res.returns)), "n": res.n_episodes,
-                                                         "seconds": time.perf_counter() - t0}
+                                                         "seconds": time.perf_counter() - t0,
+                                                         "steps": a.eval_steps}
             self.save()
+            print(f"evaluated {name}: {res}", flush=True)
 
     # -------------------------------------------------------------- report
     def write(self) -> None:
         a, r = self.args, self.results
+        frames = r.get("rollouts", {}).get("steps")
+        load = r.get("load_average", [])
+        epochs = (lambda steps, batch: f", {steps * batch / frames:.1f} epochs") if frames else (lambda *_: "")
         lines = [
-            f"Budget: {r.get('rollouts', {}).get('episodes', '?')} brownian random rollouts of {a.rollout_steps} steps "
-            f"({r.get('rollouts', {}).get('steps', '?')} frames, 64x64); V {a.vae_steps} steps (batch 32), each M "
-            f"{a.memory_steps} steps (batch 16 sequences of 32), the `cpu` preset's sizes (V widths 16/32/64/128, "
-            f"latent 32; MDN-RNN 64 units x 5 Gaussians; transformer kinds d_model 32, 8 heads, 3 layers); "
-            f"dream CMA-ES {a.generations} generations x {a.pop_size} candidates x {a.n_samples} dreams of up to "
-            f"{a.dream_horizon} steps; real-env CMA-ES {a.real_generations} generations x {a.real_pop_size} x "
-            f"{a.real_samples} rollouts of {a.real_steps} steps. Evaluation: {a.eval_episodes} episodes cut at "
-            f"{a.eval_steps} steps (not CarRacing's full 1000), deterministic (V's mean).",
+            f"Shared machine ({os.cpu_count()} cores; other jobs ran beside this one, which used 1 torch thread): "
+            f"the 1-minute load average at this run's phase ends was {min(load):.1f} to {max(load):.1f}."
+            if load else "", "",
+            f"Data, V and M (the same for every row): {r.get('rollouts', {}).get('episodes', '?')} brownian random "
+            f"rollouts of {a.rollout_steps} steps ({frames or '?'} frames, 64x64); V {a.vae_steps} steps of batch 32"
+            f"{epochs(a.vae_steps, 32)}; each M {a.memory_steps} steps of batch 16 sequences of 32"
+            f"{epochs(a.memory_steps, 16 * 32)}; the `cpu` preset's sizes (V widths 16/32/64/128, latent 32; MDN-RNN "
+            f"64 units x 5 Gaussians; transformer kinds d_model 32, 8 heads, 3 layers). Evaluation: "
+            f"{a.eval_episodes} episodes of up to {a.eval_steps} steps"
+            f"{' (full CarRacing episodes)' if a.eval_steps >= 1000 else ' (cut before the full 1000)'}, "
+            f"{a.eval_envs} sub-envs, deterministic (V's mean).",
             "",
         ]
         if r.get("reused_from"):
-            lines += [f"The dataset, V and M (and their wall times below) are reused from {r['reused_from']}.", ""]
+            reused = sorted(r.get("reused", {}))
+            lines += [f"Reused from earlier runs of this bench ({', '.join(f'`{x}`' for x in r['reused_from'])}): the "
+                      f"dataset, V and M" + (f", and the searches of {', '.join(reused)}" if reused else "") +
+                      " (their wall times below are those runs'). Every evaluation below is this run's.", ""]
         walls = r.get("wall_s", {})
         if walls:
-            lines += ["Wall time per phase (s): " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items()), ""]
+            lines += ["Wall time per phase (s): " + ", ".join(f"{k} {v:.0f}" for k, v in walls.items() if v is not None),
+                      ""]
         ev = r.get("eval", {})
         search = r.get("search", {})
         if ev:
             rows = []
             for name, e in ev.items():
                 s = search.get(name, {})
+                budget = (f"{s['generations']} gen x {s['pop_size']} x {s['n_samples']} "
+                          f"{'dreams' if name.startswith('dream') else 'rollouts'} of <= {s.get('steps', '?')} steps"
+                          if s else "")
                 rows.append([name, f"{e['mean']:.1f} +- {e['std']:.1f} (stderr {e['stderr']:.1f}, n={e['n']})",
-                             f"{s['first_mean']:.2f} -> {s['last_mean']:.2f}" if s else "",
-                             f"{s['s_per_generation']:.1f}" if s else ""])
-            rows.append(["paper (full episodes, 100 trials)", "906 +- 21 (V only 632 +- 251)", "", ""])
-            rows.append(["PyTorch port (full episodes)", "860 +- 120 (untrained MDN-RNN 870 +- 120)", "", ""])
-            lines += [f"Returns over the first {a.eval_steps} steps of real CarRacing-v3 episodes:", "",
-                      markdown_table(["controller", "return (mean +- std)", "search fitness, first -> last "
-                                      "generation mean", "s / generation"], rows), ""]
+                             budget, f"{s['first_mean']:.2f} -> {s['last_mean']:.2f}" if s else "",
+                             f"{s['seconds']:.0f}" if s else "", f"{e['seconds']:.0f}"])
+            rows.append(["paper (100 trials)", "906 +- 21 (V only 632 +- 251)", "", "", "", ""])
+            rows.append(["PyTorch port", "860 +- 120 (untrained MDN-RNN 870 +- 120)", "", "", "", ""])
+            steps = {e.get("steps", a.eval_steps) for e in ev.values()}
+            lines += [f"Returns over real CarRacing-v3 episodes of up to {'/'.join(map(str, sorted(steps)))} steps:", "",
+                      markdown_table(["controller", "return (mean +- std)", "C's search budget",
+                                      "search fitness, first -> last generation mean", "search s", "eval s"], rows),
+                      ""]
         sp = r.get("speed")
         if sp:
             b, o, d = sp["batched"], sp["one_at_a_time"], sp["dream"]
+            rows = []
+            for label, x in ((f"real, batched ({a.real_pop_size} sub-envs, one V+C+M forward per step)", b),
+                             ("real, one candidate at a time (1 sub-env)", o)):
+                prof = [f"{1e3 * x[k] / x['env_steps']:.2f}" if k in x else "" for k in ("env_seconds", "model_seconds")]
+                rows.append([label, x["seconds"], x["env_steps"], x["steps_per_s"], *prof])
+            rows.append(["dream (inside M, batched)", d["seconds"], d["steps"], d["steps_per_s"], "0", ""])
             lines += [
                 f"Speed (one CMA-ES generation of {a.real_pop_size} candidates x 1 rollout of {a.speed_steps} real "
-                f"steps, {a.vectorization} vector env; dream: {a.pop_size} x {a.n_samples} dreams of {a.dream_horizon} steps):", "",
-                markdown_table(["evaluation", "seconds", "steps", "steps/s"], [
-                    [f"real, batched ({a.real_pop_size} sub-envs, one V+C+M forward per step)", b["seconds"],
-                     b["env_steps"], b["steps_per_s"]],
-                    ["real, one candidate at a time (1 sub-env)", o["seconds"], o["env_steps"], o["steps_per_s"]],
-                    ["dream (inside M, batched)", d["seconds"], d["steps"], d["steps_per_s"]],
-                ]), "",
+                f"steps, {a.vectorization} vector env; dream: {a.pop_size} x {a.n_samples} dreams of {a.dream_horizon} "
+                "steps); the profile splits each real env step's time between the env (reset, step: Box2D, pygame "
+                "rendering, the 96->64 resize wrapper) and V+C+M:", "",
+                markdown_table(["evaluation", "seconds", "steps", "steps/s", "env ms / step", "V+C+M ms / step"], rows),
+                "",
                 f"Batched / one at a time: {o['seconds'] / b['seconds']:.2f}x (goal 4x); dream / real steps per "
-                f"second: {d['steps_per_s'] / b['steps_per_s']:.0f}x against the batched real env (goal 20x).", "",
+                f"second: {d['steps_per_s'] / b['steps_per_s']:.0f}x against the batched real env, "
+                f"{d['steps_per_s'] / o['steps_per_s']:.0f}x against one at a time (goal 20x).", "",
             ]
+            if "env_seconds" in b:
+                bound = o["seconds"] / b["env_seconds"]
+                lines += [
+                    f"Where the time goes: batched, the env takes {100 * b['env_seconds'] / b['seconds']:.0f}% of "
+                    f"the generation and V+C+M {100 * b['model_seconds'] / b['seconds']:.0f}%; one at a time, "
+                    f"{100 * o['env_seconds'] / o['seconds']:.0f}% and {100 * o['model_seconds'] / o['seconds']:.0f}%. "
+                    f"Batching cuts V+C+M from {1e3 * o['model_seconds'] / o['env_steps']:.2f} to "
+                    f"{1e3 * b['model_seconds'] / b['env_steps']:.2f} ms per env step, but the env's own "
+                    f"{1e3 * b['env_seconds'] / b['env_steps']:.1f} ms per step (CarRacing draws its track at "
+                    f"1000x800 with pygame and scales it to 96x96 on every step) is not ours and does not shrink in "
+                    f"one process: even with V+C+M free the batched generation could be at most {bound:.2f}x faster "
+                    f"than one at a time here. More needs the sub-envs in several processes "
+                    f"(`--vectorization async`, one per core), which this 2-core shared machine cannot show.", ""]
         title = "World Models on CarRacing-v3 (V, M kinds, CMA-ES in dreams and real env)"
         if a.section != "world-model":
             title += f": {a.section}"
