@@ -42,7 +42,7 @@ from tt_agents.agent import Agent, Preset
 from tt_agents.data.episodes import Episode
 from tt_agents.data.prompts import PromptSampler, make_prompt
 from tt_agents.data.sampler import WindowSampler
-from tt_agents.models.dt import DecisionTransformerNet, DTNetConfig, PrefixKVCache
+from tt_agents.models.dt import DecisionTransformerNet, DTNetConfig, DTStepCache
 from tt_agents.preprocessing import ActionScaler, ObservationNormalizer
 from tt_agents.registry import register_agent
 from tt_agents.spaces import SpaceMismatchError, is_image_space
@@ -51,6 +51,7 @@ from tt_agents.trainer import TrainConfig
 __all__ = ["DTConfig", "DTActConfig", "DTPreset", "DT_PRESETS", "DTState", "DecisionTransformer", "MissingRewardError"]
 
 INFERENCE_MODES = ("cache", "recompute", "window")
+KV_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class MissingRewardError(ValueError):
@@ -105,10 +106,19 @@ class DTActConfig:
     inference: str = "cache"
     """``"cache"`` (constant time per step), ``"recompute"`` (the exact reference) or ``"window"``
     (the original DT evaluation); see the module docstring."""
+    compile: bool = False
+    """Run the cached step through ``torch.compile`` (the first step of a state compiles, once per
+    process and shape; falls back to the eager step where compilation is unavailable). Off by
+    default: benchmarks.md ("dt") has what it gains and what compiling costs."""
+    kv_dtype: str = "float32"
+    """Dtype of the cached keys and values: ``"float32"`` (exact), ``"bfloat16"`` or ``"float16"``
+    (half the bytes, not exact: benchmarks.md has the deviation)."""
 
     def __post_init__(self) -> None:
         if self.inference not in INFERENCE_MODES:
             raise ValueError(f"inference must be one of {INFERENCE_MODES}, got {self.inference!r}")
+        if self.kv_dtype not in KV_DTYPES:
+            raise ValueError(f"kv_dtype must be one of {tuple(KV_DTYPES)}, got {self.kv_dtype!r}")
 
 
 DTPreset = Preset
@@ -151,10 +161,9 @@ class DTState:
     inference: str = "cache"
     prompt: dict[str, torch.Tensor] | None = None
     prev_action: torch.Tensor | None = None
-    cache: PrefixKVCache | None = None
-    cached_valid: torch.Tensor | None = None
-    prompt_valid: torch.Tensor | None = None
+    cache: DTStepCache | None = None
     history: dict[str, torch.Tensor] | None = None
+    act: DTActConfig | None = None
 
     @property
     def n_envs(self) -> int:
@@ -388,6 +397,7 @@ class DecisionTransformer(Agent):
             target_return=float(target_return),
             inference=inference,
             prompt=self._prompt_inputs(prompts) if prompts is not None else None,
+            act=act,
         )
 
     def _predict(self, observation, previous_reward, state, episode_start, deterministic):
@@ -430,20 +440,13 @@ class DecisionTransformer(Agent):
         model: DecisionTransformerNet = self.model  # type: ignore[assignment]
         n = len(ts)
         if state.cache is None:
-            prefix_k = prefix_v = None
+            act = state.act if state.act is not None else self.act
+            prefix_k = prefix_v = pvalid = None
             if state.prompt is not None:
                 prefix_k, prefix_v, pvalid = model.encode_prompt(state.prompt)  # (N, n_head, 3P, head_dim) each
-                prefix_k = [k.expand(n, -1, -1, -1) for k in prefix_k]  # (n_envs, n_head, 3P, head_dim)
-                prefix_v = [v.expand(n, -1, -1, -1) for v in prefix_v]
-                state.prompt_valid = pvalid.expand(n, -1)  # (n_envs, 3P)
-            state.cache = model.new_cache(prefix_k, prefix_v)
-            state.cached_valid = torch.zeros(n, 0, dtype=torch.bool, device=self.device)
-        assert state.cached_valid is not None
-        state.cached_valid &= ~starts[:, None]  # hide the previous episodes' tokens of restarting envs
-        out, state.cached_valid = model.step(
-            state.cache, state.cached_valid, state.prompt_valid, state.prev_action, ~starts, rtg, obs, ts
-        )
-        return out
+                pvalid = pvalid.expand(n, -1)  # (n_envs, 3P)
+            state.cache = DTStepCache(model, n, prefix_k, prefix_v, pvalid, KV_DTYPES[act.kv_dtype], act.compile)
+        return state.cache.step(state.prev_action, ~starts, rtg, obs, ts, starts)
 
     def _step_recompute(self, state: DTState, obs, rtg, ts, starts: torch.Tensor) -> torch.Tensor:
         model: DecisionTransformerNet = self.model  # type: ignore[assignment]

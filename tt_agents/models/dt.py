@@ -24,6 +24,15 @@ step ``t`` appends three tokens ``[a_{t-1}, R_t, s_t]`` to the cache and reads t
 ``s_t``. The cache holds the prompt's keys and values (fixed) and the last ``attn_window`` episode
 tokens (sliding), so a step costs ``O(P + 3K)`` however long the episode runs, and equals the
 training forward over the whole history with the same mask (see ``tests/test_dt.py``).
+
+**Fixed-shape steps.** :class:`DTStepCache` is the agent's cache: one buffer of ``3P + 3(K + 1)``
+slots per layer (the prompt, then a ring with room for one step more than the window, so the
+step's three new tokens can be written before attention without overwriting a token any of
+them may see), whose masks for each of the ring's ``K + 1`` phases are built once.
+:meth:`DecisionTransformerNet.decode_step` is then a function of fixed-shape tensors with no
+Python-level branching, which ``torch.compile`` takes whole (``DTStepCache(compile=True)``);
+:meth:`DecisionTransformerNet.step` over a :class:`PrefixKVCache` is the simpler eager version
+it is tested against.
 """
 
 from __future__ import annotations
@@ -36,12 +45,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tt_agents.models.gpt import GPT, GPTConfig, init_weights
-from tt_agents.models.kv_cache import KVCache, PrefixKVCache, episode_mask, prompt_mask
+from tt_agents.models.kv_cache import KVCache, PrefixKVCache, SlotKVCache, episode_mask, prompt_mask
+from tt_agents.models.static import maybe_compile
 
 __all__ = [
     "ImpalaCNN",
     "DTNetConfig",
     "DecisionTransformerNet",
+    "DTStepCache",
     "PrefixKVCache",  # the cache of `new_cache` and `step`, from tt_agents.models.kv_cache
 ]
 
@@ -304,3 +315,125 @@ class DecisionTransformerNet(nn.Module):
         mask = episode_mask(prompt_valid, valid, 3, self.config.attn_window)  # (B, 3, 3P + T_cached + 3)
         h = self.gpt(x, cache=cache, mask=mask[:, None], n_out=1)  # (B, 1, C): s_t's hidden state
         return self.action_output(h[:, 0]), valid[:, -self.config.attn_window :]
+
+    def decode_step(
+        self,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        valid: torch.Tensor,
+        band: torch.Tensor,
+        own: torch.Tensor,
+        slots: torch.Tensor,
+        is_ring: torch.Tensor,
+        phase: torch.Tensor,
+        prev_action: torch.Tensor,
+        has_prev: torch.Tensor,
+        rtg: torch.Tensor,
+        obs: torch.Tensor,
+        timestep: torch.Tensor,
+        starts: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`step` as a function of fixed-shape tensors (the buffers and tables of a :class:`DTStepCache`).
+
+        ``k``, ``v`` are written in place; returns the action outputs ``(B, A)`` and the new ``valid``.
+        Every shape is fixed and nothing branches on tensor values, so ``torch.compile`` takes it whole.
+        """
+        B = timestep.shape[0]
+        a = self._embed_actions(prev_action, (B,))  # (B, C)
+        r = self.embed_return.forward(rtg.float()[:, None])  # (B, C)
+        s = self._embed_observations(obs, B)  # (B, C)
+        t = torch.stack([timestep - 1, timestep, timestep], dim=1)  # (B, 3)
+        x = self.embed_ln.forward(torch.stack([a, r, s], dim=1) + self._time(t))  # (B, 3, C)
+        slot = slots[phase][0]  # (3,); phase is (1,): indexing by it keeps the shapes static
+        valid = valid & ~(starts[:, None] & is_ring[None])  # restarting envs forget their episode
+        new = torch.stack([has_prev, torch.ones_like(has_prev), torch.ones_like(has_prev)], dim=1)  # (B, 3)
+        valid = valid.index_copy(1, slot, new)  # (B, S)
+        see = (band[phase] & valid[:, None, :]) | own[phase]  # (B, 3, S): always itself
+        mask = torch.zeros(see.shape, dtype=x.dtype, device=x.device).masked_fill_(~see, float("-inf"))
+        h = self.gpt(x, cache=SlotKVCache(k, v, slot, mask[:, None]), n_out=1)  # (B, 1, C): s_t's hidden state
+        return self.action_output(h[:, 0]), valid
+
+
+# ----------------------------------------------------------------------------- the fixed-shape step
+class DTStepCache:
+    """A DT decode cache of fixed shape, for ``B`` envs: prompt keys then a ring of ``3(K + 1)`` slots.
+
+    ``k``, ``v``: ``(n_layer, B, n_head, 3P + 3(K + 1), head_dim)`` in ``dtype`` (float32, or
+    bfloat16 / float16 to halve the bytes read per step: not exact, see benchmarks.md);
+    ``valid`` ``(B, slots)``: which slots hold a token of the env's current episode (or of its
+    prompt). Step ``s`` writes its three tokens at ring slots ``3 (s mod (K + 1)) + 0, 1, 2``;
+    the tables ``band`` and ``own`` ``(K + 1, 3, slots)`` say, for each phase, which slots are in
+    each new token's window and which slot is its own. ``compile``: run
+    :meth:`DecisionTransformerNet.decode_step` through ``torch.compile`` (the first call compiles;
+    where compilation is unavailable the eager step runs, with one warning).
+
+    Example:
+        >>> cfg = DTNetConfig((3,), False, 2, "tanh", context_len=2, n_layer=1, n_head=1, n_embd=8, dropout=0.0,
+        ...                   max_timestep=10, cnn_channels=(), prompt=False)
+        >>> net = DecisionTransformerNet(cfg).eval()
+        >>> cache = DTStepCache(net, n_envs=2)
+        >>> out = cache.step(torch.zeros(2, 2), torch.zeros(2, dtype=torch.bool), torch.zeros(2), torch.zeros(2, 3),
+        ...                  torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.bool))
+        >>> out.shape, cache.k.shape
+        (torch.Size([2, 2]), torch.Size([1, 2, 1, 9, 8]))
+    """
+
+    def __init__(
+        self,
+        net: DecisionTransformerNet,
+        n_envs: int,
+        prefix_k: list[torch.Tensor] | None = None,
+        prefix_v: list[torch.Tensor] | None = None,
+        prompt_valid: torch.Tensor | None = None,
+        dtype: torch.dtype = torch.float32,
+        compile: bool = False,
+    ) -> None:
+        c = net.config
+        p = net.head.weight
+        P = 0 if prompt_valid is None else int(prompt_valid.shape[1])
+        R = 3 * (c.context_len + 1)  # ring slots: the window (3K) and the step being written
+        S = P + R
+        H = c.n_head
+        self.net = net
+        self.k = torch.zeros(c.n_layer, n_envs, H, S, c.n_embd // H, dtype=dtype, device=p.device)
+        self.v = torch.zeros_like(self.k)
+        self.valid = torch.zeros(n_envs, S, dtype=torch.bool, device=p.device)
+        if prompt_valid is not None and prefix_k is not None and prefix_v is not None:
+            for layer in range(c.n_layer):
+                self.k[layer, :, :, :P] = prefix_k[layer]  # (B, n_head, 3P, head_dim)
+                self.v[layer, :, :, :P] = prefix_v[layer]
+            self.valid[:, :P] = prompt_valid
+        # per phase f: new token i at ring offset o = 3f + i; ring slot j (offset (j - 3f) mod R) holds a
+        # token of its window when that offset is <= i (this step's tokens) or > i + 3 (the last K steps)
+        phase = torch.arange(c.context_len + 1, device=p.device)[:, None, None]  # (F, 1, 1)
+        i = torch.arange(3, device=p.device)[None, :, None]  # (1, 3, 1)
+        j = torch.arange(R, device=p.device)[None, None, :]  # (1, 1, R)
+        offset = torch.remainder(j - 3 * phase, R)  # (F, 1, R)
+        ring = (offset <= i) | (offset > i + 3)  # (F, 3, R)
+        self.band = torch.cat([torch.ones(len(ring), 3, P, dtype=torch.bool, device=p.device), ring], dim=2)
+        self.own = torch.cat([torch.zeros(len(ring), 3, P, dtype=torch.bool, device=p.device), offset == i], dim=2)
+        self.slots = P + 3 * phase[:, 0, 0, None] + torch.arange(3, device=p.device)  # (F, 3)
+        self.is_ring = torch.arange(S, device=p.device) >= P  # (S,)
+        self._phases = torch.arange(c.context_len + 1, device=p.device)[:, None].unbind(0)  # (1,) each
+        self.steps = 0
+        self._step = maybe_compile(net.decode_step, "dt-step", p.device) if compile else net.decode_step
+
+    def step(
+        self,
+        prev_action: torch.Tensor,
+        has_prev: torch.Tensor,
+        rtg: torch.Tensor,
+        obs: torch.Tensor,
+        timestep: torch.Tensor,
+        starts: torch.Tensor,
+    ) -> torch.Tensor:
+        """One step of every env (as :meth:`DecisionTransformerNet.step`); ``starts`` ``(B,)``: envs
+        whose episode starts here (their cached episode tokens are hidden). Returns the action outputs."""
+        f = self.steps % (self.net.config.context_len + 1)
+        phase = self._phases[f]  # (1,)
+        out, self.valid = self._step(
+            self.k, self.v, self.valid, self.band, self.own, self.slots, self.is_ring, phase,
+            prev_action, has_prev, rtg, obs, timestep, starts,
+        )
+        self.steps += 1
+        return out

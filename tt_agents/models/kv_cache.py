@@ -26,6 +26,10 @@ Caches:
 - :class:`ForkKVCache`: children of every row of a ring cache that share their parent's keys
   and values instead of copying them (beam search's expansion step), until the surviving
   children are turned back into a ring cache.
+- :class:`SlotKVCache`: fixed-shape buffers written in place at slots the caller gives, attended
+  over whole with a mask the caller builds: no Python-level state or branching, so a decode step
+  through it is a function of fixed-shape tensors that ``torch.compile`` can take whole (the DT's
+  :class:`~tt_agents.models.dt.DTStepCache`, the TT planner's compiled token steps).
 
 Boolean masks (true = attend) become additive ones (``0`` or ``-inf``) once per forward, in the
 attention's dtype, and serve every layer (attention would otherwise convert one in each).
@@ -50,6 +54,7 @@ __all__ = [
     "PrefixKVCache",
     "RingKVCache",
     "ForkKVCache",
+    "SlotKVCache",
 ]
 
 
@@ -589,3 +594,49 @@ class ForkKVCache:
 
     def index_select(self, index: torch.Tensor, out: RingKVCache | None = None) -> RingKVCache:
         return self.select(index, out)
+
+
+class SlotKVCache:
+    """Keys and values in fixed-shape buffers, written at given slots, attended over whole.
+
+    ``k``, ``v``: ``(n_layer, B, n_head, S, head_dim)`` buffers (updated in place); ``slots``
+    ``(n,)``: where the forward's ``n`` new tokens go; ``mask`` ``(B, 1, Q, S)`` additive (``0`` or
+    ``-inf``): what each of the ``Q`` kept queries may see, the new tokens' slots included. The
+    new keys are written before attention, so a slot they overwrite must hold a token no query
+    of this forward may see (the caller sizes the buffer for it: one token per step for a ring
+    of ``window`` slots, ``window + n`` slots for ``n`` tokens per step). Nothing here depends on
+    Python values that change from step to step, which is what lets ``torch.compile`` take a
+    whole decode step through it. Inference only.
+
+    Example:
+        >>> k = torch.zeros(1, 1, 1, 3, 2); v = torch.zeros_like(k)
+        >>> mask = torch.tensor([0.0, float("-inf"), 0.0]).view(1, 1, 1, 3)
+        >>> cache = SlotKVCache(k, v, torch.tensor([2]), mask)
+        >>> y = cache.attend(0, torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2))
+        >>> k[0, 0, 0, 2].tolist(), y.shape
+        ([1.0, 1.0], torch.Size([1, 1, 1, 2]))
+    """
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor) -> None:
+        self.k, self.v, self.slots, self.mask = k, v, slots, mask
+
+    def begin(
+        self, x: torch.Tensor, window: int | None, mask: torch.Tensor | None, attendable: torch.Tensor | None
+    ) -> int:
+        if mask is not None or attendable is not None:
+            raise ValueError("a SlotKVCache takes its mask when it is made")
+        return 0  # positions are the caller's (rotary embeddings get them explicitly)
+
+    def attend(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0
+    ) -> torch.Tensor:
+        ck, cv = self.k[layer], self.v[layer]  # (B, n_head, S, head_dim), views into the buffers
+        ck.index_copy_(2, self.slots, k.to(ck.dtype))
+        cv.index_copy_(2, self.slots, v.to(cv.dtype))
+        q = q * q.shape[-1] ** -0.5
+        mask = self.mask[..., self.mask.shape[-2] - q.shape[2] :, :]  # the kept queries' rows
+        scores = q @ ck.to(q.dtype).transpose(-1, -2) + mask  # (B, n_head, Q, S)
+        return scores.softmax(-1) @ cv.to(q.dtype)  # (B, n_head, Q, head_dim)
+
+    def end(self) -> None:
+        pass

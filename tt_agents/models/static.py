@@ -1,0 +1,67 @@
+"""Compiling the fixed-shape decode steps: ``torch.compile`` where it works, the eager function where not.
+
+The decode steps of the DT (:meth:`~tt_agents.models.dt.DecisionTransformerNet.decode_step`) and
+of the TT planner (:mod:`tt_agents.planning`) are functions of fixed-shape tensors, written so that
+``torch.compile`` can take each whole (no Python-level branching on tensor values, no shapes that
+change from step to step). :func:`maybe_compile` wraps one: the first call compiles it (its time
+is recorded in :data:`COMPILE_SECONDS`, so benchmarks can report it apart from the steps); if
+compilation fails (no C++ compiler, an unsupported platform, a torch without dynamo) it warns
+once and runs the eager function from then on, so ``predict`` keeps working everywhere.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["maybe_compile", "COMPILE_SECONDS"]
+
+COMPILE_SECONDS: dict[str, float] = {}
+"""Seconds the first (compiling) call of each compiled step took, by name (benchmarks read it)."""
+
+
+class _Compiled:
+    def __init__(self, fn: Callable[..., Any], name: str, mode: str | None) -> None:
+        self.fn = fn
+        self.name = name
+        self.compiled: Callable[..., Any] | None = None
+        self.failed = False
+        try:
+            self.compiled = torch.compile(fn, dynamic=False, fullgraph=True, mode=mode)
+        except Exception as e:  # noqa: BLE001  (no dynamo in this torch build)
+            self._fail(e)
+
+    def _fail(self, e: BaseException) -> None:
+        self.failed = True
+        warnings.warn(f"torch.compile is unavailable for {self.name} ({type(e).__name__}: {e}); running it eagerly",
+                      RuntimeWarning, stacklevel=3)
+
+    def __call__(self, *args: Any) -> Any:
+        if self.failed or self.compiled is None:
+            return self.fn(*args)
+        if self.name in COMPILE_SECONDS:
+            return self.compiled(*args)
+        t0 = time.perf_counter()
+        try:
+            out = self.compiled(*args)
+        except Exception as e:  # noqa: BLE001  (compilation failed: the eager step gives the same outputs)
+            self._fail(e)
+            return self.fn(*args)
+        COMPILE_SECONDS[self.name] = time.perf_counter() - t0
+        return out
+
+
+def maybe_compile(fn: Callable[..., Any], name: str, device: torch.device | str = "cpu") -> Callable[..., Any]:
+    """``fn`` through ``torch.compile`` (CUDA graphs on a CUDA device: mode ``reduce-overhead``), or ``fn``
+    itself where compiling fails.
+
+    Example:
+        >>> step = maybe_compile(torch.add, "an add")
+        >>> callable(step)
+        True
+    """
+    return _Compiled(fn, name, "reduce-overhead" if torch.device(device).type == "cuda" else None)
