@@ -319,6 +319,26 @@ class Bench:
             print(f"evaluated {name}: {res}", flush=True)
 
     # -------------------------------------------------------------- report
+    @staticmethod
+    def verdict(ev: dict[str, Any]) -> list[str]:
+        """Does each real-env trained M beat V only and the untrained M (the same search budget)? Differences in
+        units of their combined standard error."""
+        base = {k: ev[k] for k in ("real, V only", "real, V + untrained M (mdnrnn)") if k in ev}
+        out = []
+        for name, e in ev.items():
+            if not (name.startswith("real, V + trained M") and base):
+                continue
+            parts = []
+            for bname, b in base.items():
+                diff = e["mean"] - b["mean"]
+                z = diff / max(float(np.hypot(e["stderr"], b["stderr"])), 1e-9)
+                parts.append(f"{diff:+.1f} against {bname[6:]} ({z:+.1f} stderr)")
+            wins = all(e["mean"] - b["mean"] > 2 * np.hypot(e["stderr"], b["stderr"]) for b in base.values())
+            out.append(f"- {name[6:]}: {', '.join(parts)}: "
+                       f"{'beats both (by more than 2 stderr)' if wins else 'does not beat both by more than 2 stderr'}.")
+        return (["Trained M against V only and the untrained M, all searched at the same real-env budget:", "", *out, ""]
+                if out else [])
+
     def write(self) -> None:
         a, r = self.args, self.results
         frames = r.get("rollouts", {}).get("steps")
@@ -358,14 +378,17 @@ class Bench:
                           if s else "")
                 rows.append([name, f"{e['mean']:.1f} +- {e['std']:.1f} (stderr {e['stderr']:.1f}, n={e['n']})",
                              budget, f"{s['first_mean']:.2f} -> {s['last_mean']:.2f}" if s else "",
-                             f"{s['seconds']:.0f}" if s else "", f"{e['seconds']:.0f}"])
-            rows.append(["paper (100 trials)", "906 +- 21 (V only 632 +- 251)", "", "", "", ""])
-            rows.append(["PyTorch port", "860 +- 120 (untrained MDN-RNN 870 +- 120)", "", "", "", ""])
+                             f"{s['seconds']:.0f}" if s else "", f"{s['s_per_generation']:.1f}" if s else "",
+                             f"{e['seconds']:.0f}"])
+            rows.append(["paper (100 trials)", "906 +- 21 (V only 632 +- 251)", "", "", "", "", ""])
+            rows.append(["PyTorch port", "860 +- 120 (untrained MDN-RNN 870 +- 120)", "", "", "", "", ""])
             steps = {e.get("steps", a.eval_steps) for e in ev.values()}
             lines += [f"Returns over real CarRacing-v3 episodes of up to {'/'.join(map(str, sorted(steps)))} steps:", "",
                       markdown_table(["controller", "return (mean +- std)", "C's search budget",
-                                      "search fitness, first -> last generation mean", "search s", "eval s"], rows),
+                                      "search fitness, first -> last generation mean", "search s", "s / generation",
+                                      "eval s"], rows),
                       ""]
+            lines += self.verdict(ev)
         sp = r.get("speed")
         if sp:
             b, o, d = sp["batched"], sp["one_at_a_time"], sp["dream"]
