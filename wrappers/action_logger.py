@@ -2,8 +2,13 @@
 
 Episodes are buffered in memory, per sub-env, in preallocated columns (one row per step, one
 column per sub-env), and written to the dataset's HDF5 file when they finish, before ``step``
-returns: a finished episode is on disk (``fsync``ed) before the next one begins, and a process
-killed mid-episode loses that episode only. The dataset lives in Minari's local store
+returns. How durable a finished episode then is depends on ``durability``
+(:mod:`tt_agents.data.durability`): ``"process-crash"`` (the default) hands it to the operating
+system before ``step`` returns, without ``fsync``, so a crash or ``SIGKILL`` of the process loses
+no finished episode (only the one in progress); ``"power-loss"`` also fsyncs the files on a
+background thread, one ``fsync`` for every episode written since the last (group commit), so that
+finished episodes survive a power loss too once ``sync()`` returns (``close()`` waits for it), and
+the env loop never waits for the disk. The dataset lives in Minari's local store
 (``$MINARI_DATASETS_PATH``, default ``~/.minari/datasets``) and opens with ``minari.load_dataset``
 and :func:`tt_agents.data.load_dataset`; see :mod:`tt_agents.data.minari_io` for the format.
 
@@ -35,6 +40,7 @@ import numpy as np
 from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode, VectorEnv, VectorWrapper
 
+from tt_agents.data.durability import Durability, GroupCommitter, check_durability, fsync_dataset
 from tt_agents.data.minari_io import (
     DatasetMismatchError,
     EpisodeRecord,
@@ -116,6 +122,7 @@ class _Recorder:
         self.batched = batched
         self.record_infos = record_infos
         self.unfinished = unfinished
+        self.committer: GroupCommitter | None = None  # durability="power-loss": the background fsyncs
         self.cap = 64
         self.obs_leaves = flatten_space(writer.observation_space)
         self.act_leaves = flatten_space(writer.action_space)
@@ -265,6 +272,8 @@ class _Recorder:
             self._seeds_committed = set(self.seen_seeds)
         if records or meta:
             self.writer.write_episodes(records, metadata=meta)
+            if records and self.committer is not None:
+                self.committer.written(self.writer.total_episodes)
 
 
 def _make_writer(
@@ -303,6 +312,29 @@ def _make_writer(
     )
 
 
+def _writer_options(
+    path: str | None, jpeg_encoding: bool, durability: str, fsync: bool | None, overwrite: bool
+) -> dict[str, Any]:
+    """The MinariWriter options of a logger; ``fsync=True`` (the old default) fsyncs before ``step`` returns."""
+    check_durability(durability)
+    return dict(path=path, jpeg_encoding=jpeg_encoding, fsync=bool(fsync), overwrite=overwrite)
+
+
+def _committer(writer: MinariWriter, durability: str, fsync: bool | None) -> GroupCommitter | None:
+    return GroupCommitter(writer.data_path) if durability == "power-loss" and not fsync else None
+
+
+def _close_logger(rec: _Recorder, records: list[EpisodeRecord]) -> None:
+    """Commit the last records, wait for their group commit (``"power-loss"``), release the dataset."""
+    try:
+        rec.commit(records)
+    finally:
+        if rec.committer is not None:
+            committer, rec.committer = rec.committer, None
+            committer.close()
+        rec.writer.close()
+
+
 def _check_unfinished(unfinished: str) -> None:
     if unfinished not in ("truncate", "discard"):
         raise ValueError(f"unfinished must be 'truncate' or 'discard', got {unfinished!r}")
@@ -322,7 +354,11 @@ class ActionLogger(gym.Wrapper, gym.utils.RecordConstructorArgs):
         jpeg_encoding: JPEG-encode image observations as Minari does (lossy; ``False``: raw).
         unfinished: what ``reset()``/``close()`` do with an episode in progress: ``"truncate"``
             writes it with its last step truncated, ``"discard"`` drops it.
-        fsync: ``fsync`` after each episode (survives power loss, not only a killed process).
+        durability: ``"process-crash"`` (default): a finished episode is handed to the OS before
+            ``step`` returns, so a crash or SIGKILL loses none; ``"power-loss"``: also fsynced on
+            a background thread in groups (``sync()`` waits for it), see :mod:`tt_agents.data.durability`.
+        fsync: ``True`` fsyncs before ``step`` returns (the env loop waits on the disk: the
+            old default, kept for callers that pass it); ``None``/``False``: as ``durability`` says.
         overwrite: replace an existing dataset instead of appending to it.
 
     Raises:
@@ -352,7 +388,8 @@ class ActionLogger(gym.Wrapper, gym.utils.RecordConstructorArgs):
         metadata: Mapping[str, Any] | None = None,
         jpeg_encoding: bool = True,
         unfinished: Unfinished = "truncate",
-        fsync: bool = True,
+        durability: Durability = "process-crash",
+        fsync: bool | None = None,
         overwrite: bool = False,
     ) -> None:
         _check_unfinished(unfinished)
@@ -371,9 +408,11 @@ class ActionLogger(gym.Wrapper, gym.utils.RecordConstructorArgs):
             env.spec,
             extra_spaces,
             metadata,
-            dict(path=path, jpeg_encoding=jpeg_encoding, fsync=fsync, overwrite=overwrite),
+            _writer_options(path, jpeg_encoding, durability, fsync, overwrite),
         )
+        self.durability = durability
         self._rec = _Recorder(self.writer, 1, batched=False, record_infos=record_infos, unfinished=unfinished)
+        self._rec.committer = _committer(self.writer, durability, fsync)
         self._pending: dict[str, Any] = {}
 
     def log_extras(self, **values: Any) -> None:
@@ -386,6 +425,17 @@ class ActionLogger(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def update_metadata(self, **metadata: Any) -> None:
         """Add or change dataset metadata (e.g. reference scores once they are known)."""
         self.writer.update_metadata(metadata)
+
+    def sync(self) -> int:
+        """Wait until every finished episode survives a power loss; returns how many are committed.
+
+        With ``durability="power-loss"`` it waits for the background group commit; otherwise it
+        fsyncs the dataset now (in this thread).
+        """
+        if self._rec.committer is not None:
+            return self._rec.committer.sync()
+        fsync_dataset(self.writer.data_path)
+        return self.writer.total_episodes
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         rec = self._rec
@@ -422,8 +472,7 @@ class ActionLogger(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def close(self) -> None:
         record = self._rec.cut(0)
-        self._rec.commit([record] if record is not None else [])
-        self.writer.close()
+        _close_logger(self._rec, [record] if record is not None else [])
         super().close()
 
 
@@ -511,7 +560,7 @@ class VectorActionLogger(VectorWrapper):
 
     Args:
         env: the vector env.
-        dataset_id, path, record_infos, extra_spaces, metadata, jpeg_encoding, unfinished, fsync,
+        dataset_id, path, record_infos, extra_spaces, metadata, jpeg_encoding, unfinished, durability, fsync,
             overwrite: as for :class:`ActionLogger`; extras are given batched, ``(num_envs, ...)``.
         env_spec: the spec recorded in the dataset; default: one sub-env's spec.
 
@@ -538,7 +587,8 @@ class VectorActionLogger(VectorWrapper):
         metadata: Mapping[str, Any] | None = None,
         jpeg_encoding: bool = True,
         unfinished: Unfinished = "truncate",
-        fsync: bool = True,
+        durability: Durability = "process-crash",
+        fsync: bool | None = None,
         overwrite: bool = False,
         env_spec: EnvSpec | None = None,
     ) -> None:
@@ -554,13 +604,16 @@ class VectorActionLogger(VectorWrapper):
             env_spec if env_spec is not None else _single_env_spec(env),
             extra_spaces,
             meta,
-            dict(path=path, jpeg_encoding=jpeg_encoding, fsync=fsync, overwrite=overwrite),
+            _writer_options(path, jpeg_encoding, durability, fsync, overwrite),
         )
+        self.durability = durability
         self._rec = _Recorder(self.writer, env.num_envs, batched=True, record_infos=record_infos, unfinished=unfinished)
+        self._rec.committer = _committer(self.writer, durability, fsync)
         self._pending: dict[str, Any] = {}
 
     log_extras = ActionLogger.log_extras
     update_metadata = ActionLogger.update_metadata
+    sync = ActionLogger.sync
 
     @property
     def steps_in_progress(self) -> int:
@@ -663,6 +716,5 @@ class VectorActionLogger(VectorWrapper):
     def close(self, **kwargs: Any) -> None:
         rec = self._rec
         records = [r for i in range(self.num_envs) if (r := rec.cut(i)) is not None]
-        rec.commit(records)
-        self.writer.close()
+        _close_logger(rec, records)
         super().close(**kwargs)

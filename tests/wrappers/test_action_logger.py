@@ -421,3 +421,58 @@ def test_vector_shared_writer_and_bad_extras():
     envs_x.reset(seed=0)
     with pytest.raises(MissingExtraError, match=r"a batch of 3 values"):
         envs_x.step(envs_x.action_space.sample())
+
+
+def counting_fsync(monkeypatch, delay: float = 0.0) -> list[int]:
+    """Replace os.fsync by one that counts its calls (and takes ``delay`` seconds, a slow disk)."""
+    import time
+
+    calls: list[int] = []
+    real = os.fsync
+
+    def fsync(fd):
+        calls.append(fd)
+        time.sleep(delay)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return calls
+
+
+def test_default_durability_hands_episodes_to_the_os_without_fsync(monkeypatch):
+    calls = counting_fsync(monkeypatch)
+    env = ActionLogger(fake(episode_len=3), "tests/os-v0")
+    assert env.durability == "process-crash"
+    run_episodes(env, 3)
+    assert env.writer.total_episodes == 3 and calls == []  # committed (on the OS's side) with no fsync
+    env.close()
+    assert minari.load_dataset("tests/os-v0").total_episodes == 3
+
+
+@pytest.mark.parametrize("vector", [False, True])
+def test_power_loss_durability_group_commits_in_the_background(monkeypatch, vector):
+    """A slow fsync: episodes that end meanwhile share the next one, and the env loop does not wait for it."""
+    import time
+
+    calls = counting_fsync(monkeypatch, delay=0.05)
+    if vector:
+        env = VectorActionLogger(SyncVectorEnv([lambda: fake(episode_len=2)] * 2), "tests/power-v0",
+                                 durability="power-loss")
+        env.reset(seed=0)
+        t0 = time.perf_counter()
+        for _ in range(12):
+            env.step(env.action_space.sample())
+    else:
+        env = ActionLogger(fake(episode_len=2), "tests/power-v0", durability="power-loss")
+        t0 = time.perf_counter()
+        run_episodes(env, 12)
+    looped = time.perf_counter() - t0
+    committer = env._rec.committer
+    n = env.writer.total_episodes
+    assert n >= 8 and env.sync() == n  # sync() waits until every finished episode is fsynced
+    assert 1 <= committer.fsyncs < n  # several episodes per fsync
+    assert looped < 0.05 * 3 * n  # the loop did not wait for one fsync group per episode
+    env.close()
+    assert len(calls) >= 3 and minari.load_dataset("tests/power-v0").total_episodes == n
+    with pytest.raises(ValueError, match="durability must be one of"):
+        ActionLogger(fake(), "tests/power-v1", durability="fsync")
