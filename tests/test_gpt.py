@@ -10,6 +10,7 @@ from tt_agents.models.kv_cache import (
     NoCache,
     PrefixKVCache,
     RingKVCache,
+    SharedPrefixKVCache,
     attention_mask,
     causal_mask,
 )
@@ -130,6 +131,33 @@ def test_ring_cache_dtype_and_device_follow_the_model():
     ring = gpt.new_ring_cache(batch=2)
     assert ring.k.dtype == torch.float64 and isinstance(ring, RingKVCache)
     assert isinstance(_gpt().new_cache(), KVCache)
+
+
+@torch.no_grad()  # inference-only caches
+def test_shared_prefix_beams_match_copied_rings():
+    """Beams over their env's context held once (forks, pruning, hidden tokens, a plan longer than the window,
+    so the context leaves the window and the suffix ring wraps) decode exactly like full copies of the ring."""
+    gpt = _gpt(rope=True, attn_window=5)
+    ring = gpt.new_ring_cache(batch=2)
+    attendable = torch.tensor([[True, False, True, True, True, False, True], [False, False, True, True, True, True, True]])
+    gpt(torch.randn(2, 7, 16), cache=ring, attendable=attendable)
+    shared, copies = SharedPrefixKVCache(ring), ring.index_select(torch.arange(2))
+    torch.manual_seed(0)
+    for children, n_fork, keep, n_plain in ((3, 2, 2, 3), (2, 2, 2, 4), (2, 1, 1, 0)):
+        shared = shared.fork(children, max_delta=n_fork)
+        copies = copies.index_select(torch.arange(copies.batch_size).repeat_interleave(children))
+        for n in (n_fork, n_plain):
+            for _ in range(n):
+                x = torch.randn(shared.batch_size, 1, 16)
+                hide = torch.rand(shared.batch_size, 1) > 0.7
+                torch.testing.assert_close(gpt(x, cache=shared, attendable=~hide),
+                                           gpt(x, cache=copies, attendable=~hide), atol=1e-5, rtol=0)
+            if n == n_fork:  # prune: keep `keep` rows of each env
+                per_env = shared.batch_size // 2
+                index = torch.cat([torch.randperm(per_env)[:keep] + e * per_env for e in range(2)])
+                shared, copies = shared.select(index), copies.index_select(index)
+                assert shared.steps == copies.steps
+    assert shared.steps - ring.steps > ring.window  # the plan outgrew the window
 
 
 def test_fork_cache_matches_copied_rings():

@@ -154,8 +154,9 @@ def _inputs(n_steps=10, n_envs=3, seed=0):
         yield (obs if t % 3 == 2 else {"observation": obs, "previous_reward": rew}), starts
 
 
-def test_cached_and_reference_planning_return_the_same_plans():
-    fast = _agent(use_cache=True)
+@pytest.mark.parametrize("shared_prefix", [True, False], ids=["shared-prefix", "forked-rings"])
+def test_cached_and_reference_planning_return_the_same_plans(shared_prefix):
+    fast = _agent(use_cache=True, shared_prefix=shared_prefix)
     slow = _twin(fast, use_cache=False)
     s_fast = s_slow = None
     for obs, starts in _inputs(n_steps=9):

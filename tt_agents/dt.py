@@ -43,6 +43,7 @@ from tt_agents.data.episodes import Episode
 from tt_agents.data.prompts import PromptSampler, make_prompt
 from tt_agents.data.sampler import WindowSampler
 from tt_agents.models.dt import DecisionTransformerNet, DTNetConfig, DTStepCache
+from tt_agents.models.kv_cache import KV_DTYPES
 from tt_agents.preprocessing import ActionScaler, ObservationNormalizer
 from tt_agents.registry import register_agent
 from tt_agents.spaces import SpaceMismatchError, is_image_space
@@ -51,7 +52,6 @@ from tt_agents.trainer import TrainConfig
 __all__ = ["DTConfig", "DTActConfig", "DTPreset", "DT_PRESETS", "DTState", "DecisionTransformer", "MissingRewardError"]
 
 INFERENCE_MODES = ("cache", "recompute", "window")
-KV_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class MissingRewardError(ValueError):
@@ -111,7 +111,7 @@ class DTActConfig:
     process and shape; falls back to the eager step where compilation is unavailable). Off by
     default: benchmarks.md ("dt") has what it gains and what compiling costs."""
     kv_dtype: str = "float32"
-    """Dtype of the cached keys and values: ``"float32"`` (exact), ``"bfloat16"`` or ``"float16"``
+    """Dtype of the cached keys and values: ``"float32"`` (the model's own, exact), ``"bfloat16"`` or ``"float16"``
     (half the bytes, not exact: benchmarks.md has the deviation)."""
 
     def __post_init__(self) -> None:
@@ -445,7 +445,8 @@ class DecisionTransformer(Agent):
             if state.prompt is not None:
                 prefix_k, prefix_v, pvalid = model.encode_prompt(state.prompt)  # (N, n_head, 3P, head_dim) each
                 pvalid = pvalid.expand(n, -1)  # (n_envs, 3P)
-            state.cache = DTStepCache(model, n, prefix_k, prefix_v, pvalid, KV_DTYPES[act.kv_dtype], act.compile)
+            dtype = model.head.weight.dtype if act.kv_dtype == "float32" else KV_DTYPES[act.kv_dtype]  # exact: the model's
+            state.cache = DTStepCache(model, n, prefix_k, prefix_v, pvalid, dtype, act.compile)
         return state.cache.step(state.prev_action, ~starts, rtg, obs, ts, starts)
 
     def _step_recompute(self, state: DTState, obs, rtg, ts, starts: torch.Tensor) -> torch.Tensor:

@@ -18,10 +18,15 @@ next observation is decoded (``k_obs = 1``: greedily). The plan with the best fi
 
 **Batching.** All rows of all envs advance together, one token per forward pass: one call of
 the model per token for the whole ``n_envs * beam_width * n_expand`` batch, with the KV cache
-kept across tokens. Forked candidates share their parent's cache
-(:class:`~tt_agents.models.kv_cache.ForkKVCache`: the parent's keys are read once for all its
-candidates and never copied) until pruning copies the survivors into a fresh ring. Rows are
-ordered env by env, so each env's candidates are a contiguous block.
+kept across tokens. With ``PlanConfig.shared_prefix`` every beam attends over its
+env's context, held once and never copied, and over the tokens it planned itself
+(:class:`~tt_agents.models.kv_cache.SharedPrefixKVCache`, cascade attention): the queries of all
+of an env's beams multiply its context's keys in one matmul, forked candidates share their beam's
+suffix, and pruning copies the survivors' suffixes only. Without it (the default, faster on a
+CPU: benchmarks.md), forked candidates share
+their parent's ring (:class:`~tt_agents.models.kv_cache.ForkKVCache`) until pruning copies the
+survivors' whole rings (context included). Both give the same plans. Rows are ordered env by
+env, so each env's candidates are a contiguous block.
 
 **Randomness.** Sampling is Gumbel-max with uniform noise drawn per env from that env's own
 generator (``deterministic=True``) or from torch's global generator. With per-env generators
@@ -34,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tt_agents.models.kv_cache import ForkKVCache, RingKVCache
+from tt_agents.models.kv_cache import KV_DTYPES, ForkKVCache, RingKVCache, SharedPrefixKVCache
 from tt_agents.models.tt import TrajectoryTransformer
 
 __all__ = ["PlanConfig", "Plan", "CachedContext", "ReferenceContext", "Noise", "beam_plan", "filter_cdf", "top_k"]
@@ -64,12 +69,23 @@ class PlanConfig:
     use_cache: bool = True
     """``False`` plans with the slow reference (no KV cache, every token recomputes its
     receptive field); same plans, for tests and benchmarks."""
+    shared_prefix: bool = False
+    """Beams attend over their env's context held once, plus their own planned suffix (cascade
+    attention; pruning copies suffixes only). ``False``: forked candidates share their parent's
+    ring and pruning copies whole rings. Same plans. Off by default: on a CPU it reads fewer
+    bytes but runs more, smaller matmuls, and measured slower (benchmarks.md, "planning")."""
+    kv_dtype: str = "float32"
+    """Dtype of the beams' cached keys and values (``"float32"``: exact; ``"bfloat16"`` or
+    ``"float16"`` halve the bytes; not exact, and on CPUs without native bf16/fp16 arithmetic
+    slower: benchmarks.md has both). With ``shared_prefix`` only."""
     seed: int = 0
     """Seed of each env's sampling stream under ``deterministic=True`` (reset with the episode)."""
 
     def __post_init__(self) -> None:
         if self.beam_width < 1 or self.horizon < 1 or self.n_expand < 1:
             raise ValueError("beam_width, horizon and n_expand must be >= 1")
+        if self.kv_dtype not in KV_DTYPES:
+            raise ValueError(f"kv_dtype must be one of {tuple(KV_DTYPES)}, got {self.kv_dtype!r}")
         for name in ("cdf_obs", "cdf_act"):
             v = getattr(self, name)
             if v is not None and not 0.0 <= v < 1.0:
@@ -108,7 +124,7 @@ class CachedContext:
     def __init__(
         self,
         model: TrajectoryTransformer,
-        cache: RingKVCache | ForkKVCache,
+        cache: RingKVCache | ForkKVCache | SharedPrefixKVCache,
         owned: bool = False,
         spare: RingKVCache | None = None,
         recycle: RingKVCache | None = None,
@@ -136,10 +152,20 @@ class CachedContext:
         ring = self.cache.index_select(index, self.spare)
         return CachedContext(self.model, ring, owned=True, spare=self.recycle)
 
-    def fork(self, n_children: int, max_tokens: int) -> CachedContext:
-        """Rows ``r * n_children + c``: ``n_children`` copies of each row that share its cache until :meth:`select`."""
-        assert isinstance(self.cache, RingKVCache)
-        fork = self.cache.fork(n_children, max_tokens)
+    def fork(
+        self, n_children: int, max_tokens: int, shared_prefix: bool = False, dtype: torch.dtype | None = None
+    ) -> CachedContext:
+        """Rows ``r * n_children + c``: ``n_children`` copies of each row that share its cache until :meth:`select`.
+
+        ``shared_prefix``: an env's context (a ring) forks into beams that share it
+        (:class:`~tt_agents.models.kv_cache.SharedPrefixKVCache`, their suffixes in ``dtype``);
+        beams of a shared-prefix cache always fork that way.
+        """
+        cache = self.cache
+        if isinstance(cache, RingKVCache) and shared_prefix:
+            cache = SharedPrefixKVCache(cache, dtype=dtype)
+        assert isinstance(cache, RingKVCache | SharedPrefixKVCache)
+        fork = cache.fork(n_children, max_tokens)
         return CachedContext(self.model, fork, spare=self.spare, recycle=self.cache if self.owned else None)
 
 
@@ -199,7 +225,7 @@ class ReferenceContext:
     def select(self, index: torch.Tensor) -> ReferenceContext:
         return ReferenceContext(self.model, self.tokens[index], self.pad[index], self.start_dim, self.window)
 
-    def fork(self, n_children: int, max_tokens: int) -> ReferenceContext:
+    def fork(self, n_children: int, max_tokens: int, shared_prefix: bool = False, dtype=None) -> ReferenceContext:
         index = torch.arange(self.tokens.shape[0], device=self.tokens.device).repeat_interleave(n_children)
         return self.select(index)
 
@@ -291,7 +317,8 @@ def beam_plan(
     centres = model.centres.to(logits.dtype)  # (td, n_bins)
 
     # every env's context forks into B * X candidates; later, every beam into X
-    ctx = context.fork(B * X, A + 1)
+    kv_dtype = None if config.kv_dtype == "float32" else KV_DTYPES[config.kv_dtype]  # None: the model's (exact)
+    ctx = context.fork(B * X, A + 1, config.shared_prefix, kv_dtype)
     logits = logits.repeat_interleave(B * X, dim=0)  # (E * B * X, n_bins)
     plan = torch.zeros(E * B * X, H, td, dtype=torch.long, device=device)
     plan[:, 0, :D] = observation_tokens.repeat_interleave(B * X, dim=0)

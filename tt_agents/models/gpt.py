@@ -24,6 +24,7 @@ keys and values and gets the attention outputs back (one code path for every cac
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -55,10 +56,21 @@ def rope_cos_sin(
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` ``(B, n_head, T, head_dim)`` by position (GPT-NeoX's half split)."""
+    """Rotate ``x`` ``(..., B, n_head, T, head_dim)`` by position (GPT-NeoX's half split)."""
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # no-ops, except under autocast
-    x1, x2 = x.chunk(2, dim=-1)  # (B, n_head, T, head_dim // 2) each
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, n_head, T, head_dim)
+    x1, x2 = x.chunk(2, dim=-1)  # (..., B, n_head, T, head_dim // 2) each
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (..., B, n_head, T, head_dim)
+
+
+@functools.lru_cache(maxsize=4096)
+def _rope_range(
+    start: int, n: int, head_dim: int, base: float, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rope_cos_sin` of positions ``start .. start + n - 1``, cached: a decode step asks for the same
+    few positions again and again (beam search: every token of every search). Read-only tensors, made
+    outside inference mode so that a training forward may use them too."""
+    with torch.inference_mode(False), torch.no_grad():
+        return rope_cos_sin(torch.arange(start, start + n, device=device), head_dim, base, dtype)
 
 
 class CausalSelfAttention(nn.Module):
@@ -83,14 +95,14 @@ class CausalSelfAttention(nn.Module):
         queries are computed for the last ``n_out`` tokens only."""
         B, T, C = x.shape
         H = self.n_head
-        qkv = self.c_attn.forward(x).view(B, T, 3, H, C // H)  # (B, T, 3, n_head, head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, n_head, T, head_dim) each
+        qkv = self.c_attn.forward(x).view(B, T, 3, H, C // H).permute(2, 0, 3, 1, 4)  # (3, B, n_head, T, head_dim)
+        if rope is not None:  # queries and keys rotated in one go
+            q, k = apply_rope(qkv[:2], *rope).unbind(0)  # (B, n_head, T, head_dim) each
+            v = qkv[2]
+        else:
+            q, k, v = qkv.unbind(0)  # (B, n_head, T, head_dim) each
         if n_out is not None:
             q = q[:, :, T - n_out :]  # (B, n_head, n_out, head_dim)
-        if rope is not None:
-            cos, sin = rope
-            k = apply_rope(k, cos, sin)
-            q = apply_rope(q, cos[..., T - q.shape[2] :, :], sin[..., T - q.shape[2] :, :])
         y = cache.attend(layer, q, k, v, self.dropout if self.training else 0.0)  # (B, n_head, Q, head_dim)
         y = y.transpose(1, 2).reshape(B, q.shape[2], C)  # (B, Q, n_head, head_dim) -> (B, Q, C)
         y = self.c_proj.forward(y)
@@ -224,10 +236,12 @@ class GPT(nn.Module):
         start = cache.begin(x, self.config.attn_window, mask, attendable)  # the cache builds the mask
         rope = None
         if self.config.rope:
-            if positions is None:
-                positions = torch.arange(start, start + T, device=x.device)
-            rope = rope_cos_sin(positions, self.config.n_embd // self.config.n_head, self.config.rope_base, x.dtype)
-            if positions.dim() == 2:
+            head_dim = self.config.n_embd // self.config.n_head
+            if positions is None:  # the cache's positions: cached tables
+                rope = _rope_range(start, T, head_dim, self.config.rope_base, x.dtype, x.device)
+            else:
+                rope = rope_cos_sin(positions, head_dim, self.config.rope_base, x.dtype)
+            if positions is not None and positions.dim() == 2:
                 rope = (rope[0][:, None], rope[1][:, None])  # (B, 1, T, head_dim // 2)
         if self.training:
             x = self.drop(x)

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "KV_DTYPES",
     "causal_mask",
     "attention_mask",
     "prompt_mask",
@@ -56,6 +57,10 @@ __all__ = [
     "ForkKVCache",
     "SlotKVCache",
 ]
+
+
+KV_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The dtypes a decode cache may hold its keys and values in, by name (the act settings' ``kv_dtype``)."""
 
 
 # ----------------------------------------------------------------------------- masks
@@ -640,3 +645,245 @@ class SlotKVCache:
 
     def end(self) -> None:
         pass
+
+
+class SharedPrefixKVCache:
+    """Beam-search rows of ``E`` envs: each env's context held once, each beam's planned suffix, each child's delta.
+
+    Beam search plans ``R`` beams per env from the env's context (the ``prefix``, a
+    :class:`RingKVCache` of ``E`` rows, read only). A beam's keys are the prefix's followed by the
+    tokens the beam itself planned (its *suffix*, ``(n_layer, E * R, n_head, window, head_dim)``,
+    a ring: suffix token ``i`` in slot ``i % window``). Attention of a query is the softmax over
+    ``[its env's prefix, its beam's suffix]`` (cascade attention, the prefix-sharing of LLM
+    serving): the queries of an env's beams are stacked and multiply the env's prefix keys in one
+    matmul, so every decoded token reads ``E * window + E * R * len(suffix)`` keys instead of
+    ``E * R * window``, and the prefix is never copied.
+
+    :meth:`fork` gives every beam ``n_children`` children that share its suffix and keep only what
+    they decode afterwards (a *delta* of at most ``max_delta`` tokens); their queries are stacked
+    per beam over the beam's suffix, as over the prefix. :meth:`select` keeps some rows (beams or
+    children) as the beams of a new cache: it copies their suffix (the filled part only: pruning
+    copies suffixes, never a context) and appends their delta.
+
+    Row order is env by env (``e * R * C + r * C + c`` for child ``c`` of beam ``r`` of env ``e``).
+    One new token per row per forward; the mask rule is :class:`RingKVCache`'s (attendable tokens
+    in the window; a query that would see nothing sees itself). Inference only.
+
+    Example:
+        >>> from tt_agents.models.gpt import GPT, GPTConfig
+        >>> gpt = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=8, dropout=0.0, rope=True, attn_window=4)).eval()
+        >>> ring = gpt.new_ring_cache(batch=1)
+        >>> _ = gpt(torch.randn(1, 6, 8), cache=ring)
+        >>> beams = SharedPrefixKVCache(ring).fork(3, max_delta=2)
+        >>> y = gpt(torch.randn(3, 1, 8), cache=beams)
+        >>> kept = beams.select(torch.tensor([2, 0]))
+        >>> kept.batch_size, kept.steps, kept.n_suffix
+        (2, 7, 1)
+    """
+
+    def __init__(
+        self,
+        prefix: RingKVCache,
+        rows_per_env: int = 1,
+        k: torch.Tensor | None = None,
+        v: torch.Tensor | None = None,
+        attendable: torch.Tensor | None = None,
+        n_suffix: int = 0,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.prefix = prefix
+        self.window = prefix.window
+        self.n_env = prefix.batch_size
+        self.rows_per_env = rows_per_env  # beams per env
+        self.fork_step = prefix.steps  # the position of suffix token 0
+        self.n_suffix = n_suffix
+        self.steps = prefix.steps + n_suffix
+        n_layer, _, H, W, D = prefix.k.shape
+        self.dtype = dtype or prefix.k.dtype
+        N = self.n_env * rows_per_env
+        if k is None or v is None or attendable is None:
+            k = torch.empty(n_layer, N, H, W, D, dtype=self.dtype, device=prefix.k.device)
+            v = torch.empty_like(k)
+            attendable = torch.zeros(N, W, dtype=torch.bool, device=prefix.k.device)
+        self.k, self.v, self.attendable = k, v, attendable  # the beams' suffixes
+        self.n_children = 0  # 0: not forked, new tokens go to the suffix; else children per beam
+        self.dk: torch.Tensor | None = None  # (n_layer, N * C, n_head, max_delta, head_dim): the children's deltas
+        self.dv: torch.Tensor | None = None
+        self.d_attendable: torch.Tensor | None = None
+        self.n_delta = 0
+        self._n = 0
+
+    @property
+    def batch_size(self) -> int:
+        beams = self.n_env * self.rows_per_env
+        return beams * self.n_children if self.n_children else beams
+
+    def __len__(self) -> int:
+        return min(self.steps, self.window)
+
+    def fork(self, n_children: int, max_delta: int) -> SharedPrefixKVCache:
+        """A view whose rows are ``n_children`` children of each beam, sharing the prefix and the beam's suffix."""
+        if self.n_children:
+            raise ValueError("fork() of a forked SharedPrefixKVCache: select() first")
+        out = SharedPrefixKVCache(
+            self.prefix, self.rows_per_env, self.k, self.v, self.attendable, self.n_suffix, self.dtype
+        )
+        n_layer, N, H, W, D = self.k.shape
+        out.n_children = n_children
+        out.dk = torch.empty(n_layer, N * n_children, H, max_delta, D, dtype=self.dtype, device=self.k.device)
+        out.dv = torch.empty_like(out.dk)
+        out.d_attendable = torch.zeros(N * n_children, max_delta, dtype=torch.bool, device=self.k.device)
+        return out
+
+    def select(self, index: torch.Tensor, out: SharedPrefixKVCache | None = None) -> SharedPrefixKVCache:
+        """The beams of a new cache: row ``i`` is row ``index[i]`` of this one (its suffix and delta copied).
+
+        ``index`` must keep the same number of rows for every env, env by env. ``out``: a cache
+        whose suffix buffers to overwrite (beam search ping-pongs between two); never this one.
+        """
+        C = max(self.n_children, 1)
+        beam = torch.div(index, C, rounding_mode="floor") if self.n_children else index  # (M,)
+        M = len(index)
+        n_layer, _, H, W, D = self.k.shape
+        if out is not None and out.k.shape == (n_layer, M, H, W, D) and out.k.dtype == self.dtype:
+            assert out.k.data_ptr() != self.k.data_ptr(), "select into itself"
+            k, v, att = out.k, out.v, out.attendable
+        else:
+            k = torch.empty(n_layer, M, H, W, D, dtype=self.dtype, device=self.k.device)
+            v, att = torch.empty_like(k), torch.zeros(M, W, dtype=torch.bool, device=self.k.device)
+        L = min(self.n_suffix, W)  # the filled slots
+        if L:
+            torch.index_select(self.k[:, :, :, :L], 1, beam, out=k[:, :, :, :L])
+            torch.index_select(self.v[:, :, :, :L], 1, beam, out=v[:, :, :, :L])
+        att[:, :L] = self.attendable[beam, :L]
+        att[:, L:] = False
+        n = self.n_suffix
+        if self.n_children and self.n_delta:
+            d = self.n_delta
+            assert self.dk is not None and self.dv is not None and self.d_attendable is not None
+            slots = torch.remainder(n + torch.arange(d, device=index.device), W)  # (d,)
+            k[:, :, :, slots] = self.dk[:, index, :, :d]  # (n_layer, M, H, d, D)
+            v[:, :, :, slots] = self.dv[:, index, :, :d]
+            att[:, slots] = self.d_attendable[index, :d]
+            n += d
+        return SharedPrefixKVCache(self.prefix, M // self.n_env, k, v, att, n, self.dtype)
+
+    def index_select(self, index: torch.Tensor, out: SharedPrefixKVCache | None = None) -> SharedPrefixKVCache:
+        return self.select(index, out)
+
+    def begin(
+        self, x: torch.Tensor, window: int | None, mask: torch.Tensor | None, attendable: torch.Tensor | None
+    ) -> int:
+        """Start a forward of one new token per row: the additive masks over prefix, suffix and delta."""
+        if mask is not None:
+            raise ValueError("a SharedPrefixKVCache builds its own mask: pass `attendable` instead of `mask`")
+        if x.shape[1] != 1:
+            raise ValueError("a SharedPrefixKVCache decodes one token at a time")
+        device, W = self.attendable.device, self.window
+        new = torch.ones(self.batch_size, dtype=torch.bool, device=device)
+        if attendable is not None:
+            new = new & attendable.to(device=device, dtype=torch.bool).reshape(-1)
+        j = self.n_suffix + self.n_delta  # the new token's index in the plan (position fork_step + j)
+        lowest = j - W  # plan indices <= lowest are outside the new token's window
+        # prefix: its env's attendable slots still in the window (none once the plan is a window long)
+        self._use_prefix = self.fork_step - 1 > self.fork_step + lowest
+        if self._use_prefix:
+            pre_ok = self.prefix.attendable & (self.prefix.slot_steps() > self.fork_step + lowest)[None]  # (E, W)
+        else:
+            pre_ok = None
+        # the beam's suffix: its first L slots, slot s holding plan token s + W * ((last - s) // W)
+        if self.n_children:  # the new token goes to the child's delta
+            last = self.n_suffix - 1  # the beam's last suffix token
+            d = self.n_delta
+            assert self.d_attendable is not None
+            if d >= self.d_attendable.shape[1]:
+                raise ValueError(f"a forked SharedPrefixKVCache holds {d} tokens per child; select() before more")
+            self.d_attendable[:, d] = new
+            own_ok = self.d_attendable[:, : d + 1].clone()  # (N * C, d + 1): the delta is inside the window
+            self._slot = d
+        else:  # the new token goes to the suffix ring, written before attention
+            last = self.n_suffix
+            self._slot = self.n_suffix % W
+            self.attendable[:, self._slot] = new
+            own_ok = None
+        L = min(last + 1, W)
+        s = torch.arange(L, device=device)
+        token = s + W * torch.div(last - s, W, rounding_mode="floor")  # (L,)
+        suf_ok = self.attendable[:, :L] & (token > lowest)[None]  # (N, L)
+        # nothing to see: see itself (RingKVCache's rule)
+        C = max(self.n_children, 1)
+        seen = suf_ok.any(-1).repeat_interleave(C) if suf_ok.shape[1] else torch.zeros_like(new)
+        if pre_ok is not None:
+            seen = seen | pre_ok.any(-1).repeat_interleave(self.batch_size // self.n_env)
+        if own_ok is not None:
+            own_ok[:, -1] |= ~(seen | own_ok.any(-1))
+        else:
+            suf_ok = suf_ok.clone()
+            suf_ok[:, self._slot] |= ~seen
+        dt = torch.promote_types(self.dtype, torch.float32)  # the queries' dtype (a float64 model's, or float32)
+        self._pre_bias = None if pre_ok is None else _additive(pre_ok[:, None, None, :], dt)  # (E, 1, 1, W)
+        self._suf_bias = _additive(suf_ok[:, None, None, :], dt)  # (N, 1, 1, L)
+        self._own_bias = None if own_ok is None else _additive(own_ok[:, None, None, :], dt)  # (N * C, 1, 1, d + 1)
+        self._L = L
+        self._n = 1
+        return self.steps
+
+    def attend(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0
+    ) -> torch.Tensor:
+        """Attention of one query per row ``(rows, n_head, 1, head_dim)`` over prefix, suffix and delta."""
+        Nq, H, _, D = q.shape
+        E, C = self.n_env, max(self.n_children, 1)
+        N = Nq // C  # beams
+        L = self._L
+        if self.n_children:
+            assert self.dk is not None and self.dv is not None
+            self.dk[layer, :, :, self._slot] = k[:, :, 0]
+            self.dv[layer, :, :, self._slot] = v[:, :, 0]
+        else:
+            self.k[layer, :, :, self._slot] = k[:, :, 0]
+            self.v[layer, :, :, self._slot] = v[:, :, 0]
+        q = q * D**-0.5
+        scores = []  # each part's, in its own matmul layout, as (E, H, beams per env, C, keys)
+        if self._pre_bias is not None:
+            q_env = q.reshape(E, Nq // E, H, D).transpose(1, 2)  # (E, H, rows per env, D)
+            s = (q_env @ self.prefix.k[layer].to(q.dtype).transpose(-1, -2)).add_(self._pre_bias)  # (E, H, Nq/E, W)
+            scores.append(s.view(E, H, N // E, C, -1))
+        if L:
+            q_beam = q.reshape(N, C, H, D).transpose(1, 2)  # (N, H, C, D): a beam's children's queries
+            s = (q_beam @ self.k[layer, :, :, :L].to(q.dtype).transpose(-1, -2)).add_(self._suf_bias)  # (N, H, C, L)
+            scores.append(s.view(E, N // E, H, C, L).transpose(1, 2))  # (E, H, beams per env, C, L)
+        if self.n_children:
+            d = self._slot + 1
+            assert self.dk is not None and self._own_bias is not None
+            s = (q @ self.dk[layer, :, :, :d].to(q.dtype).transpose(-1, -2)).add_(self._own_bias)  # (Nq, H, 1, d)
+            scores.append(s.view(E, N // E, C, H, d).permute(0, 3, 1, 2, 4))  # (E, H, beams per env, C, d)
+        p = torch.cat(scores, dim=-1).softmax(-1)  # (E, H, beams per env, C, keys)
+        at = 0
+        y = None
+        if self._pre_bias is not None:
+            W = self.window
+            pp = p[..., :W].reshape(E, H, Nq // E, W)  # (E, H, rows per env, W)
+            y = (pp @ self.prefix.v[layer].to(q.dtype)).view(E, H, N // E, C, D)
+            at = W
+        if L:
+            ps = p[..., at : at + L].transpose(1, 2).reshape(N, H, C, L).contiguous()  # (N, H, C, L)
+            ys = (ps @ self.v[layer, :, :, :L].to(q.dtype)).view(E, N // E, H, C, D).transpose(1, 2)
+            y = ys if y is None else y + ys
+            at += L
+        if self.n_children:
+            d = self._slot + 1
+            assert self.dv is not None
+            pd = p[..., at : at + d].permute(0, 2, 3, 1, 4).reshape(Nq, H, 1, d).contiguous()  # (Nq, H, 1, d)
+            yd = (pd @ self.dv[layer, :, :, :d].to(q.dtype)).view(E, N // E, C, H, D).permute(0, 3, 1, 2, 4)
+            y = yd if y is None else y + yd
+        assert y is not None
+        return y.permute(0, 2, 3, 1, 4).reshape(Nq, H, 1, D)  # (rows, H, 1, D)
+
+    def end(self) -> None:
+        if self.n_children:
+            self.n_delta += self._n
+        else:
+            self.n_suffix += self._n
+        self.steps += self._n
+        self._n = 0
