@@ -25,8 +25,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import re
 import shutil
+import signal
 import sys
 import time
 import warnings
@@ -46,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cli import UsageError, run  # noqa: E402
 
 DATASET_KINDS = ("random", "medium", "medium-replay", "expert")
+_KILL_ENV = "TT_COLLECT_SIGKILL_AT_STEP"
 
 
 @dataclass
@@ -72,12 +75,19 @@ class Args:
     """sub-envs of the vector env the datasets are rolled out on"""
     vectorization: Literal["sync", "async"] = "sync"
     """Gymnasium vectorization of MuJoCo/Box2D envs (Procgen always uses its own batched env)"""
+    net_arch: tuple[int, ...] | None = None
+    """hidden layers of the expert's networks (e.g. 256 256); default RL Zoo's (SAC/PPO: SB3's, TD3: 400 300)"""
     train_envs: int | None = None
     """envs the expert trains on; default RL Zoo's (1 for SAC/TD3, 8 for CarRacing PPO, 64 for Procgen PPO)"""
     medium_fraction: float = 1 / 3
     """medium's target return: random + medium_fraction * (expert - random)"""
     n_checkpoints: int = 10
-    """training checkpoints evaluated as medium candidates"""
+    """training checkpoints evaluated as medium candidates (their returns are the expert's return curve)"""
+    checkpoint_every: int = 25_000
+    """env steps between resumable training-state checkpoints in --out-dir/resume (0: only on Ctrl-C/SIGTERM)"""
+    resume: bool = False
+    """continue the interrupted run in --out-dir (same arguments): training from its last checkpoint, datasets
+    from the first unfinished one; the result is the same as an uninterrupted run's"""
     eval_episodes: int = 5
     """episodes per evaluation (checkpoints, and reference scores when a rollout finished no episode)"""
     deterministic: bool = False
@@ -315,49 +325,92 @@ def build_model(algo: str, hp: dict[str, Any], venv: Any, args: Args) -> Any:
 
 
 def train_expert(
-    args: Args, algo: str, hp: dict[str, Any], out_dir: Path, train_log: Any | None
-) -> tuple[Any, list[tuple[int, Path]]]:
-    """Train the expert; returns it and the checkpoints ``(env steps, path)`` saved along the way."""
-    from stable_baselines3.common.callbacks import BaseCallback
+    args: Args,
+    algo: str,
+    hp: dict[str, Any],
+    out_dir: Path,
+    train_log: Any | None,
+    evaluate: Callable[[Any, int, str], float],
+) -> tuple[Any, list[tuple[int, Path]], list[dict[str, Any]]]:
+    """Train the expert, resumably; returns it, the checkpoints ``(env steps, path)`` saved along the way
+    (the medium candidates) and the return curve (each candidate's evaluation).
+
+    The training state is checkpointed every ``--checkpoint-every`` env steps and on Ctrl-C/SIGTERM
+    into ``out_dir/resume`` (:mod:`tt_agents.sb3_resume`: exact, no pickle); with ``--resume`` the
+    run continues from it to the same expert, checkpoints and training log as an uninterrupted run.
+    """
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
+    from tt_agents.sb3_resume import ReplayableEnv, ResumeCheckpoints, latest_checkpoint, load_training_state
     from wrappers.action_logger import ActionLogger
 
     def thunk() -> gym.Env:
         env = make_env(args)
         if train_log is not None:
             env = ActionLogger(env, train_log, unfinished="discard")
-        return Monitor(env)
+        return ReplayableEnv(Monitor(env))  # outermost: a resume replays the steps through the logger too
 
     venv = DummyVecEnv([thunk for _ in range(hp["n_envs"])])
     venv.seed(args.seed)
     model = build_model(algo, hp, venv, args)
     ckpt_dir = out_dir / "checkpoints"
+    resume_dir = out_dir / "resume"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     every = max(1, args.expert_steps // max(1, args.n_checkpoints))
-    saved: list[tuple[int, Path]] = []
+    run: dict[str, Any] = {"saved": [], "curve": [], "next": every}
+    if args.resume and latest_checkpoint(resume_dir) is not None:
+        state = load_training_state(model, resume_dir)
+        run = state["extra"]["collect"]
+        if train_log is not None:
+            train_log.truncate_episodes(run["train_log_episodes"])
+        print(f"resumed training at step {model.num_timesteps} from {latest_checkpoint(resume_dir)}", file=sys.stderr)
+    elif resume_dir.exists():
+        shutil.rmtree(resume_dir)
+    bar = tqdm(total=args.expert_steps, initial=model.num_timesteps, desc=f"train {algo.upper()} expert",
+               disable=not args.progress, dynamic_ncols=True)
 
-    class Callback(BaseCallback):
-        def _on_training_start(self) -> None:
-            self.bar = tqdm(total=args.expert_steps, desc=f"train {algo.upper()} expert", disable=not args.progress)
-            self.next = every
+    class Candidates(BaseCallback):
+        """Saves and evaluates the medium candidates, every ``every`` env steps, and draws the bar."""
 
         def _on_step(self) -> bool:
-            self.bar.update(self.num_timesteps - self.bar.n)
-            if self.num_timesteps >= self.next and self.num_timesteps < args.expert_steps:
-                path = ckpt_dir / f"step_{self.num_timesteps}.zip"
-                self.model.save(path)
-                saved.append((self.num_timesteps, path))
-                self.next += every
+            step = self.num_timesteps
+            bar.update(step - bar.n)
+            if step >= run["next"] and step < args.expert_steps:
+                path = ckpt_dir / f"step_{step}.zip"
+                model.save(path)
+                # evaluated with training's RNGs set aside, so that the curve changes nothing in the run
+                np_state = np.random.get_state()
+                with torch.random.fork_rng():
+                    ret = evaluate(model, args.seed + 4000 + len(run["saved"]), f"evaluate step {step}")
+                np.random.set_state(np_state)
+                run["saved"].append([step, str(path)])
+                run["curve"].append({"step": step, "return": ret, "seconds": round(time.perf_counter() - t0, 1)})
+                bar.set_postfix(eval_return=f"{ret:.0f}")
+                while run["next"] <= step:
+                    run["next"] += every
+            if kill_at is not None and step >= kill_at:  # tests: a crash mid-run
+                os.kill(os.getpid(), signal.SIGKILL)
             return True
 
-        def _on_training_end(self) -> None:
-            self.bar.close()
+    def extra() -> dict[str, Any]:
+        return {"collect": {**run, "train_log_episodes": train_log.total_episodes if train_log is not None else 0}}
 
-    model.learn(total_timesteps=args.expert_steps, callback=Callback())
+    kill_at = int(os.environ[_KILL_ENV]) if os.environ.get(_KILL_ENV) else None
+    cb = ResumeCheckpoints(resume_dir, args.checkpoint_every, extra=extra, handle_signals=True)
+    t0 = time.perf_counter() - (run["curve"][-1]["seconds"] if run["curve"] else 0.0)
+    try:
+        model.learn(total_timesteps=args.expert_steps - model.num_timesteps, callback=CallbackList([Candidates(), cb]),
+                    reset_num_timesteps=False)
+    finally:
+        bar.close()
+    if cb.interrupted is not None:
+        print(f"interrupted: the training state at step {model.num_timesteps} is saved in {resume_dir}; "
+              "run the same command with --resume to continue", file=sys.stderr)
+        raise SystemExit(130)
     venv.close()
-    return model, saved
+    return model, [(int(s), Path(p)) for s, p in run["saved"]], run["curve"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -373,6 +426,56 @@ def _import_sb3() -> None:
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         import stable_baselines3.common.vec_env  # noqa: F401
+
+
+_NOT_COMPARED = ("resume", "progress", "overwrite")  # may differ between a run and its --resume
+
+
+class Progress:
+    """What a run has finished, in ``--out-dir/progress.json`` (written atomically), for ``--resume``.
+
+    ``started`` lists phases (training, each dataset) begun and not finished: a resumed run redoes
+    those from their start (training from its last checkpoint); ``done`` holds each finished
+    phase's results, which a resumed run takes as they are.
+    """
+
+    def __init__(self, path: Path, args: Args) -> None:
+        from tt_agents.utils import atomic_write_bytes
+
+        self.path, self._write = path, atomic_write_bytes
+        compared = {k: v for k, v in json.loads(json.dumps(asdict(args))).items() if k not in _NOT_COMPARED}
+        self.args = compared
+        self.done: dict[str, Any] = {}
+        self.started: list[str] = []
+        if not args.resume:
+            return
+        if not path.exists():
+            raise UsageError(f"--resume: {path} does not exist, so there is no run in {path.parent} to continue; "
+                             "drop --resume (or pass the --out-dir of the interrupted run)")
+        saved = json.loads(path.read_text())
+        diff = sorted(k for k in set(compared) | set(saved["args"]) if compared.get(k) != saved["args"].get(k))
+        if diff:
+            changes = ", ".join(f"--{k.replace('_', '-')} {saved['args'].get(k)!r} -> {compared.get(k)!r}"
+                                for k in diff)
+            raise UsageError(f"--resume needs the interrupted run's arguments; these differ: {changes}")
+        if "all" in saved["done"]:
+            raise UsageError(f"the run in {path.parent} finished; there is nothing to resume (drop --resume)")
+        self.done, self.started = saved["done"], saved["started"]
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        body = {"args": self.args, "started": self.started, "done": self.done}
+        self._write(self.path, json.dumps(body, indent=1, default=str).encode())
+
+    def start(self, phase: str) -> None:
+        if phase not in self.started:
+            self.started.append(phase)
+        self.save()
+
+    def finish(self, phase: str, result: dict[str, Any]) -> None:
+        self.done[phase] = result
+        self.started = [p for p in self.started if p != phase]
+        self.save()
 
 
 def main(args: Args) -> dict[str, Any]:
@@ -402,13 +505,17 @@ def main(args: Args) -> dict[str, Any]:
         warnings.warn("--max-episode-steps is ignored for Procgen (each game has its own time limit)", stacklevel=1)
     namespace = args.namespace or default_namespace(args.env_id)
     ids = {k: f"{namespace}/{k}-v{args.version}" for k in kinds}
-    for dataset_id in ids.values():
+    out_dir = Path(args.out_dir or Path("runs") / "collect" / namespace)
+    progress = Progress(out_dir / "progress.json", args)
+    for kind, dataset_id in ids.items():
+        if kind in progress.done or kind in progress.started:
+            continue  # --resume: kept as finished, or rewritten from its start
         if dataset_path(dataset_id).exists() and not args.overwrite:
             raise UsageError(
                 f"dataset {dataset_id} already exists at {dataset_path(dataset_id)}; pass --overwrite"
             )
-    out_dir = Path(args.out_dir or Path("runs") / "collect" / namespace)
     out_dir.mkdir(parents=True, exist_ok=True)
+    progress.save()
 
     probe = make_vec(args, 1)
     obs_space, act_space = probe.single_observation_space, probe.single_action_space
@@ -425,20 +532,25 @@ def main(args: Args) -> dict[str, Any]:
             f"{algo.upper()} needs continuous (Box) actions, {args.env_id} has {act_space}; use --algo ppo"
         )
     hp = fit_budget(algo, zoo_hyperparameters(algo, args.env_id), args.expert_steps, args.train_envs)
+    if args.net_arch:
+        hp["policy_kwargs"] = {**hp.get("policy_kwargs", {}), "net_arch": list(args.net_arch)}
     common = {
         "author": ["tt-agents scripts/collect.py"],
         "code_permalink": "scripts/collect.py",
         "collect_args": asdict(args),
     }
-    writers: dict[str, Any] = {}
     stats: dict[str, dict[str, Any]] = {}
 
     def collect(kind: str, model: Any, seed: int, policy: dict[str, Any]) -> list[float]:
+        if kind in progress.done:  # --resume: finished before the interruption
+            stats[kind] = progress.done[kind]["stats"]
+            return progress.done[kind]["returns"]
+        progress.start(kind)
         venv = make_vec(args, args.num_envs)
         logger = VectorActionLogger(
             venv,
             ids[kind],
-            overwrite=args.overwrite,
+            overwrite=True,  # checked above: a new dataset, --overwrite, or this run's own unfinished one
             metadata={
                 **common,
                 "algorithm_name": policy["name"],
@@ -448,15 +560,16 @@ def main(args: Args) -> dict[str, Any]:
         )
         res = rollout(logger, RandomPolicy(logger, seed) if model is None else model, n_steps=args.dataset_steps,
                       seed=seed, deterministic=args.deterministic, desc=f"collect {ids[kind]}", progress=args.progress)
-        returns = res.returns
+        returns = [float(r) for r in res.returns]
         logger.close()
-        writers[kind] = logger.writer
         stats[kind] = {
             "episodes": logger.writer.total_episodes,
             "steps": logger.writer.total_steps,
             "finished_returns": len(returns),
             "mean_return": _mean(returns),
         }
+        logger.writer.close()
+        progress.finish(kind, {"stats": stats[kind], "returns": returns})
         return returns
 
     def evaluate(model: Any, seed: int, desc: str, random_seed: int = 0) -> float:
@@ -468,17 +581,17 @@ def main(args: Args) -> dict[str, Any]:
         venv.close()
         return float(np.mean(res.returns))
 
-    # 1. the random policy: ref_min_score
-    random_returns = collect("random", None, args.seed, {"name": "uniform-random"}) if "random" in kinds else []
-    ref_min = _mean(random_returns)
-    if ref_min is None:
-        ref_min = evaluate(None, args.seed + 3000, "evaluate random policy", random_seed=args.seed + 1)
-
-    # 2. the expert (trained, with checkpoints and the training log, or loaded)
+    # 1. the expert (trained first, the long part: resumable, with checkpoints and the training log; or loaded)
     checkpoints: list[tuple[int, Path]] = []
+    curve: list[dict[str, Any]] = []
     train_log_path = out_dir / "train-log"
     t_train = 0.0
-    if args.expert_zip:
+    if "train" in progress.done:  # --resume after training had finished
+        expert = _algo_class(algo).load(out_dir / "expert.zip", device=args.device)
+        done = progress.done["train"]
+        checkpoints = [(int(st), Path(p)) for st, p in done["checkpoints"]]
+        curve, t_train, expert_info = done["curve"], done["seconds"], done["expert_info"]
+    elif args.expert_zip:
         vec = make_vec(args, 1)
         expert = load_model(args.expert_zip, algo, vec, args.device)
         vec.close()
@@ -486,7 +599,7 @@ def main(args: Args) -> dict[str, Any]:
     else:
         train_log = None
         if "medium-replay" in kinds:
-            if train_log_path.exists():
+            if train_log_path.exists() and not (args.resume and "train" in progress.started):
                 shutil.rmtree(train_log_path)
             spec_env = make_env(args)
             train_log = MinariWriter(
@@ -498,9 +611,11 @@ def main(args: Args) -> dict[str, Any]:
                 env_spec=spec_env.spec,
             )
             spec_env.close()
-        t0 = time.perf_counter()
-        expert, checkpoints = train_expert(args, algo, hp, out_dir, train_log)
-        t_train = time.perf_counter() - t0
+        progress.start("train")
+        expert, checkpoints, curve = train_expert(args, algo, hp, out_dir, train_log, evaluate)
+        if train_log is not None:
+            train_log.close()
+        t_train = float(curve[-1]["seconds"]) if curve else 0.0  # wall time up to the last evaluation
         expert.save(out_dir / "expert.zip")
         expert_info = {
             "name": f"{algo.upper()}-expert",
@@ -509,7 +624,15 @@ def main(args: Args) -> dict[str, Any]:
             "hyperparameters": {k: (v if not callable(v) else repr(v)) for k, v in hp.items()},
             "zip": str(out_dir / "expert.zip"),
         }
+        progress.finish("train", {"checkpoints": [[st, str(p)] for st, p in checkpoints], "curve": curve,
+                                  "seconds": t_train, "expert_info": expert_info})
     expert_info["deterministic"] = args.deterministic
+
+    # 2. the random policy: ref_min_score
+    random_returns = collect("random", None, args.seed, {"name": "uniform-random"}) if "random" in kinds else []
+    ref_min = _mean(random_returns)
+    if ref_min is None:
+        ref_min = evaluate(None, args.seed + 3000, "evaluate random policy", random_seed=args.seed + 1)
 
     # 3. the expert's data: ref_max_score
     expert_returns = collect("expert", expert, args.seed + 1000, expert_info) if "expert" in kinds else []
@@ -533,12 +656,7 @@ def main(args: Args) -> dict[str, Any]:
                     "training saved no checkpoint to pick 'medium' from; raise --n-checkpoints or --expert-steps"
                 )
             target = ref_min + args.medium_fraction * (ref_max - ref_min)
-            scores = []
-            for k, (step, path) in enumerate(checkpoints):
-                candidate = _algo_class(algo).load(path, device=args.device)
-                scores.append(
-                    evaluate(candidate, args.seed + 4000 + k, f"evaluate checkpoint {step}")
-                )
+            scores = [float(c["return"]) for c in curve]  # each checkpoint was evaluated as it was saved
             best = int(np.argmin([abs(s - target) for s in scores]))
             medium_step, medium_path = checkpoints[best]
             medium = _algo_class(algo).load(medium_path, device=args.device)
@@ -557,7 +675,10 @@ def main(args: Args) -> dict[str, Any]:
             collect("medium", medium, args.seed + 2000, medium_info)
 
     # 5. medium-replay: the training episodes up to the medium checkpoint
-    if "medium-replay" in kinds:
+    if "medium-replay" in kinds and "medium-replay" in progress.done:
+        stats["medium-replay"] = progress.done["medium-replay"]["stats"]
+    elif "medium-replay" in kinds:
+        progress.start("medium-replay")
         reader = MinariReader(train_log_path)
         with reader.open() as f:
             lengths = reader.lengths(f)
@@ -572,7 +693,7 @@ def main(args: Args) -> dict[str, Any]:
             obs_space,
             act_space,
             env_spec=reader.metadata.get("env_spec"),
-            overwrite=args.overwrite,
+            overwrite=True,  # checked above, as for the others
             metadata={
                 **common,
                 "algorithm_name": f"{algo.upper()}-training",
@@ -585,7 +706,6 @@ def main(args: Args) -> dict[str, Any]:
             },
         )
         writer.copy_episodes(train_log_path, range(n_eps))
-        writers["medium-replay"] = writer
         with reader.open() as f:
             rets = [float(np.sum(f[f"episode_{i}"]["rewards"][()])) for i in range(n_eps)]
         stats["medium-replay"] = {
@@ -593,16 +713,23 @@ def main(args: Args) -> dict[str, Any]:
             "steps": writer.total_steps,
             "mean_return": _mean(rets),
         }
+        writer.close()
+        progress.finish("medium-replay", {"stats": stats["medium-replay"]})
 
     # 6. reference scores in every dataset
     n_avg = len(expert_returns) or args.eval_episodes
-    for writer in writers.values():
-        writer.update_metadata(
-            {"ref_min_score": ref_min, "ref_max_score": ref_max, "num_episodes_average_score": n_avg}
-        )
+    for kind in kinds:
+        spec = MinariReader(dataset_path(ids[kind])).metadata.get("env_spec")
+        with MinariWriter(ids[kind], obs_space, act_space, env_spec=spec) as writer:
+            writer.update_metadata(
+                {"ref_min_score": ref_min, "ref_max_score": ref_max, "num_episodes_average_score": n_avg,
+                 "expert_return_curve": curve}
+            )
     if not args.keep_intermediate:
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
         shutil.rmtree(train_log_path, ignore_errors=True)
+    shutil.rmtree(out_dir / "resume", ignore_errors=True)
+    progress.finish("all", {})
     summary = {
         "env_id": args.env_id,
         "algo": algo,
@@ -611,6 +738,7 @@ def main(args: Args) -> dict[str, Any]:
         "ref_max_score": ref_max,
         "medium_checkpoint_step": medium_step,
         "expert_zip": expert_info.get("zip"),
+        "expert_return_curve": curve,
         "train_seconds": round(t_train, 2),
         "total_seconds": round(time.perf_counter() - t_start, 2),
     }

@@ -419,6 +419,26 @@ class MinariWriter:
 
             return self._append(len(indices), write)
 
+    def truncate_episodes(self, n: int) -> None:
+        """Keep only the first ``n`` committed episodes (a resumed run drops what it will write again).
+
+        The count in metadata.json is committed first, so a crash part-way leaves the dataset at ``n``
+        episodes (the groups past it are stale and removed by the next writer that opens it).
+        """
+        n = int(n)
+        if not 0 <= n <= self.total_episodes:
+            raise ValueError(f"truncate_episodes({n}): the dataset has {self.total_episodes} episodes")
+        if n == self.total_episodes:
+            return
+        main = self.data_path / MAIN_FILE
+        with _open_hdf5_for_writing(main, "a") as f:
+            steps = sum(int(f[f"episode_{i}"].attrs["total_steps"]) for i in range(n))
+        self._metadata["total_episodes"], self._metadata["total_steps"] = n, steps
+        _atomic_write_json(self.data_path / METADATA_FILE, self._metadata, self.fsync)
+        with _open_hdf5_for_writing(main, "a") as f:
+            for key in [k for k in f if k.startswith("episode_") and int(k[8:]) >= n]:
+                del f[key]
+
     def _check_added(self, i: int, T: int, fields: Mapping[str, np.ndarray], names: Sequence[str]) -> None:
         problems = [f"{n!r} is missing" for n in names if n not in fields]
         problems += [f"{n!r} is not a new field of this dataset {list(names)}" for n in fields if n not in names]

@@ -1,0 +1,151 @@
+"""Resumable expert training: an SB3 run checkpointed and resumed (after SIGKILL or Ctrl-C) is the same run.
+
+The learner itself (tt_agents.sb3_resume) on Pendulum with TD3, SAC with gSDE and PPO, and
+scripts/collect.py killed mid-training and resumed, whose four datasets must equal an uninterrupted
+run's field for field.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from tests.scripts._helpers import load_script, run_script
+from tt_agents.sb3_resume import ReplayableEnv, ResumeCheckpoints, ResumeError, load_training_state
+
+pytest.importorskip("stable_baselines3")
+from stable_baselines3 import PPO, SAC, TD3  # noqa: E402
+from stable_baselines3.common.monitor import Monitor  # noqa: E402
+from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
+
+
+def _build(cls, n_envs: int = 1, **kw):
+    venv = DummyVecEnv([lambda: ReplayableEnv(Monitor(gym.make("Pendulum-v1"))) for _ in range(n_envs)])
+    venv.seed(0)
+    return cls("MlpPolicy", venv, seed=0, device="cpu", policy_kwargs=dict(net_arch=[16, 16]), **kw)
+
+
+CASES = {
+    "td3": (TD3, dict(learning_starts=40)),
+    "sac-gsde-train-freq-8": (SAC, dict(learning_starts=50, use_sde=True, train_freq=8, gradient_steps=8)),
+    "ppo-2-envs-gsde": (PPO, dict(n_steps=32, batch_size=32, n_envs=2, use_sde=True, sde_sample_freq=4)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_resumed_learner_is_the_uninterrupted_one_bit_for_bit(tmp_path, case):
+    cls, kw = CASES[case]
+    total = 230
+    torch.set_num_threads(1)
+    whole = _build(cls, **kw)
+    whole.learn(total)
+    # a run that checkpoints at 90 (mid-episode: Pendulum's episodes are 200 steps) and dies at ~170
+    _build(cls, **kw).learn(170, callback=ResumeCheckpoints(tmp_path, every=90))
+    resumed = _build(cls, **kw)
+    state = load_training_state(resumed, tmp_path)
+    assert 90 <= state["num_timesteps"] < 170
+    resumed.learn(total - state["num_timesteps"], reset_num_timesteps=False)
+    assert resumed.num_timesteps == whole.num_timesteps
+    a, b = whole.policy.state_dict(), resumed.policy.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    np.testing.assert_array_equal(whole._last_obs, resumed._last_obs)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_stops_and_the_resume_is_exact(tmp_path):
+    cls, kw = CASES["td3"]
+    torch.set_num_threads(1)
+    whole = _build(cls, **kw)
+    whole.learn(200)
+
+    def interrupt(step: int) -> None:
+        if step == 110:
+            os.kill(os.getpid(), signal.SIGINT)  # delivered to the callback's handler, not KeyboardInterrupt
+
+    cb = ResumeCheckpoints(tmp_path, every=0, on_rollout_start=interrupt, handle_signals=True)
+    before = signal.getsignal(signal.SIGINT)
+    stopped = _build(cls, **kw)
+    stopped.learn(200, callback=cb)
+    assert cb.interrupted == signal.SIGINT and stopped.num_timesteps < 200
+    assert signal.getsignal(signal.SIGINT) == before  # the handler it found is back
+    resumed = _build(cls, **kw)
+    state = load_training_state(resumed, tmp_path)
+    assert state["num_timesteps"] == 110
+    resumed.learn(200 - state["num_timesteps"], reset_num_timesteps=False)
+    a, b = whole.policy.state_dict(), resumed.policy.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_missing_checkpoint_and_another_algorithm(tmp_path):
+    with pytest.raises(ResumeError, match="no training checkpoint"):
+        load_training_state(_build(TD3, learning_starts=10), tmp_path)
+    _build(TD3, learning_starts=10).learn(60, callback=ResumeCheckpoints(tmp_path, every=30))
+    with pytest.raises(ResumeError, match="holds TD3 training, not SAC"):
+        load_training_state(_build(SAC, learning_starts=10), tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# collect.py
+
+
+TINY = ["--env-id", "Pendulum-v1", "--algo", "td3", "--net-arch", "16", "16", "--expert-steps", "600",
+        "--checkpoint-every", "150", "--n-checkpoints", "3", "--eval-episodes", "2", "--dataset-steps", "200",
+        "--num-envs", "2", "--namespace", "pend", "--no-progress"]
+KINDS = ("random", "medium", "medium-replay", "expert")
+
+
+def _fields(path: Path) -> dict[str, np.ndarray]:
+    out = {}
+    with h5py.File(path / "data" / "main_data.hdf5", "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def _metadata(path: Path) -> dict:
+    text = (path / "data" / "metadata.json").read_text()
+    meta = json.loads(text.replace("out-a", "out").replace("out-b", "out"))  # the runs' own folders
+    for k in ("collect_args", "dataset_size"):
+        meta.pop(k, None)
+    for point in meta["expert_return_curve"]:
+        point.pop("seconds")  # wall time
+    return meta
+
+
+def test_collect_killed_mid_training_resumes_to_the_same_datasets(tmp_path, monkeypatch):
+    collect = load_script("collect")
+    # uninterrupted, in this process
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "a"))
+    import tyro
+
+    collect.main(tyro.cli(collect.Args, args=[*TINY, "--out-dir", str(tmp_path / "out-a")]))
+    # SIGKILLed at env step 420 (after the checkpoint at 300, mid-episode, with a training-log
+    # episode written past it), then resumed
+    store_b = tmp_path / "b"
+    out_b = ["--out-dir", str(tmp_path / "out-b")]
+    killed = run_script("collect.py", *TINY, *out_b, store=store_b, TT_COLLECT_SIGKILL_AT_STEP="420")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    progress = json.loads((tmp_path / "out-b" / "progress.json").read_text())
+    assert progress["started"] == ["train"] and progress["done"] == {}  # training comes first
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(store_b))
+    with pytest.raises(collect.UsageError, match="--expert-steps 600 -> 700"):
+        collect.main(tyro.cli(collect.Args, args=[*TINY, "--expert-steps", "700", *out_b, "--resume"]))
+    collect.main(tyro.cli(collect.Args, args=[*TINY, *out_b, "--resume"]))
+    for kind in KINDS:
+        a, b = tmp_path / "a" / "pend" / f"{kind}-v0", store_b / "pend" / f"{kind}-v0"
+        fa, fb = _fields(a), _fields(b)
+        assert sorted(fa) == sorted(fb) and len(fa) >= 5
+        for name in fa:
+            np.testing.assert_array_equal(fa[name], fb[name], err_msg=f"{kind}: {name}")
+        ma, mb = _metadata(a), _metadata(b)
+        assert ma == mb
+        assert [p["step"] for p in ma["expert_return_curve"]] == [200, 400]  # the medium candidates
+    assert not (tmp_path / "out-b" / "resume").exists()  # the training state goes once the run is done
+    with pytest.raises(collect.UsageError, match="nothing to resume"):
+        collect.main(tyro.cli(collect.Args, args=[*TINY, *out_b, "--resume"]))
