@@ -246,5 +246,40 @@ def test_benchmark_script_runs_at_a_tiny_size(monkeypatch, capsys):
     from benches import dt as bench
 
     bench.main(bench.Args(context_len=2, n_envs=(2,), scaling_context_lens=(), steps=2, repeats=1, image_envs=(),
-                          train_steps=1, batch_size=4, write=False))
-    assert "recompute / cache" in capsys.readouterr().out
+                          train_steps=1, batch_size=4, write=False, variants=("float32", "bfloat16")))
+    out = capsys.readouterr().out
+    assert "recompute / cache" in out and "speed-up over float32" in out
+
+
+def test_compiled_and_reduced_precision_steps(monkeypatch):
+    """The compiled step traces whole (no graph break, no recompile) and acts as the eager one; without
+    compilation the eager step runs (one warning); a bfloat16 cache stays close to float32."""
+    import dataclasses
+
+    monkeypatch.setenv("TT_AGENTS_COMPILE_BACKEND", "eager")  # dynamo's tracing, without code generation
+    env = make_env("vector", "continuous")
+    agent = DecisionTransformer(env.observation_space, env.action_space, TINY, device="cpu", seed=0)
+    agent.target_return = 3.0
+
+    def actions(**act):  # actions, not recorded network outputs: a recording hook would be traced too
+        agent.act = dataclasses.replace(agent.act, **act)
+        rng = np.random.default_rng(0)
+        state, out = agent.initial_state(3), []
+        for t in range(9):
+            obs = rng.uniform(-1, 1, size=(3, *env.observation_space.shape)).astype(np.float32)
+            starts = np.array([False, t == 4, False])
+            x = {"observation": obs, "previous_reward": rng.normal(size=(3, 1)).astype(np.float32)}
+            a, state = agent.predict(x, state, starts)
+            out.append(a)
+        return np.stack(out)
+
+    eager = actions()
+    np.testing.assert_allclose(actions(compile=True), eager, atol=1e-5, rtol=0)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(RuntimeWarning, match="running it eagerly"):
+        np.testing.assert_allclose(actions(compile=True), eager, atol=1e-5, rtol=0)
+    assert 0 < np.abs(actions(compile=False, kv_dtype="bfloat16") - eager).max() < 0.05

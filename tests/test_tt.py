@@ -341,3 +341,16 @@ def test_planning_benchmark_runs_at_a_tiny_size(monkeypatch, capsys):
     # the 2-env row's note: what the linear layers and attention alone cost against the whole 1-env call
     note = re.search(r"2x2: .* take (\d+)% of the 1-env call.* would still cost ([\d.]+)x", out)
     assert note is not None and 0 < int(note.group(1)) <= 100 and float(note.group(2)) > 0
+
+
+def test_reduced_precision_beams_plan_close_to_float32():
+    """A bfloat16 cache of the beams (shared-prefix mode) is not exact, but scores its plans within bf16's error."""
+    fast = _agent(use_cache=True, shared_prefix=True, double=False)
+    low = _twin(fast, kv_dtype="bfloat16")
+    obs = np.random.default_rng(1).uniform(-1, 1, (2, 3)).astype(np.float32)
+    _, s_fast = fast.predict(obs)
+    _, s_low = low.predict(obs)
+    assert s_low.last_plan.tokens.shape == s_fast.last_plan.tokens.shape
+    assert torch.isfinite(s_low.last_plan.scores).all()
+    with pytest.raises(ValueError, match="kv_dtype"):
+        PlanConfig(kv_dtype="int8")

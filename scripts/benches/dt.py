@@ -61,6 +61,9 @@ class Args:
     """Sequences per training batch for image observations."""
     threads: int = 1
     """torch intra-op threads (1: comparable across shared machines)."""
+    variants: tuple[str, ...] = ("float32", "compiled", "bfloat16", "float16")
+    """Variants of the cached step in the fixed-shape table: ``float32`` (the default step), ``compiled``
+    (``DTActConfig.compile``), ``bfloat16`` / ``float16`` (``DTActConfig.kv_dtype``); empty to skip the table."""
     write: bool = True
     """Rewrite the ``dt`` section of benchmarks.md."""
 
@@ -124,6 +127,46 @@ def per_step_ms(agent: DecisionTransformer, n_envs: int, steps: int, repeats: in
         for m in modes:
             times[m].append(time_it(lambda m=m: run(m), repeats=1, warmup=0) / steps * 1e3)
     return {m: min(v) for m, v in times.items()}
+
+
+def step_variants(args: Args, n_envs: int) -> tuple[dict[str, float], dict[str, float], float | None]:
+    """The cached step's variants on one agent and one input stream, rounds interleaved.
+
+    Returns milliseconds per predict call (fastest round) and the largest absolute deviation of
+    each variant's actions from the float32 step's, over every timed call, and the seconds the
+    compiled variant's first call took (compilation), or ``None``.
+    """
+    import dataclasses
+
+    from tt_agents.models.static import COMPILE_SECONDS
+
+    agent = make_agent(False, args, args.context_len)
+    rng = np.random.default_rng(1)
+    inputs = [random_inputs(agent, n_envs, rng) for _ in range(args.steps)]
+    acts = {"float32": {}, "compiled": {"compile": True}, "bfloat16": {"kv_dtype": "bfloat16"},
+            "float16": {"kv_dtype": "float16"}}
+    states = {v: agent.initial_state(n_envs, act=dataclasses.replace(agent.act, **acts[v])) for v in args.variants}
+    COMPILE_SECONDS.pop("dt-step", None)
+    warm = 3 * agent.config.context_len + 3
+    for v in args.variants:
+        for t in range(warm):
+            _, states[v] = agent.predict(inputs[t % args.steps], states[v])
+    compile_s = COMPILE_SECONDS.get("dt-step") if "compiled" in args.variants else None
+    times: dict[str, list[float]] = {v: [] for v in args.variants}
+    deviation = {v: 0.0 for v in args.variants}
+    for _ in range(args.repeats):
+        outs: dict[str, list[np.ndarray]] = {}
+        for v in args.variants:
+            outs[v] = []
+            t0 = time.perf_counter()
+            for x in inputs:
+                a, states[v] = agent.predict(x, states[v])
+                outs[v].append(a)
+            times[v].append((time.perf_counter() - t0) / args.steps * 1e3)
+        if "float32" in outs:
+            for v in args.variants:
+                deviation[v] = max(deviation[v], float(np.abs(np.stack(outs[v]) - np.stack(outs["float32"])).max()))
+    return {v: min(t) for v, t in times.items()}, deviation, compile_s
 
 
 def synthetic_dataset(agent: DecisionTransformer, n_episodes: int, length: int) -> EpisodeDataset:
@@ -210,6 +253,20 @@ def main(args: Args) -> None:
         print(train_rows[-1], flush=True)
     train_table = markdown_table(["observations", "batch", "samples/s", "tokens/s"], train_rows)
 
+    variant_rows = []
+    compile_times = []
+    for n in args.n_envs if args.variants else ():
+        ms, dev, compile_s = step_variants(args, n)
+        if compile_s is not None:
+            compile_times.append(f"{compile_s:.1f} s ({n} env(s))")
+        base = ms.get("float32")
+        for v in args.variants:
+            variant_rows.append([n, v, ms[v], base / ms[v] if base else "", f"{dev[v]:.2g}"])
+            print(variant_rows[-1], flush=True)
+    variant_table = markdown_table(["envs", "cached step", "ms/step", "speed-up over float32", "max abs deviation of the "
+                                    "actions from float32"], variant_rows) if variant_rows else "(skipped)"
+    compile_note = ", ".join(compile_times) or "not measured"
+
     measured_notes = "\n".join(f"- {n}" for n in ratio_notes(rows, scaling))
     body = f"""
 The paper's MuJoCo model (3 layers, 1 head, width 128; IMPALA CNN (16, 32, 32) for images),
@@ -229,6 +286,17 @@ images); every state is warmed past 3K steps so that the window slides during th
 Per-step inference at K = {K}:
 
 {main_table}
+
+The cached step is a fixed-shape function (`DTStepCache`: the prompt, then a ring of 3(K + 1) slots
+whose masks are built once per phase), so it can run through `torch.compile` (`DTActConfig(compile=True)`)
+and keep its keys and values in bfloat16 or float16 (`DTActConfig(kv_dtype=...)`). Its variants at K = {K},
+interleaved round by round on one agent and one input stream (the deviation is over every timed call):
+
+{variant_table}
+
+Compilation (the compiled variant's first call, outside the timed rounds): {compile_note}; a later process
+reuses torch's on-disk compile cache and starts faster. This CPU (AVX2, no AVX-512 BF16 or AMX) has no fast
+bfloat16 / float16 arithmetic: the reduced-precision caches are converted back to float32 for every product.
 
 Per-step inference against K (vector observations, 1 env):
 

@@ -414,7 +414,8 @@ class DTStepCache:
         self.own = torch.cat([torch.zeros(len(ring), 3, P, dtype=torch.bool, device=p.device), offset == i], dim=2)
         self.slots = P + 3 * phase[:, 0, 0, None] + torch.arange(3, device=p.device)  # (F, 3)
         self.is_ring = torch.arange(S, device=p.device) >= P  # (S,)
-        self._phases = torch.arange(c.context_len + 1, device=p.device)[:, None].unbind(0)  # (1,) each
+        # (1,) each, in storages of their own (views of one tensor would differ in storage offset: a recompile each)
+        self._phases = [torch.tensor([f], device=p.device) for f in range(c.context_len + 1)]
         self.steps = 0
         self._step = maybe_compile(net.decode_step, "dt-step", p.device) if compile else net.decode_step
 
