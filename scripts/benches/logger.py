@@ -41,9 +41,8 @@ class Args:
 def data_collector() -> tuple[type | None, str]:
     """Minari's DataCollector class, or ``None`` and why not."""
     try:
-        from minari import DataCollector
-
         import jax  # noqa: F401  (minari[create]'s dependency)
+        from minari import DataCollector
     except ImportError as e:
         return None, f"Minari's DataCollector skipped: {e} (pip install 'minari[create]')"
     return DataCollector, ""
