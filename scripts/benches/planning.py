@@ -64,6 +64,14 @@ class Args:
     """HalfCheetah's action size."""
     threads: int = 1
     """torch intra-op threads (1: comparable across shared machines)."""
+    variants: tuple[str, ...] = ("forked-rings", "shared-prefix", "shared-prefix-bf16")
+    """Cache variants of the variants table (same weights, inputs and histories, interleaved): ``forked-rings``
+    (the default), ``shared-prefix`` (``PlanConfig.shared_prefix``), ``shared-prefix-bf16`` / ``-fp16``
+    (its beams' keys and values in bfloat16 / float16); empty to skip the table."""
+    peak_repeats: int = 20
+    """Runs of each matmul of the machine's peak rate (taken at both ends of the run)."""
+    variant_rounds: int = 3
+    """Interleaved rounds of the variants table (the fastest of each is reported)."""
     write: bool = True
     """Rewrite the ``planning`` section of benchmarks.md."""
 
@@ -172,6 +180,42 @@ def attention_bytes(agent: TTPlanner, state: TTState, x: dict[str, np.ndarray]) 
     return float(total)
 
 
+VARIANTS = {
+    "forked-rings": {"shared_prefix": False},
+    "shared-prefix": {"shared_prefix": True},
+    "shared-prefix-bf16": {"shared_prefix": True, "kv_dtype": "bfloat16"},
+    "shared-prefix-fp16": {"shared_prefix": True, "kv_dtype": "float16"},
+}
+
+
+def cache_variants(args: Args, beam: int, horizon: int, n_envs: int) -> list[list[object]]:
+    """Rows of the variants table for one search: each variant's fastest round, its ratio to the first variant,
+    and how far its plans are from the first's (same weights, inputs and histories; rounds interleaved)."""
+    xs = inputs(args, n_envs, args.warmup_steps + args.variant_rounds)
+    agents, states = {}, {}
+    for name in args.variants:
+        agent = make_agent(args, beam, horizon, "cache")
+        agent.act = dataclasses.replace(agent.act, **VARIANTS[name])
+        if agents:
+            agent.model.load_state_dict(next(iter(agents.values())).model.state_dict())
+        agents[name], states[name] = agent, warm_state(agent, "cache", xs, args.warmup_steps)
+    times: dict[str, list[float]] = {name: [] for name in args.variants}
+    same, score_dev = {name: True for name in args.variants}, {name: 0.0 for name in args.variants}
+    first = args.variants[0]
+    for r in range(args.variant_rounds):
+        x = xs[args.warmup_steps + r]
+        for name in args.variants:
+            times[name].append(seconds(agents[name], states[name], x))
+        ref = states[first].last_plan
+        for name in args.variants:
+            plan = states[name].last_plan
+            same[name] &= bool(torch.equal(plan.tokens, ref.tokens))
+            score_dev[name] = max(score_dev[name], float((plan.scores - ref.scores).abs().max()))
+    best = {name: min(t) for name, t in times.items()}
+    return [[beam, horizon, n_envs, name, best[name], best[name] / best[first], "yes" if same[name] else "no",
+             f"{score_dev[name]:.2g}"] for name in args.variants]
+
+
 def peak_gflops(repeats: int = 20) -> float:
     """The machine's float32 matmul rate: the best of ``repeats`` runs of a few products, from large
     square-ish ones to the search's own linear-layer shapes (2048 rows by 128-512), whichever is fastest.
@@ -191,7 +235,7 @@ def peak_gflops(repeats: int = 20) -> float:
 def main(args: Args) -> None:
     torch.set_num_threads(args.threads)
     rows, notes = [], []
-    peak_before = peak_gflops()  # the machine is shared: its peak is taken at both ends of the run
+    peak_before = peak_gflops(args.peak_repeats)  # the machine is shared: its peak is taken at both ends of the run
     for search in args.searches:
         beam, horizon = (int(v) for v in search.split("x"))
         for n_envs in args.n_envs:
@@ -228,7 +272,13 @@ def main(args: Args) -> None:
             rows.append((beam, horizon, n_envs, row, kinds))
             print(beam, horizon, n_envs, row, kinds, flush=True)
 
-    peak = max(peak_before, peak_gflops())
+    variant_rows = []
+    for search in args.searches if args.variants else ():
+        beam, horizon = (int(v) for v in search.split("x"))
+        for n_envs in args.n_envs:
+            variant_rows += cache_variants(args, beam, horizon, n_envs)
+            print(variant_rows[-len(args.variants):], flush=True)
+    peak = max(peak_before, peak_gflops(args.peak_repeats))
     print(f"peak matmul rate: {peak:.1f} GFLOP/s", flush=True)
     first = {(b, h): r for b, h, n, r, _ in rows if n == 1}  # the 1-env row of each search
     header = ["beam", "horizon", "envs", "cache s/action"]
@@ -297,6 +347,19 @@ def main(args: Args) -> None:
         f"({4 * 2 * 125 * 128 * 4 // 1024} KB: 4 layers, keys and values, 125 tokens, width 128, float32).\n"
 
     )
+    if variant_rows:
+        body += (
+            "\nCache variants, same weights, inputs and 21-step histories, interleaved call by call "
+            f"({args.variant_rounds} rounds, the fastest of each): `forked-rings` (the default: forked candidates "
+            "share their parent's ring, pruning copies the survivors' rings), `shared-prefix` (`PlanConfig("
+            "shared_prefix=True)`: every beam attends over its env's context, held once, and its own suffix; "
+            "pruning copies suffixes only), and the same with the beams' keys and values in bfloat16 / float16 "
+            "(`kv_dtype`). `same plans`: every round's plan tokens equal the first variant's; `score deviation`: "
+            "the largest difference of the winning plans' scores.\n\n"
+            + markdown_table(["beam", "horizon", "envs", "variant", "s/action", "/ first variant", "same plans",
+                              "score deviation"], variant_rows)
+            + "\n"
+        )
     if args.write:
         write_section("planning", "Trajectory Transformer: planning time per action", body)
     else:
