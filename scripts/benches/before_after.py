@@ -1,13 +1,15 @@
 """Before/after: TT planning and DT decoding of this tree against another checkout, interleaved in one run.
 
-``python scripts/bench.py before-after --old-tree /tmp/old`` where ``/tmp/old`` is a checkout of the
-commit to compare with (``git worktree add /tmp/old <commit>``). Each measurement runs in a fresh
+``python scripts/bench.py before-after --old-ref <commit>`` (the commit's tree is exported with
+``git archive`` into a temporary folder) or ``--old-tree /tmp/old``, a checkout of it. Each measurement runs in a fresh
 subprocess importing one tree's ``tt_agents`` (the same interpreter and packages), alternating
 old, new, old, new, ... so that a shared machine's slow moments hit both; the table gives the
 median of the rounds and the new / old ratio. Shapes are those of the ``planning`` and ``dt``
 sections: the paper's TT on HalfCheetah (17-dim observations, 6-dim actions; 4 layers x 128,
 100 bins, attention over 5 transitions) and the paper's MuJoCo DT (3 layers x 128, K = 20);
-random weights, 1 torch thread, cache modes only.
+random weights, 1 torch thread, cache modes only. ``DT step ..., compiled`` sets
+``DTActConfig(compile=True)`` where the tree has it (the old tree runs its plain step): its
+compilation happens in the warm-up, outside the timed calls, and its seconds are reported.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,7 @@ _CHILD = textwrap.dedent(
     from tt_agents.tt import TTConfig, TTPlanner
     from tt_agents.dt import DecisionTransformer, DTConfig
     what, a, b, n_envs, calls = {what!r}, {a}, {b}, {n_envs}, {calls}
+    compile_s = None
     rng = np.random.default_rng(0)
 
     def tt_agent(beam, horizon):
@@ -66,15 +70,20 @@ _CHILD = textwrap.dedent(
             t0 = time.perf_counter()
             agent.predict(inp, state)
             times.append(time.perf_counter() - t0)
-        print(json.dumps(min(times)))
+        print(json.dumps([min(times), None]))
     else:
         agent = DecisionTransformer(gym.spaces.Box(-np.inf, np.inf, (17,), np.float32),
                                     gym.spaces.Box(-1.0, 1.0, (6,), np.float32), DTConfig(context_len=a),
                                     device="cpu", seed=0)
         agent.target_return = 1.0
+        if what == "dt-compiled" and "compile" in type(agent.act).__dataclass_fields__:
+            agent.act.compile = True
         state = agent.initial_state(n_envs)
         inputs = [x(17) for _ in range(b)]
-        for t in range(3 * a + 3):
+        t0 = time.perf_counter()
+        _, state = agent.predict(inputs[0], state)  # the first step (compiles, where compiled)
+        compile_s = time.perf_counter() - t0
+        for t in range(1, 3 * a + 3):
             _, state = agent.predict(inputs[t % b], state)
         best = float("inf")
         for _ in range(calls):
@@ -82,7 +91,7 @@ _CHILD = textwrap.dedent(
             for inp in inputs:
                 _, state = agent.predict(inp, state)
             best = min(best, (time.perf_counter() - t0) / b)
-        print(json.dumps(best))
+        print(json.dumps([best, compile_s]))
     """
 )
 
@@ -90,7 +99,11 @@ _CHILD = textwrap.dedent(
 @dataclass
 class Args:
     old_tree: str = "/tmp/old"
-    """A checkout of the commit to compare with (``git worktree add /tmp/old <commit>``)."""
+    """A checkout of the commit to compare with (``git worktree add /tmp/old <commit>``); unused with ``old_ref``."""
+    old_ref: str | None = None
+    """A commit (or branch, tag) to compare with: its tree is exported into a temporary folder."""
+    only: tuple[str, ...] = ()
+    """Run only the figures whose label contains one of these strings (default: all)."""
     rounds: int = 5
     """Alternating old/new subprocesses per figure; the table shows medians."""
     write: bool = True
@@ -103,27 +116,55 @@ CASES = [  # (label, what, a, b, n_envs, calls per subprocess, unit scale)
     ("TT plan, beam 128 horizon 15, 1 env", "tt", 128, 15, 1, 2, 1.0),
     ("DT step, K = 20, 1 env", "dt", 20, 200, 1, 3, 1e3),
     ("DT step, K = 20, 16 envs", "dt", 20, 200, 16, 3, 1e3),
+    ("DT step, K = 20, 1 env, compiled", "dt-compiled", 20, 200, 1, 3, 1e3),
+    ("DT step, K = 20, 16 envs, compiled", "dt-compiled", 20, 200, 16, 3, 1e3),
 ]
 
 
-def measure(tree: str, what: str, a: int, b: int, n_envs: int, calls: int) -> float:
+def measure(tree: str, what: str, a: int, b: int, n_envs: int, calls: int) -> tuple[float, float | None]:
+    """Seconds of one figure in a fresh subprocess of ``tree``, and the first DT step's seconds (``None`` for TT)."""
     code = _CHILD.format(tree=tree, what=what, a=a, b=b, n_envs=n_envs, calls=calls)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": tree}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1200)
     if out.returncode != 0:
         raise RuntimeError(f"{tree}: {what} failed:\n{out.stderr[-3000:]}")
-    return float(json.loads(out.stdout.strip().splitlines()[-1]))
+    best, first = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(best), first
+
+
+def export(ref: str, folder: str) -> str:
+    """The tree of commit ``ref`` written into ``folder`` (``git archive``); returns its short hash."""
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", ref], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+    return commit
 
 
 def main(args: Args) -> None:
-    old, new = str(Path(args.old_tree).resolve()), str(REPO)
-    commit = subprocess.run(["git", "-C", old, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if args.old_ref is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            run(args, tmp, export(args.old_ref, tmp))
+    else:
+        old = str(Path(args.old_tree).resolve())
+        commit = subprocess.run(["git", "-C", old, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        run(args, old, commit.stdout.strip() or args.old_tree)
+
+
+def run(args: Args, old: str, commit: str) -> None:
+    new = str(REPO)
     rows = []
+    first_steps: dict[str, list[float]] = {}
     for label, what, a, b, n, calls, scale in CASES:
+        if args.only and not any(o in label for o in args.only):
+            continue
         t = {"old": [], "new": []}
         for _ in range(args.rounds):
             for name, tree in (("old", old), ("new", new)):
-                t[name].append(measure(tree, what, a, b, n, calls) * scale)
+                seconds, first = measure(tree, what, a, b, n, calls)
+                t[name].append(seconds * scale)
+                if what == "dt-compiled" and name == "new" and first is not None:
+                    first_steps.setdefault(label, []).append(first)
         bo, bn = min(t["old"]), min(t["new"])
         mo, mn = statistics.median(t["old"]), statistics.median(t["new"])
         unit = "s" if scale == 1.0 else "ms"
@@ -135,13 +176,16 @@ def main(args: Args) -> None:
     worst = max(r[3] for r in rows)
     worst_median = max(r[4] for r in rows)
     body = (
-        f"This tree against commit `{commit.stdout.strip() or args.old_tree}`, {args.rounds} alternating rounds of "
+        f"This tree against commit `{commit}`, {args.rounds} alternating rounds of "
         "fresh subprocesses per figure (each round's figure: the fastest of its calls); TT: seconds per `predict` "
         "(one planned action for every env) after a 21-step history; DT: milliseconds per cached step after the "
         "window fills. `best`: the fastest round (the least disturbed by other work on a shared machine); the "
         "median ratio shows how much the rounds moved.\n\n" + table
         + f"\n\nIn this run the largest new / old ratio is {worst:.2f} of the best rounds and {worst_median:.2f} of "
         "the medians.\n"
+        + "".join(f"\n{label}: the first step (compilation, outside the timed calls) took "
+                  + ", ".join(f"{x:.1f}" for x in v) + " s in the new tree's rounds (the first compiles from scratch, "
+                  "later processes reuse torch's on-disk cache).\n" for label, v in first_steps.items())
     )
     if args.write:
         write_section("before-after", "Before/after: planning and DT decoding against an earlier commit", body)

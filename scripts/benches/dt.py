@@ -61,6 +61,9 @@ class Args:
     """Sequences per training batch for image observations."""
     threads: int = 1
     """torch intra-op threads (1: comparable across shared machines)."""
+    device: str = "auto"
+    """Where the agents run: ``"auto"`` is ``cuda`` when a GPU is present (the compiled steps then use CUDA graphs),
+    else ``cpu``."""
     variants: tuple[str, ...] = ("float32", "compiled", "bfloat16", "float16")
     """Variants of the cached step in the fixed-shape table: ``float32`` (the default step), ``compiled``
     (``DTActConfig.compile``), ``bfloat16`` / ``float16`` (``DTActConfig.kv_dtype``); empty to skip the table."""
@@ -76,7 +79,7 @@ def make_agent(image: bool, args: Args, context_len: int) -> DecisionTransformer
         obs = gym.spaces.Box(-np.inf, np.inf, (args.obs_dim,), np.float32)
         act = gym.spaces.Box(-1.0, 1.0, (args.action_dim,), np.float32)
     # the paper's MuJoCo model (3 layers, 1 head, 128 wide), IMPALA CNN for images
-    agent = DecisionTransformer(obs, act, DTConfig(context_len=context_len), device="cpu", seed=0)
+    agent = DecisionTransformer(obs, act, DTConfig(context_len=context_len), device=args.device, seed=0)
     agent.target_return = 1.0
     return agent
 

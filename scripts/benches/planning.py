@@ -64,6 +64,9 @@ class Args:
     """HalfCheetah's action size."""
     threads: int = 1
     """torch intra-op threads (1: comparable across shared machines)."""
+    device: str = "auto"
+    """Where the agents run: ``"auto"`` is ``cuda`` when a GPU is present (the compiled steps then use CUDA graphs),
+    else ``cpu``."""
     variants: tuple[str, ...] = ("forked-rings", "shared-prefix", "shared-prefix-bf16")
     """Cache variants of the variants table (same weights, inputs and histories, interleaved): ``forked-rings``
     (the default), ``shared-prefix`` (``PlanConfig.shared_prefix``), ``shared-prefix-bf16`` / ``-fp16``
@@ -80,7 +83,7 @@ def make_agent(args: Args, beam: int, horizon: int, mode: str) -> TTPlanner:
     obs = gym.spaces.Box(-np.inf, np.inf, (args.obs_dim,), np.float32)
     act = gym.spaces.Box(-1.0, 1.0, (args.action_dim,), np.float32)
     plan = PlanConfig(beam_width=beam, horizon=horizon, use_cache=mode == "cache")
-    return TTPlanner(obs, act, TTConfig(), device="cpu", seed=0, act=plan)  # the paper's network
+    return TTPlanner(obs, act, TTConfig(), device=args.device, seed=0, act=plan)  # the paper's network
 
 
 def inputs(args: Args, n_envs: int, n: int) -> list[dict[str, np.ndarray]]:
