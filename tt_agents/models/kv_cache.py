@@ -29,7 +29,10 @@ Caches:
 - :class:`SlotKVCache`: fixed-shape buffers written in place at slots the caller gives, attended
   over whole with a mask the caller builds: no Python-level state or branching, so a decode step
   through it is a function of fixed-shape tensors that ``torch.compile`` can take whole (the DT's
-  :class:`~tt_agents.models.dt.DTStepCache`, the TT planner's compiled token steps).
+  :class:`~tt_agents.models.dt.DTStepCache`).
+- :class:`SharedPrefixKVCache`: beams of an env attend over the env's context, held once, and
+  over their own planned suffix (cascade attention, the prefix-sharing of LLM serving); pruning
+  copies suffixes only.
 
 Boolean masks (true = attend) become additive ones (``0`` or ``-inf``) once per forward, in the
 attention's dtype, and serve every layer (attention would otherwise convert one in each).
@@ -56,6 +59,7 @@ __all__ = [
     "RingKVCache",
     "ForkKVCache",
     "SlotKVCache",
+    "SharedPrefixKVCache",
 ]
 
 

@@ -1,9 +1,8 @@
 """Compiling the fixed-shape decode steps: ``torch.compile`` where it works, the eager function where not.
 
-The decode steps of the DT (:meth:`~tt_agents.models.dt.DecisionTransformerNet.decode_step`) and
-of the TT planner (:mod:`tt_agents.planning`) are functions of fixed-shape tensors, written so that
-``torch.compile`` can take each whole (no Python-level branching on tensor values, no shapes that
-change from step to step). :func:`maybe_compile` wraps one: the first call compiles it (its time
+The DT's decode step (:meth:`~tt_agents.models.dt.DecisionTransformerNet.decode_step`) is a
+function of fixed-shape tensors, written so that ``torch.compile`` can take it whole (no
+Python-level branching on tensor values, no shapes that change from step to step). :func:`maybe_compile` wraps one: the first call compiles it (its time
 is recorded in :data:`COMPILE_SECONDS`, so benchmarks can report it apart from the steps); if
 compilation fails (no C++ compiler, an unsupported platform, a torch without dynamo) it warns
 once and runs the eager function from then on, so ``predict`` keeps working everywhere.
