@@ -34,7 +34,11 @@ class _Compiled:
         self.failed = False
         try:
             backend = os.environ.get("TT_AGENTS_COMPILE_BACKEND", "inductor")  # tests: "eager" (tracing only)
-            self.compiled = torch.compile(fn, dynamic=False, fullgraph=True, mode=mode, backend=backend)
+            # on a CPU, a C++ wrapper around the generated kernels: a tiny step's Python wrapper costs as much as it
+            options = {"cpp_wrapper": True} if mode is None and backend == "inductor" else None
+            self.compiled = torch.compile(
+                fn, dynamic=False, fullgraph=True, mode=mode, backend=backend, options=options
+            )
         except Exception as e:  # noqa: BLE001  (no dynamo in this torch build)
             self._fail(e)
 
@@ -59,8 +63,8 @@ class _Compiled:
 
 
 def maybe_compile(fn: Callable[..., Any], name: str, device: torch.device | str = "cpu") -> Callable[..., Any]:
-    """``fn`` through ``torch.compile`` (CUDA graphs on a CUDA device: mode ``reduce-overhead``), or ``fn``
-    itself where compiling fails.
+    """``fn`` through ``torch.compile`` (CUDA graphs on a CUDA device: mode ``reduce-overhead``; on a CPU,
+    inductor's C++ wrapper), or ``fn`` itself where compiling fails.
 
     Example:
         >>> step = maybe_compile(torch.add, "an add")
