@@ -343,11 +343,21 @@ def train_expert(
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from tt_agents.sb3_resume import ReplayableEnv, ResumeCheckpoints, latest_checkpoint, load_training_state
+    from tt_agents.sb3_resume import (
+        RebuildOnReset,
+        ReplayableEnv,
+        ResumeCheckpoints,
+        latest_checkpoint,
+        load_training_state,
+        needs_rebuild,
+    )
     from wrappers.action_logger import ActionLogger
 
     def thunk() -> gym.Env:
         env = make_env(args)
+        if needs_rebuild(env):  # Box2D: a world without history, so that a resume replays it exactly
+            env.close()
+            env = RebuildOnReset(lambda: make_env(args))
         if train_log is not None:
             env = ActionLogger(env, train_log, unfinished="discard")
         return ReplayableEnv(Monitor(env))  # outermost: a resume replays the steps through the logger too

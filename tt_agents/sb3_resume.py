@@ -15,8 +15,9 @@ A checkpoint is taken at the start of a rollout (after the previous gradient ste
 env step), so nothing is half done. The envs cannot be pickled mid-episode in general, so each is
 wrapped in :class:`ReplayableEnv`, which keeps the RNG state its last ``reset`` drew from and the
 actions stepped since; on resume a fresh env is reset from that RNG state and the actions are
-stepped again, which brings a deterministic env (MuJoCo, Box2D) back to the same state — checked
-against the saved observation, and refused if it differs. The wrappers inside ``ReplayableEnv``
+stepped again, which brings a deterministic env (MuJoCo, classic control; Box2D inside
+:class:`RebuildOnReset`) back to the same state — checked against the saved observation, and
+refused if it differs. The wrappers inside ``ReplayableEnv``
 (a logger, ``Monitor``, the time limit) see the same steps again, so their partial episodes are
 rebuilt as well.
 
@@ -50,8 +51,8 @@ import torch
 
 from .utils import atomic_write_bytes, fsync_dir
 
-__all__ = ["ReplayableEnv", "ResumeCheckpoints", "ResumeError", "load_training_state", "save_training_state",
-           "latest_checkpoint"]
+__all__ = ["RebuildOnReset", "ReplayableEnv", "ResumeCheckpoints", "ResumeError", "latest_checkpoint",
+           "load_training_state", "needs_rebuild", "save_training_state"]
 
 FORMAT = "tt-agents-sb3-resume-1"
 LATEST = "LATEST"
@@ -118,6 +119,33 @@ class ReplayableEnv(gym.Wrapper):
                 raise ResumeError("the env ended an episode while its saved steps were replayed: it is not "
                                   "deterministic given its reset RNG, so it cannot be resumed exactly")
         return obs
+
+
+class RebuildOnReset(gym.Wrapper):
+    """Builds a new env at every reset, drawing from the RNG state the old one had reached.
+
+    Box2D keeps one world for an env's life, and how it solves contacts after a reset depends on the
+    bodies it held before, so a fresh env replaying an episode reaches the same observations but not
+    quite the same state, and the runs part later. An env rebuilt at every reset has no such history,
+    so :class:`ReplayableEnv` brings it back exactly. (MuJoCo resets all of its state and needs none.)
+    """
+
+    def __init__(self, factory: Any) -> None:
+        self._factory = factory
+        super().__init__(factory())
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        state = _rng_state(self.env)
+        self.env.close()
+        self.env = self._factory()
+        if seed is None and state is not None:
+            _set_rng_state(self.env, state)
+        return self.env.reset(seed=seed, options=options)
+
+
+def needs_rebuild(env: gym.Env) -> bool:
+    """Whether ``env`` keeps state across resets that a replay cannot rebuild (Box2D's world)."""
+    return type(env.unwrapped).__module__.startswith("gymnasium.envs.box2d")
 
 
 def _replayable(venv: Any) -> list[ReplayableEnv]:

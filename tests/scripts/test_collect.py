@@ -1,4 +1,5 @@
-"""scripts/collect.py end to end at a tiny size, as a subprocess (like cleanrl's tests): MuJoCo, Box2D, Procgen."""
+"""scripts/collect.py end to end at a tiny size, as a subprocess (like cleanrl's tests): MuJoCo, Procgen (Box2D:
+test_collect_resume.py)."""
 
 from __future__ import annotations
 
@@ -79,13 +80,6 @@ def test_mujoco_hopper_all_datasets_then_reuse_the_expert_zip(tmp_path):
     res = collect(tmp_path, "--env-id", "Hopper-v5", *TINY, "--datasets", "random", expect_ok=False)
     assert res.returncode == 2 and "hopper/random-v0 already exists" in res.stderr  # the scripts' one-line error
     assert res.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in res.stderr
-
-
-def test_box2d_bipedalwalker(tmp_path):
-    collect(
-        tmp_path, "--env-id", "BipedalWalker-v3", *TINY, "--max-episode-steps", "40", "--out-dir", str(tmp_path / "o")
-    )
-    check_datasets("bipedalwalker", ["random", "medium", "medium-replay", "expert"], "BipedalWalker-v3")
 
 
 def test_procgen_bigfish(tmp_path):

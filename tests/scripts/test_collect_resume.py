@@ -14,11 +14,13 @@ from pathlib import Path
 
 import gymnasium as gym
 import h5py
+import minari
 import numpy as np
 import pytest
 import torch
 
 from tests.scripts._helpers import load_script, run_script
+from tt_agents.data import load_dataset
 from tt_agents.sb3_resume import ReplayableEnv, ResumeCheckpoints, ResumeError, load_training_state
 
 pytest.importorskip("stable_baselines3")
@@ -27,14 +29,14 @@ from stable_baselines3.common.monitor import Monitor  # noqa: E402
 from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
 
 
-def _build(cls, n_envs: int = 1, **kw):
-    venv = DummyVecEnv([lambda: ReplayableEnv(Monitor(gym.make("Pendulum-v1"))) for _ in range(n_envs)])
+def _build(cls, n_envs: int = 1, env_id: str = "Pendulum-v1", **kw):
+    venv = DummyVecEnv([lambda: ReplayableEnv(Monitor(gym.make(env_id))) for _ in range(n_envs)])
     venv.seed(0)
     return cls("MlpPolicy", venv, seed=0, device="cpu", policy_kwargs=dict(net_arch=[16, 16]), **kw)
 
 
 CASES = {
-    "td3": (TD3, dict(learning_starts=40)),
+    "td3-hopper": (TD3, dict(learning_starts=40, env_id="Hopper-v5")),  # MuJoCo: short random episodes
     "sac-gsde-train-freq-8": (SAC, dict(learning_starts=50, use_sde=True, train_freq=8, gradient_steps=8)),
     "ppo-2-envs-gsde": (PPO, dict(n_steps=32, batch_size=32, n_envs=2, use_sde=True, sde_sample_freq=4)),
 }
@@ -47,7 +49,7 @@ def test_a_resumed_learner_is_the_uninterrupted_one_bit_for_bit(tmp_path, case):
     torch.set_num_threads(1)
     whole = _build(cls, **kw)
     whole.learn(total)
-    # a run that checkpoints at 90 (mid-episode: Pendulum's episodes are 200 steps) and dies at ~170
+    # a run that checkpoints at 90 (mid-episode for Pendulum's 200-step episodes) and dies at ~170
     _build(cls, **kw).learn(170, callback=ResumeCheckpoints(tmp_path, every=90))
     resumed = _build(cls, **kw)
     state = load_training_state(resumed, tmp_path)
@@ -60,7 +62,7 @@ def test_a_resumed_learner_is_the_uninterrupted_one_bit_for_bit(tmp_path, case):
 
 
 def test_ctrl_c_saves_a_checkpoint_and_stops_and_the_resume_is_exact(tmp_path):
-    cls, kw = CASES["td3"]
+    cls, kw = CASES["td3-hopper"]
     torch.set_num_threads(1)
     whole = _build(cls, **kw)
     whole.learn(200)
@@ -95,9 +97,11 @@ def test_resume_refuses_a_missing_checkpoint_and_another_algorithm(tmp_path):
 # collect.py
 
 
-TINY = ["--env-id", "Pendulum-v1", "--algo", "td3", "--net-arch", "16", "16", "--expert-steps", "600",
+# Box2D (rebuilt at each reset: its world's history would part the runs), with RL Zoo's SAC settings for
+# BipedalWalker (gSDE, 64 env steps then 64 gradient steps)
+TINY = ["--env-id", "BipedalWalker-v3", "--max-episode-steps", "40", "--net-arch", "16", "16", "--expert-steps", "600",
         "--checkpoint-every", "150", "--n-checkpoints", "3", "--eval-episodes", "2", "--dataset-steps", "200",
-        "--num-envs", "2", "--namespace", "pend", "--no-progress"]
+        "--num-envs", "2", "--namespace", "walker", "--no-progress"]
 KINDS = ("random", "medium", "medium-replay", "expert")
 
 
@@ -125,8 +129,8 @@ def test_collect_killed_mid_training_resumes_to_the_same_datasets(tmp_path, monk
     import tyro
 
     collect.main(tyro.cli(collect.Args, args=[*TINY, "--out-dir", str(tmp_path / "out-a")]))
-    # SIGKILLed at env step 420 (after the checkpoint at 300, mid-episode, with a training-log
-    # episode written past it), then resumed
+    # SIGKILLed at env step 420 (after the checkpoint at the rollout start at 320, mid-episode, with
+    # training-log episodes written past it), then resumed
     store_b = tmp_path / "b"
     out_b = ["--out-dir", str(tmp_path / "out-b")]
     killed = run_script("collect.py", *TINY, *out_b, store=store_b, TT_COLLECT_SIGKILL_AT_STEP="420")
@@ -138,7 +142,12 @@ def test_collect_killed_mid_training_resumes_to_the_same_datasets(tmp_path, monk
         collect.main(tyro.cli(collect.Args, args=[*TINY, "--expert-steps", "700", *out_b, "--resume"]))
     collect.main(tyro.cli(collect.Args, args=[*TINY, *out_b, "--resume"]))
     for kind in KINDS:
-        a, b = tmp_path / "a" / "pend" / f"{kind}-v0", store_b / "pend" / f"{kind}-v0"
+        a, b = tmp_path / "a" / "walker" / f"{kind}-v0", store_b / "walker" / f"{kind}-v0"
+        ds = load_dataset(str(b))
+        assert ds.metadata["env_id"] == "BipedalWalker-v3" and ds.metadata["policy"]["name"]
+        assert ds.metadata["algorithm_name"].startswith("SAC") or kind == "random"
+        assert minari.load_dataset(str(b)).total_steps == ds.total_steps  # Minari reads what collect.py wrote
+        assert kind == "medium-replay" or 200 <= ds.total_steps < 202
         fa, fb = _fields(a), _fields(b)
         assert sorted(fa) == sorted(fb) and len(fa) >= 5
         for name in fa:
