@@ -151,8 +151,27 @@ def main(args: Args) -> None:
         run(args, old, commit.stdout.strip() or args.old_tree)
 
 
+def goals(rows: list[list]) -> list[str]:
+    """Issue 15's goals, each checked against this run's rows (best rounds): met or not, and by how much."""
+    by = {r[0]: r for r in rows}
+    out = []
+    for label, goal in (("DT step, K = 20, 1 env", 1 / 3), ("DT step, K = 20, 1 env, compiled", 1 / 3),
+                        ("TT plan, beam 32 horizon 5, 1 env", 1 / 2), ("TT plan, beam 128 horizon 15, 1 env", 1 / 2)):
+        if label in by:
+            r = by[label]
+            out.append(f"{label}: new / old {r[3]:.2f} (best), {r[4]:.2f} (median); goal <= {goal:.2f} "
+                       f"({1 / goal:.0f}x faster): {'met' if max(r[3], r[4]) <= goal else 'not met'}.")
+    one, eight = by.get("TT plan, beam 32 horizon 5, 1 env"), by.get("TT plan, beam 32 horizon 5, 8 envs")
+    if one and eight:
+        ratio = float(eight[2].split()[0]) / float(one[2].split()[0])
+        out.append(f"TT at (32, 5), 8 envs in one batched search over 1 env, new tree: {ratio:.2f}x (best rounds); goal "
+                   f"<= 3x: {'met' if ratio <= 3 else 'not met'}.")
+    return out
+
+
 def run(args: Args, old: str, commit: str) -> None:
     new = str(REPO)
+    load_before = os.getloadavg()[0]
     rows = []
     first_steps: dict[str, list[float]] = {}
     for label, what, a, b, n, calls, scale in CASES:
@@ -173,6 +192,7 @@ def run(args: Args, old: str, commit: str) -> None:
         print(rows[-1], flush=True)
     table = markdown_table(["figure", "old (best)", "new (best)", "new / old (best)", "new / old (median)",
                             "old range", "new range"], rows)
+    load_after = os.getloadavg()[0]
     worst = max(r[3] for r in rows)
     worst_median = max(r[4] for r in rows)
     body = (
@@ -180,9 +200,12 @@ def run(args: Args, old: str, commit: str) -> None:
         "fresh subprocesses per figure (each round's figure: the fastest of its calls); TT: seconds per `predict` "
         "(one planned action for every env) after a 21-step history; DT: milliseconds per cached step after the "
         "window fills. `best`: the fastest round (the least disturbed by other work on a shared machine); the "
-        "median ratio shows how much the rounds moved.\n\n" + table
+        "median ratio shows how much the rounds moved. The machine was shared with other jobs (load average "
+        f"{load_before:.1f} at the start, {load_after:.1f} at the end, on 2 cores), so absolute figures are several "
+        "times those of a quiet run; the ratios come from interleaved rounds.\n\n" + table
         + f"\n\nIn this run the largest new / old ratio is {worst:.2f} of the best rounds and {worst_median:.2f} of "
         "the medians.\n"
+        + "".join(f"\n- {g}" for g in goals(rows)) + "\n"
         + "".join(f"\n{label}: the first step (compilation, outside the timed calls) took "
                   + ", ".join(f"{x:.1f}" for x in v) + " s in the new tree's rounds (the first compiles from scratch, "
                   "later processes reuse torch's on-disk cache).\n" for label, v in first_steps.items())
