@@ -18,6 +18,7 @@ Training throughput goes through the shared trainer (``agent.fit``), sampling in
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass
 
@@ -271,6 +272,8 @@ def main(args: Args) -> None:
     compile_note = ", ".join(compile_times) or "not measured"
 
     measured_notes = "\n".join(f"- {n}" for n in ratio_notes(rows, scaling))
+    measured_notes += (f"\n- The machine was shared with other jobs (load average {os.getloadavg()[0]:.1f} on its 2 cores at "
+                       "the end of the run): absolute times are several times a quiet run's; compare within a table.")
     body = f"""
 The paper's MuJoCo model (3 layers, 1 head, width 128; IMPALA CNN (16, 32, 32) for images),
 random weights and inputs, CPU, {args.threads} thread(s), `predict` end to end (preprocessing

@@ -29,6 +29,7 @@ close the extrapolation comes.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass
 
@@ -350,6 +351,9 @@ def main(args: Args) -> None:
         f"({4 * 2 * 125 * 128 * 4 // 1024} KB: 4 layers, keys and values, 125 tokens, width 128, float32).\n"
 
     )
+    body += ("- The machine was shared with other jobs while this ran (load average "
+             f"{os.getloadavg()[0]:.1f} on its 2 cores at the end): absolute seconds are several times a "
+             "quiet run's; compare within a row or a table.\n")
     if variant_rows:
         body += (
             "\nCache variants, same weights, inputs and 21-step histories, interleaved call by call "
