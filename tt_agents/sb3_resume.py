@@ -337,6 +337,9 @@ def _json_default(x: Any) -> Any:
 
 
 def _callback_base() -> type:
+    from tt_agents.utils import import_sb3
+
+    import_sb3()
     from stable_baselines3.common.callbacks import BaseCallback
 
     return BaseCallback

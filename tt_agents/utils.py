@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-__all__ = ["resolve_device", "set_seed", "config_to_dict", "config_from_dict", "atomic_write_bytes", "fsync_dir"]
+__all__ = ["resolve_device", "set_seed", "config_to_dict", "config_from_dict", "atomic_write_bytes", "fsync_dir",
+           "import_sb3"]
 
 T = TypeVar("T")
 
@@ -143,3 +144,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True)
     if fsync:
         fsync_dir(path.parent)
     return path
+
+
+def import_sb3() -> None:
+    """Import Stable-Baselines3 without the notice it prints on stderr when the old ``gym`` is installed
+    (procgen's gym3 brings it); later imports of SB3 modules are then silent."""
+    import contextlib
+    import io
+    import warnings
+
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        import stable_baselines3.common.vec_env  # noqa: F401
