@@ -436,4 +436,5 @@ def main(args: Args) -> None:
     bench.speed(ds, paths[args.kinds[0]])
     controllers = bench.controllers(ds, paths)
     bench.evaluate_all(ds, controllers)
+    bench.write()  # also when every phase was cached (nothing saved, so nothing written yet)
     print(json.dumps(bench.results, indent=1))
