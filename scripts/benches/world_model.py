@@ -18,8 +18,9 @@ each evaluation are files), and rewrites its ``benchmarks.md`` section after eve
 (generations, population, samples) equals this run's into the work dir instead of training them
 again; their wall times come with them, and the section says so.
 
-Example (the figures in benchmarks.md):
-    python scripts/bench.py world-model --work-dir runs/bench-world-model
+Example (from scratch; benchmarks.md's figures reused two earlier work dirs with ``--reuse``, its command says
+which):
+    python scripts/bench.py world-model --work-dir runs/bench-world-model --write
 """
 
 from __future__ import annotations
