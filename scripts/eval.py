@@ -115,11 +115,19 @@ def main(args: Args) -> None:
     if args.reconstruction_video is not None and not hasattr(agent, "episode_reconstruction_video"):
         raise UsageError(f"--reconstruction-video needs a WorldModelController checkpoint; {args.checkpoint} holds a "
                          f"{type(agent).__name__}")
-    res = evaluate(agent, env_id, n_episodes=args.n_episodes, n_envs=args.n_envs, seed=args.seed,
+    env: Any = env_id
+    if hasattr(agent, "make_env"):  # an agent that adapts the env to itself (a world model resizes the frames)
+        from tt_agents.evaluation import DEFAULT_N_ENVS
+
+        env = agent.make_env(env_id, args.n_envs or DEFAULT_N_ENVS,
+                             **({"render_mode": "rgb_array"} if args.video is not None else {}))
+    res = evaluate(agent, env, n_episodes=args.n_episodes, n_envs=args.n_envs, seed=args.seed,
                    deterministic=args.deterministic, ref_min_score=args.ref_min_score,
                    ref_max_score=args.ref_max_score, video_path=args.video, json_path=args.json_out,
                    act=undocumented(args.act) if getattr(args, "act", None) is not None else None,
                    progress=args.progress)
+    if env is not env_id:
+        env.close()
     print(f"{type(agent).__name__} on {env_id}: {res}")
     if args.reconstruction_video is not None:
         path = agent.episode_reconstruction_video(env_id, args.reconstruction_video, seed=args.seed,

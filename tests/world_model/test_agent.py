@@ -152,8 +152,11 @@ def test_eval_script_writes_the_side_by_side_video(tmp_path):
                     device="cpu", progress=False, reconstruction_video=str(path)))
     with Image.open(path) as gif:
         assert gif.size == (3 * 64, 64) and gif.n_frames == 6  # a 5-step episode: its 6 frames
-    resized = agent.episode_reconstruction_video("WorldModelFakeImage96-v0", tmp_path / "resized.gif", seed=1)
-    with Image.open(resized) as gif:  # 96x96 frames, resized to V's 64x64 on the way
+    # an env of 96x96 frames (as CarRacing's): eval.py evaluates on the agent's own env, resized to V's 64x64
+    resized = tmp_path / "resized.gif"
+    ev.main(ev.Args(checkpoint=str(tmp_path / "wm.zip"), env_id="WorldModelFakeImage96-v0", n_episodes=1, n_envs=1,
+                    device="cpu", progress=False, reconstruction_video=str(resized)))
+    with Image.open(resized) as gif:
         assert gif.size == (3 * 64, 64) and gif.n_frames == 6
     with pytest.raises(ev.UsageError, match="must end in one of"):
         ev.check_options(ev.Args(checkpoint=str(tmp_path / "wm.zip"), reconstruction_video=str(tmp_path / "x.avi")))
