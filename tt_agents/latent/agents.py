@@ -349,12 +349,23 @@ class LatentActionPolicy(_LatentBase):
     # ---- the stages
     def _lam_loss(self, lam: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         frames = self._frames(batch["frames"])
-        out = lam(frames)
-        fdm = self._fdm_error(out["prediction"], frames)
-        metrics = {"fdm_mse": float(fdm.detach()), "vq_loss": float(out["vq_loss"].detach())}
+        k = self.config.lam.k_step
+        if k == 1:
+            out = lam(frames)
+            fdm = self._fdm_error(out["prediction"], frames)
+            vq = out["vq_loss"]
+        else:  # k-step: each step's error against its real frame, steps past an episode's end left out
+            out = lam.rollout(frames, k)
+            h = self._history + 1
+            errs = torch.stack([self._fdm_error(out["predictions"][:, j], frames[:, : h + j + 1], reduce=False)
+                                for j in range(k)], 1)  # (B, k)
+            valid = torch.as_tensor(batch["future_valid"], device=errs.device, dtype=errs.dtype)
+            fdm = (errs * valid).sum() / valid.sum().clamp(min=1.0)
+            vq = out["vq_losses"].mean()
+        metrics = {"fdm_mse": float(fdm.detach()), "vq_loss": float(vq.detach())}
         if "codes" in out:
             metrics["perplexity"] = float(codebook_perplexity(out["codes"], self.model.lam.quantizer.codebook_size))
-        return fdm + out["vq_loss"], metrics
+        return fdm + vq, metrics
 
     def _fdm_error(self, prediction: torch.Tensor, frames: torch.Tensor, reduce: bool = True) -> torch.Tensor:
         err = (prediction.float() - self._target(frames)) ** 2
@@ -418,10 +429,11 @@ class LatentActionPolicy(_LatentBase):
             return self.model.policy.features(self._obs(obs)).float()
 
     def _lam_sampler(self, dataset, batch_size, seed, rank, world_size):
-        tr = Transitions(dataset, self._history)
-        sampler = TransitionSampler(tr, batch_size, seed, rank, world_size)
+        k = self.config.lam.k_step
+        sampler = TransitionSampler(Transitions(dataset, self._history, future=k), batch_size, seed, rank, world_size)
         if not self.config.joint_decoder:
             return sampler
+        tr = Transitions(dataset, self._history) if k > 1 else sampler.transitions  # the same transitions, 1 step
         n = min(self.config.labels, len(tr))
         labelled = TransitionSampler(tr, min(batch_size, n), seed + 1, rank, world_size, subset=n,
                                      observations=self.config.decoder_uses_obs,

@@ -79,6 +79,10 @@ class LAMConfig:
     """FSQ levels per token (``fsq``): 1000 codes."""
     history: int = 1
     """Past frames besides o_t the IDM and FDM see (LAPO: 1, so the IDM sees o_{t-1}, o_t, o_{t+1})."""
+    k_step: int = 1
+    """Steps the FDM predicts ahead in training (the prompt-DT work: 5): the IDM infers z_t .. z_{t+k-1}
+    from the real frames, the FDM rolls out o_{t+1} .. o_{t+k} from its own predictions, so a latent
+    that only encodes the next frame, rather than the change an action makes, predicts badly. 1: LAPO."""
     cnn_channels: tuple[int, ...] = (64, 128, 128)
     """IMPALA CNN widths of the IDM and the latent policy (LAPO)."""
     cnn_features: int = 256
@@ -109,6 +113,8 @@ class LAMConfig:
                 raise ValueError(f"LAMConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.history < 0:
             raise ValueError(f"LAMConfig.history must be >= 0, got {self.history}")
+        if self.k_step < 1:
+            raise ValueError(f"LAMConfig.k_step must be >= 1, got {self.k_step}")
         if not 0.0 < self.vq_decay < 1.0:
             raise ValueError(f"LAMConfig.vq_decay must be in (0, 1), got {self.vq_decay}")
         if self.backbone not in ("cnn", "vit"):
@@ -369,13 +375,42 @@ class LatentActionModel(nn.Module):
         q, codes, loss = self.quantizer(z)
         return z, q, codes, loss
 
+    def _past(self, past: torch.Tensor) -> torch.Tensor:
+        return past if self.vit else stack_frames(past, self.image)
+
     def forward(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         z, q, codes, loss = self.encode(frames)
-        past = frames[:, :-1] if self.vit else stack_frames(frames[:, :-1], self.image)
-        out = {"latent": z, "quantized": q, "prediction": self.fdm(past, q), "vq_loss": loss}
+        out = {"latent": z, "quantized": q, "prediction": self.fdm(self._past(frames[:, :-1]), q), "vq_loss": loss}
         if codes is not None:
             out["codes"] = codes
         return out
+
+    def rollout(self, frames: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+        """k-step prediction of a window ``(B, history + 1 + k, *obs)``: ``predictions`` ``(B, k, *target)``.
+
+        Step ``j``'s latent comes from the real frames ``o_{t+j-history} .. o_{t+j+1}``; the FDM's input
+        holds its own earlier predictions in place of the frames after ``o_t`` (open loop). The first
+        step's outputs are :meth:`forward`'s.
+        """
+        h = self.window - 1  # history + 1 frames of past
+        out = self.forward(frames[:, : h + 1])
+        if k == 1:
+            return {**out, "predictions": out["prediction"][:, None], "vq_losses": out["vq_loss"][None]}
+        past = [f.float() if self.image else f for f in frames[:, :h].unbind(1)]  # real o_{t-history} .. o_t
+        preds, losses = [out["prediction"]], [out["vq_loss"]]
+        for j in range(1, k):
+            past = [*past[1:], self._as_frame(preds[-1], frames.dtype)]
+            _, q, _, loss = self.encode(frames[:, j: j + h + 1])
+            preds.append(self.fdm(self._past(torch.stack(past, 1)), q))
+            losses.append(loss)
+        return {**out, "predictions": torch.stack(preds, 1), "vq_losses": torch.stack(losses)}
+
+    def _as_frame(self, prediction: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """An FDM prediction as an input frame: images ``(B, C, H, W)`` in [-0.5, 0.5] back to ``(B, H, W, C)``
+        on the 0-255 scale (float: gradients flow through the rollout), vectors as they are."""
+        if self.image:
+            return (prediction.float() + 0.5).permute(0, 2, 3, 1) * 255.0  # (B, H, W, C)
+        return prediction
 
 
 # ----------------------------------------------------------------------------- acting on latents

@@ -1,7 +1,8 @@
 """A dataset's transitions as windows of observations, and the one sampler of the latent-action stages.
 
 A transition ``t`` of an episode with observations ``o_0 .. o_T`` is the window
-``(o_{t-history}, ..., o_t, o_{t+1})``; frames before the episode's start repeat ``o_0``. Only
+``(o_{t-history}, ..., o_t, o_{t+1})`` (with ``future=k``: up to ``o_{t+k}``, for k-step prediction);
+frames before the episode's start repeat ``o_0``. Only
 the observations (and the episode lengths) are read here, never the actions: the latent action
 model's stage is built on this, and ``tests/latent`` checks that it never touches an action.
 """
@@ -30,8 +31,10 @@ class Transitions:
         (3, [[0.0, 0.0, 1.0], [1.0, 2.0, 3.0]])
     """
 
-    def __init__(self, dataset: Any, history: int) -> None:
-        obs, rows = [], []
+    def __init__(self, dataset: Any, history: int, future: int = 1) -> None:
+        if future < 1:
+            raise ValueError(f"future must be >= 1, got {future}")
+        obs, rows, valid = [], [], []
         offset = 0
         lengths = np.asarray(dataset.lengths)
         for i, n in enumerate(lengths):
@@ -47,26 +50,30 @@ class Transitions:
             o = np.asarray(o)
             if len(o) != n + 1:
                 raise DatasetError(f"episode {i} has {len(o)} observations for {n} steps, expected {n + 1}")
-            t = np.arange(n)[:, None] + np.arange(-history, 2)[None, :]  # (n, history + 2)
+            t = np.arange(n)[:, None] + np.arange(-history, 1 + future)[None, :]  # (n, history + 1 + future)
             rows.append(offset + np.clip(t, 0, n))
+            valid.append(t[:, history + 1:] <= n)  # (n, future): the future frames inside the episode
             obs.append(o)
             offset += n + 1
         if not rows:
             raise DatasetError("the dataset has no transitions (no episode with steps)")
         self.all_obs = np.concatenate(obs)
-        self.rows = np.concatenate(rows)  # (N, history + 2)
-        self.window = history + 2
+        self.rows = np.concatenate(rows)  # (N, history + 1 + future)
+        self.future_valid = np.concatenate(valid)  # (N, future)
+        self.window = history + 1 + future
+        self.history, self.future = history, future
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def frames(self, idx: np.ndarray) -> np.ndarray:
-        """Windows ``(len(idx), history + 2, *obs_shape)`` of the transitions ``idx``."""
+        """Windows ``(len(idx), history + 1 + future, *obs_shape)`` of the transitions ``idx``; frames
+        past the episode's end repeat its last (``future_valid`` says which are real)."""
         return self.all_obs[self.rows[idx]]
 
     def observations(self, idx: np.ndarray) -> np.ndarray:
         """``o_t`` of the transitions ``idx``, ``(len(idx), *obs_shape)``."""
-        return self.all_obs[self.rows[idx, -2]]
+        return self.all_obs[self.rows[idx, self.history]]
 
 
 class TransitionSampler:
@@ -105,6 +112,8 @@ class TransitionSampler:
         batch = {k: v[idx] for k, v in self.fields.items()}
         if self.with_frames:
             batch["frames"] = self.transitions.frames(idx)
+            if self.transitions.future > 1:
+                batch["future_valid"] = self.transitions.future_valid[idx]
         if self.with_observations:
             batch["observations"] = self.transitions.observations(idx)
         return batch
