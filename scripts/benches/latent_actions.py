@@ -240,7 +240,8 @@ def _finetune_table(expert: dict, runs: list[dict]) -> str:
     rows = []
     for st in steps:
         rel = [(p["return"] - expert["random"]) / span for r in runs for p in r["curve"] if p["step"] == st]
-        rows.append([st, len(rel), f"{np.mean(rel):.3f}", f"{np.mean([r['seconds'] for r in runs]) / 60:.0f}"
+        se = f" ± {np.std(rel, ddof=1) / np.sqrt(len(rel)):.3f}" if len(rel) > 1 else ""
+        rows.append([st, len(rel), f"{np.mean(rel):.3f}{se}", f"{np.mean([r['seconds'] for r in runs]) / 60:.0f}"
                      if st == steps[-1] else ""])
     return markdown_table(["PPO env steps", "seeds", "relative return", "wall min (whole fine-tuning)"], rows)
 
