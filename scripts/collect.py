@@ -16,6 +16,11 @@ Every dataset's metadata records ``ref_min_score`` (the random policy's mean ret
 ``ref_max_score`` (the expert's), the collecting policy, the seeds and these arguments. The
 expert (``expert.zip``) and the medium policy (``medium.zip``) are saved in ``--out-dir``.
 
+The expert's training, the long part, checkpoints its whole state in ``--out-dir/resume`` every
+``--checkpoint-every`` env steps and on Ctrl-C/SIGTERM; after a crash, the same command with ``--resume``
+continues the run (training from its checkpoint, then the datasets not yet finished) to the same datasets
+an uninterrupted run writes (``tt_agents/sb3_resume.py``).
+
 Example (a tiny run; a real one uses the defaults, ~1M expert steps):
     python scripts/collect.py --env-id Hopper-v5 --expert-steps 2000 --dataset-steps 1000
 """
