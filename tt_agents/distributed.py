@@ -52,6 +52,10 @@ class Distributed:
 
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
+            # every rank done with the group before any tears it down: a rank that exits while the other's
+            # gloo threads still talk to it can abort the other ("terminate called without an active
+            # exception", seen once in the suite's 2-rank torchrun test)
+            dist.barrier()
             dist.destroy_process_group()
 
 
