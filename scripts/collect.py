@@ -27,8 +27,6 @@ Example (a tiny run; a real one uses the defaults, ~1M expert steps):
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -436,13 +434,6 @@ def _mean(xs: list[float]) -> float | None:
     return float(np.mean(xs)) if xs else None
 
 
-def _import_sb3() -> None:
-    # SB3 probes for the old gym package, whose import prints a deprecation notice on stderr
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        import stable_baselines3.common.vec_env  # noqa: F401
-
-
 _NOT_COMPARED = ("resume", "progress", "overwrite")  # may differ between a run and its --resume
 
 
@@ -496,9 +487,10 @@ class Progress:
 def main(args: Args) -> dict[str, Any]:
     from tt_agents.data.minari_io import MinariReader, MinariWriter, dataset_path
     from tt_agents.rollout import rollout
+    from tt_agents.utils import import_sb3
     from wrappers.action_logger import VectorActionLogger
 
-    _import_sb3()
+    import_sb3()  # quiet: no notice about the old gym on stderr
     torch.set_num_threads(args.torch_threads)
     t_start = time.perf_counter()
     kinds = list(dict.fromkeys(args.datasets))

@@ -71,10 +71,15 @@ def _rng_state(env: gym.Env) -> dict[str, Any] | None:
     return None if rng is None else rng.bit_generator.state
 
 
-def _set_rng_state(env: gym.Env, state: dict[str, Any]) -> None:
+def _generator(state: dict[str, Any]) -> np.random.Generator:
+    """A NumPy generator continuing from a ``bit_generator.state``."""
     bit_gen = getattr(np.random, state["bit_generator"])()
     bit_gen.state = state
-    env.unwrapped.np_random = np.random.Generator(bit_gen)
+    return np.random.Generator(bit_gen)
+
+
+def _set_rng_state(env: gym.Env, state: dict[str, Any]) -> None:
+    env.unwrapped.np_random = _generator(state)
 
 
 class ReplayableEnv(gym.Wrapper):
@@ -304,9 +309,7 @@ def load_training_state(model: Any, folder: str | os.PathLike) -> dict[str, Any]
     model._episode_num = state["episode_num"]
     if hasattr(model, "_n_updates"):
         model._n_updates = state["n_updates"]
-    bits = getattr(np.random, state["action_space_rng"]["bit_generator"])()
-    bits.state = state["action_space_rng"]
-    model.action_space._np_random = np.random.Generator(bits)
+    model.action_space._np_random = _generator(state["action_space_rng"])
     name, pos, has_gauss, cached = state["numpy_random"]
     np.random.set_state((name, arrays["numpy_key"], pos, has_gauss, cached))
     random.setstate(_from_json(state["python_random"]))
