@@ -29,9 +29,29 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    total, allowed = _cores()
+    cores = f"{total} cores" if allowed == total else f"{total} cores (this run pinned to {allowed})"
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return f"{cpu}, {n} cores{gpu}, torch {torch.__version__}, Python {platform.python_version()}"
+    return f"{cpu}, {cores}{gpu}, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def _cores() -> tuple[int, int]:
+    """The machine's cores, and how many of them this process may run on (``taskset``)."""
+    total = os.cpu_count() or 1
+    return total, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else total
+
+
+def load_note(when: str = "at the end of the run") -> str:
+    """What the machine's load was (its 1-minute load average against its cores), and what that means for
+    the figures: other work shares the cores when the load is above the cores this run did not take."""
+    load = os.getloadavg()[0]
+    total, allowed = _cores()
+    note = f"Load average {load:.1f} on the machine's {total} cores {when}"
+    if allowed < total:
+        note += f" (this run pinned to {allowed} of them)"
+    if load > total + 0.5:
+        return note + ": the cores were oversubscribed, so absolute times are inflated; compare within a table."
+    return note + "; compare within a table (ratios of figures measured side by side)."
 
 
 def command() -> str:

@@ -24,7 +24,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from benches._common import markdown_table, write_section
+from benches._common import load_note, markdown_table, write_section
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -192,7 +192,6 @@ def run(args: Args, old: str, commit: str) -> None:
         print(rows[-1], flush=True)
     table = markdown_table(["figure", "old (best)", "new (best)", "new / old (best)", "new / old (median)",
                             "old range", "new range"], rows)
-    load_after = os.getloadavg()[0]
     worst = max(r[3] for r in rows)
     worst_median = max(r[4] for r in rows)
     body = (
@@ -200,9 +199,8 @@ def run(args: Args, old: str, commit: str) -> None:
         "fresh subprocesses per figure (each round's figure: the fastest of its calls); TT: seconds per `predict` "
         "(one planned action for every env) after a 21-step history; DT: milliseconds per cached step after the "
         "window fills. `best`: the fastest round (the least disturbed by other work on a shared machine); the "
-        "median ratio shows how much the rounds moved. The machine was shared with other jobs (load average "
-        f"{load_before:.1f} at the start, {load_after:.1f} at the end, on 2 cores), so absolute figures are several "
-        "times those of a quiet run; the ratios come from interleaved rounds.\n\n" + table
+        f"median ratio shows how much the rounds moved. {load_note(f'at the end (at the start: {load_before:.1f})')}"
+        "\n\n" + table
         + f"\n\nIn this run the largest new / old ratio is {worst:.2f} of the best rounds and {worst_median:.2f} of "
         "the medians.\n"
         + "".join(f"\n- {g}" for g in goals(rows)) + "\n"

@@ -18,7 +18,6 @@ Training throughput goes through the shared trainer (``agent.fit``), sampling in
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from dataclasses import dataclass
 
@@ -26,7 +25,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from benches._common import markdown_table, time_it, write_section
+from benches._common import load_note, markdown_table, time_it, write_section
 from tt_agents import TrainConfig
 from tt_agents.data import Episode, EpisodeDataset
 from tt_agents.dt import DecisionTransformer, DTConfig
@@ -272,8 +271,7 @@ def main(args: Args) -> None:
     compile_note = ", ".join(compile_times) or "not measured"
 
     measured_notes = "\n".join(f"- {n}" for n in ratio_notes(rows, scaling))
-    measured_notes += (f"\n- The machine was shared with other jobs (load average {os.getloadavg()[0]:.1f} on its 2 cores at "
-                       "the end of the run): absolute times are several times a quiet run's; compare within a table.")
+    measured_notes += f"\n- {load_note()}"
     body = f"""
 The paper's MuJoCo model (3 layers, 1 head, width 128; IMPALA CNN (16, 32, 32) for images),
 random weights and inputs, CPU, {args.threads} thread(s), `predict` end to end (preprocessing

@@ -29,7 +29,6 @@ close the extrapolation comes.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass
 
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benches._common import markdown_table, write_section
+from benches._common import load_note, markdown_table, write_section
 from tt_agents.planning import PlanConfig, ReferenceContext
 from tt_agents.tt import TTConfig, TTPlanner, TTState
 
@@ -351,9 +350,7 @@ def main(args: Args) -> None:
         f"({4 * 2 * 125 * 128 * 4 // 1024} KB: 4 layers, keys and values, 125 tokens, width 128, float32).\n"
 
     )
-    body += ("- The machine was shared with other jobs while this ran (load average "
-             f"{os.getloadavg()[0]:.1f} on its 2 cores at the end): absolute seconds are several times a "
-             "quiet run's; compare within a row or a table.\n")
+    body += f"- {load_note()}\n"
     if variant_rows:
         body += (
             "\nCache variants, same weights, inputs and 21-step histories, interleaved call by call "
