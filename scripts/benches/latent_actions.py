@@ -5,9 +5,10 @@ One command runs the whole pipeline at a budget set by the options, caching ever
 rewrites the table) and, with ``--write``, rewriting its ``benchmarks.md`` section after every
 finished run:
 
-1. an SB3 SAC expert trained for ``--expert-steps`` (this script's own data collection:
-   ``scripts/collect.py`` belongs to another part of the project), its return and a uniform random
-   policy's return (the two ends of the relative return ``(R - random) / (expert - random)``);
+1. an SB3 SAC expert trained for ``--expert-steps``, or with ``--expert-run`` the expert that
+   ``scripts/collect.py`` trained in that ``--out-dir`` (e.g. the TD3 expert of the D4RL-kind datasets);
+   its return and a uniform random policy's return (the two ends of the relative return
+   ``(R - random) / (expert - random)``);
 2. ``--episodes`` episodes of the expert (stochastic actions) written as a Minari dataset;
 3. per seed: LatentActionPolicy's ``lam``, ``relabel`` and ``latent_bc`` stages on the whole
    dataset (observations only), then its ``decoder`` on the first N transitions for each N in
@@ -49,6 +50,9 @@ class Args:
     env_id: str = "HalfCheetah-v5"
     expert_steps: int = 30_000
     """SAC env steps of the expert (a budget a shared 2-core CPU allows; far from SAC's converged return)."""
+    expert_run: str | None = None
+    """A ``scripts/collect.py --out-dir`` whose ``expert.zip`` is the expert (its algorithm read from the zip)
+    instead of training SAC here; ``--expert-steps`` is then unused."""
     episodes: int = 20
     """Expert episodes in the dataset (1000 steps each)."""
     labels: tuple[int, ...] = (16, 128, 1024)
@@ -78,6 +82,22 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def _expert_model(args: Args, work: Path):
+    """The expert as an SB3 model, and where it came from: ``--expert-run``'s, or this script's SAC."""
+    from collect import _algo_class, algo_of_zip  # scripts/collect.py (bench.py puts scripts/ on the path)
+
+    if args.expert_run is not None:
+        path = Path(args.expert_run) / "expert.zip"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: --expert-run takes a finished scripts/collect.py --out-dir")
+        algo = algo_of_zip(str(path))
+        source = f"{algo.upper()} expert of scripts/collect.py ({args.expert_run})"
+    else:
+        path, algo = work / "expert_sac.zip", "sac"
+        source = f"SB3 SAC expert trained for {args.expert_steps} env steps (this script's own)"
+    return _algo_class(algo).load(path, device="cpu"), source
+
+
 def _expert(args: Args, work: Path) -> dict[str, float]:
     info_path = work / "expert.json"
     if info_path.exists():
@@ -85,13 +105,12 @@ def _expert(args: Args, work: Path) -> dict[str, float]:
     from stable_baselines3 import SAC
     from stable_baselines3.common.evaluation import evaluate_policy
 
-    path = work / "expert_sac.zip"
     t0 = time.perf_counter()
-    if not path.exists():
+    if args.expert_run is None and not (work / "expert_sac.zip").exists():
         model = SAC("MlpPolicy", gym.make(args.env_id), learning_starts=5000, seed=0, device="cpu", verbose=0)
         model.learn(args.expert_steps, progress_bar=False)
-        model.save(path)
-    model = SAC.load(path, device="cpu")
+        model.save(work / "expert_sac.zip")
+    model, source = _expert_model(args, work)
     expert, _ = evaluate_policy(model, gym.make(args.env_id), n_eval_episodes=args.eval_episodes, deterministic=True)
     env = gym.make(args.env_id)
     env.action_space.seed(0)
@@ -105,7 +124,7 @@ def _expert(args: Args, work: Path) -> dict[str, float]:
             done = term or trunc
         rand.append(ret)
     info = {"expert": float(expert), "random": float(np.mean(rand)), "expert_steps": args.expert_steps,
-            "seconds": time.perf_counter() - t0}
+            "source": source, "seconds": time.perf_counter() - t0}
     info_path.write_text(json.dumps(info))
     return info
 
@@ -113,12 +132,10 @@ def _expert(args: Args, work: Path) -> dict[str, float]:
 def _dataset(args: Args, work: Path) -> EpisodeDataset:
     folder = work / "data" / "halfcheetah-expert-v0"
     if not (folder / "data" / "metadata.json").exists():
-        from stable_baselines3 import SAC
-
-        model = SAC.load(work / "expert_sac.zip", device="cpu")
+        model, source = _expert_model(args, work)
         env = gym.make(args.env_id)
         with MinariWriter("bench/halfcheetah-expert-v0", env.observation_space, env.action_space, path=folder,
-                          env_spec=env.spec, overwrite=True, metadata={"policy": "SAC (stochastic)"}) as w:
+                          env_spec=env.spec, overwrite=True, metadata={"policy": source}) as w:
             for i in range(args.episodes):
                 obs, _ = env.reset(seed=1000 + i)
                 o, a, r, te, tr = [obs], [], [], [], []
@@ -262,8 +279,9 @@ def _write(args: Args, expert: dict, results: list[dict], finetuned: list[dict] 
             rows.append([NAMES[method], n, len(mine), f"{rel.mean():.3f} ± {se:.3f}",
                          f"{np.mean([r['return'] for r in mine]):.0f}", perp, times,
                          f"{LAPO_PROCGEN[n]:.2f}" if method == "latent" and n in LAPO_PROCGEN else "-"])
-    body = f"""Data: {args.episodes} episodes (1000 steps each) of an SB3 SAC expert trained for {expert['expert_steps']} env
-steps (this script's own collection), stochastic actions. Expert return {expert['expert']:.0f} (deterministic,
+    source = expert.get("source", f"SB3 SAC expert trained for {expert['expert_steps']} env steps (this script's own)")
+    body = f"""Data: {args.episodes} episodes (1000 steps each) of the {source}, its `predict(deterministic=False)`
+actions (SAC samples; TD3's are its deterministic actions). Expert return {expert['expert']:.0f} (deterministic,
 {args.eval_episodes} episodes), uniform random {expert['random']:.0f}; relative return is
 (R - random) / (expert - random), mean ± standard error over seeds, each seed's return the mean of
 {args.eval_episodes} episodes. Labels: the first N transitions of the dataset. LatentActionPolicy: preset
