@@ -49,7 +49,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .utils import atomic_write_bytes, fsync_dir
+from .utils import atomic_write_bytes, fsync_dir, fsync_file
 
 __all__ = ["RebuildOnReset", "ReplayableEnv", "ResumeCheckpoints", "ResumeError", "latest_checkpoint",
            "load_training_state", "needs_rebuild", "save_training_state"]
@@ -232,11 +232,7 @@ def save_training_state(model: Any, folder: str | os.PathLike, extra: dict[str, 
         np.savez(fh, **arrays)
     (tmp / "state.json").write_text(json.dumps(state, default=_json_default))
     for f in tmp.iterdir():
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(f)
     final = folder / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

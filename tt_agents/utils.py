@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-__all__ = ["resolve_device", "set_seed", "config_to_dict", "config_from_dict", "atomic_write_bytes", "fsync_dir",
+__all__ = ["resolve_device", "set_seed", "config_to_dict", "config_from_dict", "atomic_write_bytes", "fsync_dir", "fsync_file",
            "import_sb3"]
 
 T = TypeVar("T")
@@ -96,6 +96,21 @@ def config_from_dict(cls: type[T], data: dict[str, Any], where: str = "config") 
         raise ValueError(f"{where}: unknown fields {unknown} for {cls.__name__}; known: {sorted(names)}")
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
     return cls(**kwargs)
+
+
+def fsync_file(path: str | os.PathLike, missing_ok: bool = False) -> None:
+    """Flush file (or folder) ``path`` to the disk; errors are raised (``missing_ok``: a path that does not exist
+    is skipped)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

@@ -16,12 +16,12 @@ draws the same line):
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import Literal
 
 from tt_agents.data.minari_format import MAIN_FILE, METADATA_FILE
+from tt_agents.utils import fsync_file
 
 __all__ = ["DURABILITY_LEVELS", "Durability", "GroupCommitter", "fsync_dataset"]
 
@@ -37,15 +37,7 @@ def check_durability(durability: str) -> None:
 def fsync_dataset(data_path: Path) -> None:
     """``fsync`` a dataset's episode file, its ``metadata.json`` and their folder (the metadata's renames)."""
     for name in (MAIN_FILE, METADATA_FILE, None):
-        path = data_path if name is None else data_path / name
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(data_path if name is None else data_path / name, missing_ok=True)
 
 
 class GroupCommitter:

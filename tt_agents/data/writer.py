@@ -44,6 +44,7 @@ from tt_agents.data.minari_format import (
     serialize_space,
 )
 from tt_agents.data.reader import MinariReader
+from tt_agents.utils import fsync_file
 
 __all__ = ["DatasetWriteError", "EpisodeRecord", "MinariWriter"]
 
@@ -346,11 +347,7 @@ class MinariWriter:
         if metadata:
             self._metadata.update(json.loads(json.dumps(metadata, default=_json_default)))
         if self.fsync:
-            fd = os.open(main, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(main)
         self._metadata["total_episodes"] = self.total_episodes + episodes
         self._metadata["total_steps"] = self.total_steps + steps
         self._metadata["dataset_size"] = round(main.stat().st_size / 1e6, 1)
