@@ -14,7 +14,8 @@ store (``$MINARI_DATASETS_PATH``), with ids ``{namespace}/{kind}-v{version}``:
 
 Every dataset's metadata records ``ref_min_score`` (the random policy's mean return) and
 ``ref_max_score`` (the expert's), the collecting policy, the seeds and these arguments. The
-expert (``expert.zip``) and the medium policy (``medium.zip``) are saved in ``--out-dir``.
+expert (``expert.zip``: the final policy, ``final.zip``, or with ``--expert-checkpoint best`` the
+best-evaluated policy of the training) and the medium policy (``medium.zip``) are saved in ``--out-dir``.
 
 The expert's training, the long part, checkpoints its whole state in ``--out-dir/resume`` every
 ``--checkpoint-every`` env steps and on Ctrl-C/SIGTERM; after a crash, the same command with ``--resume``
@@ -82,6 +83,10 @@ class Args:
     """hidden layers of the expert's networks (e.g. 256 256); default RL Zoo's (SAC/PPO: SB3's, TD3: 400 300)"""
     train_envs: int | None = None
     """envs the expert trains on; default RL Zoo's (1 for SAC/TD3, 8 for CarRacing PPO, 64 for Procgen PPO)"""
+    expert_checkpoint: Literal["final", "best"] = "final"
+    """which trained policy is the expert: the final one (D4RL's), or the best-evaluated of the training checkpoints
+    and the final one (RL Zoo's best_model: for returns that swing late in training, as TD3's on Hopper); may
+    change on --resume until a dataset that depends on the expert (expert, medium, medium-replay) is finished"""
     medium_fraction: float = 1 / 3
     """medium's target return: random + medium_fraction * (expert - random)"""
     n_checkpoints: int = 10
@@ -426,6 +431,27 @@ def train_expert(
     return model, [(int(s), Path(p)) for s, p in run["saved"]], run["curve"]
 
 
+def choose_expert(args: Args, out_dir: Path, checkpoints: list[tuple[int, Path]], curve: list[dict[str, Any]],
+                  evaluate: Callable[[Any, int, str], float]) -> dict[str, Any]:
+    """Copy the expert that ``--expert-checkpoint`` names to ``out_dir/expert.zip`` (the final policy is
+    ``out_dir/final.zip``); what was chosen, for the expert's metadata. ``best`` evaluates the final policy like
+    the checkpoints (its own seed) and takes the highest return, the final one on a tie."""
+    final = out_dir / "final.zip"
+    if args.expert_checkpoint == "final":
+        shutil.copyfile(final, out_dir / "expert.zip")
+        return {"checkpoint": "final", "step": args.expert_steps}
+    algo = algo_of_zip(str(final))
+    final_return = evaluate(_algo_class(algo).load(final, device=args.device),
+                            args.seed + 4000 + len(checkpoints), "evaluate final policy")
+    returns = {int(point["step"]): float(point["return"]) for point in curve}  # each checkpoint's evaluation
+    step, path, ret = args.expert_steps, final, final_return
+    for st, p in checkpoints:
+        if returns.get(st, -np.inf) > ret:
+            step, path, ret = st, p, returns[st]
+    shutil.copyfile(path, out_dir / "expert.zip")
+    return {"checkpoint": "best", "step": step, "eval_return": ret, "final_eval_return": final_return}
+
+
 # ----------------------------------------------------------------------------------------------
 # main
 
@@ -434,7 +460,8 @@ def _mean(xs: list[float]) -> float | None:
     return float(np.mean(xs)) if xs else None
 
 
-_NOT_COMPARED = ("resume", "progress", "overwrite")  # may differ between a run and its --resume
+# may differ between a run and its --resume (expert_checkpoint: checked against the finished datasets in main)
+_NOT_COMPARED = ("resume", "progress", "overwrite", "expert_checkpoint")
 
 
 class Progress:
@@ -594,10 +621,23 @@ def main(args: Args) -> dict[str, Any]:
     train_log_path = out_dir / "train-log"
     t_train = 0.0
     if "train" in progress.done:  # --resume after training had finished
-        expert = _algo_class(algo).load(out_dir / "expert.zip", device=args.device)
         done = progress.done["train"]
         checkpoints = [(int(st), Path(p)) for st, p in done["checkpoints"]]
         curve, t_train, expert_info = done["curve"], done["seconds"], done["expert_info"]
+        chosen = expert_info.get("checkpoint", "final")  # runs from before --expert-checkpoint: the final policy
+        if args.expert_checkpoint != chosen:
+            made = [k for k in ("expert", "medium", "medium-replay") if k in progress.done]
+            if made:
+                raise UsageError(
+                    f"--expert-checkpoint {chosen} -> {args.expert_checkpoint}: the {', '.join(made)} dataset(s) of "
+                    f"this run were made with its {chosen} expert; keep --expert-checkpoint {chosen}, or start a new run"
+                )
+            if not (out_dir / "final.zip").exists():  # runs from before --expert-checkpoint: expert.zip is the final
+                shutil.copyfile(out_dir / "expert.zip", out_dir / "final.zip")
+            expert_info.update(choose_expert(args, out_dir, checkpoints, curve, evaluate))
+            progress.done["train"]["expert_info"] = expert_info
+            progress.save()
+        expert = _algo_class(algo).load(out_dir / "expert.zip", device=args.device)
     elif args.expert_zip:
         vec = make_vec(args, 1)
         expert = load_model(args.expert_zip, algo, vec, args.device)
@@ -623,14 +663,16 @@ def main(args: Args) -> dict[str, Any]:
         if train_log is not None:
             train_log.close()
         t_train = float(curve[-1]["seconds"]) if curve else 0.0  # wall time up to the last evaluation
-        expert.save(out_dir / "expert.zip")
+        expert.save(out_dir / "final.zip")
         expert_info = {
             "name": f"{algo.upper()}-expert",
             "algorithm": algo.upper(),
             "trained_steps": args.expert_steps,
             "hyperparameters": {k: (v if not callable(v) else repr(v)) for k, v in hp.items()},
             "zip": str(out_dir / "expert.zip"),
+            **choose_expert(args, out_dir, checkpoints, curve, evaluate),
         }
+        expert = _algo_class(algo).load(out_dir / "expert.zip", device=args.device)
         progress.finish("train", {"checkpoints": [[st, str(p)] for st, p in checkpoints], "curve": curve,
                                   "seconds": t_train, "expert_info": expert_info})
     expert_info["deterministic"] = args.deterministic
@@ -745,6 +787,8 @@ def main(args: Args) -> dict[str, Any]:
         "ref_max_score": ref_max,
         "medium_checkpoint_step": medium_step,
         "expert_zip": expert_info.get("zip"),
+        "expert_checkpoint": expert_info.get("checkpoint"),
+        "expert_step": expert_info.get("step"),
         "expert_return_curve": curve,
         "train_seconds": round(t_train, 2),
         "total_seconds": round(time.perf_counter() - t_start, 2),

@@ -96,3 +96,42 @@ def test_bad_arguments_fail_clearly(tmp_path):
     assert "'medium' needs --medium-zip" in res.stderr + res.stdout
     res = collect(tmp_path, "--env-id", "Hopper-v5", "--datasets", "best", expect_ok=False)
     assert "unknown datasets ['best']" in res.stderr + res.stdout
+
+
+def test_expert_checkpoint_best_and_switching_it_on_resume(tmp_path):
+    """``--expert-checkpoint best``: the best-evaluated of the checkpoints and the final policy is the expert; a run
+    interrupted after training may switch to it on --resume until a dataset made with the expert is finished."""
+    out_dir = tmp_path / "out"
+    args = ["--env-id", "Hopper-v5", *TINY, "--max-episode-steps", "50", "--n-checkpoints", "4",
+            "--keep-intermediate", "--out-dir", str(out_dir)]  # fmt: skip
+    collect(tmp_path, *args, "--datasets", "random", "expert", "--expert-checkpoint", "best")
+    summary = json.loads((out_dir / "summary.json").read_text())
+    progress = json.loads((out_dir / "progress.json").read_text())
+    info = progress["done"]["train"]["expert_info"]
+    returns = {p["step"]: p["return"] for p in summary["expert_return_curve"]}
+    assert summary["expert_checkpoint"] == "best" and len(returns) >= 2
+    assert info["eval_return"] == max([*returns.values(), info["final_eval_return"]])
+    chosen = out_dir / ("final.zip" if summary["expert_step"] == 300 else f"checkpoints/step_{summary['expert_step']}.zip")
+    assert (out_dir / "expert.zip").read_bytes() == chosen.read_bytes()
+    assert load_dataset("hopper/expert-v0").metadata["policy"]["step"] == summary["expert_step"]
+
+    # the same run as if interrupted while making its random dataset, with the final policy as its expert
+    for kind in ("random", "expert", "all"):
+        progress["done"].pop(kind, None)
+    progress["done"]["train"]["expert_info"] = {**info, "checkpoint": "final", "step": 300}
+    (out_dir / "progress.json").write_text(json.dumps(progress))
+    (out_dir / "expert.zip").write_bytes((out_dir / "final.zip").read_bytes())
+    collect(tmp_path, *args, "--datasets", "random", "expert", "--expert-checkpoint", "best", "--resume",
+            "--overwrite")
+    assert (out_dir / "expert.zip").read_bytes() == chosen.read_bytes()
+    assert json.loads((out_dir / "summary.json").read_text())["expert_step"] == summary["expert_step"]
+    resumed = json.loads((out_dir / "progress.json").read_text())["done"]["train"]["expert_info"]
+    assert resumed["checkpoint"] == "best" and resumed["final_eval_return"] == info["final_eval_return"]  # chosen anew
+
+    # once the expert dataset is made, the expert cannot change
+    progress = json.loads((out_dir / "progress.json").read_text())
+    progress["done"].pop("all")
+    (out_dir / "progress.json").write_text(json.dumps(progress))
+    res = collect(tmp_path, *args, "--datasets", "random", "expert", "--expert-checkpoint", "final", "--resume",
+                  expect_ok=False)
+    assert res.returncode == 2 and "--expert-checkpoint best -> final: the expert dataset(s)" in res.stderr
