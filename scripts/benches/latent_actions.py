@@ -76,6 +76,9 @@ class Args:
     finetune_seeds: tuple[int, ...] = (0,)
     finetune_points: int = 5
     """Evaluations along the fine-tuning (besides the one before it)."""
+    section: str = "latent-actions"
+    """The benchmarks.md section to write; another name keeps the figures of the default one (e.g. a section per
+    expert: ``latent-actions-td3`` with ``--expert-run``)."""
 
 
 def _log(msg: str) -> None:
@@ -302,7 +305,8 @@ budget allows)."""
                  f"512, batch 64, 10 epochs, lr 1e-4, log std -2); each point {args.eval_episodes} episodes of the "
                  f"agent's deterministic predict. LAPO reaches about 1.0 of expert at 4M steps on Procgen.\n\n"
                  + _finetune_table(expert, finetuned))
-    write_section("latent-actions", "Latent actions: HalfCheetah-v5, few labels", body)
+    title = "Latent actions: HalfCheetah-v5, few labels" + ("" if args.expert_run is None else f", {source}")
+    write_section(args.section, title, body)
 
 
 def main(args: Args) -> None:
