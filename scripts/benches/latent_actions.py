@@ -94,7 +94,7 @@ def _expert_model(args: Args, work: Path):
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist: --expert-run takes a finished scripts/collect.py --out-dir")
         algo = algo_of_zip(str(path))
-        source = f"{algo.upper()} expert of scripts/collect.py ({args.expert_run})"
+        source = f"{algo.upper()} expert trained by scripts/collect.py"
     else:
         path, algo = work / "expert_sac.zip", "sac"
         source = f"SB3 SAC expert trained for {args.expert_steps} env steps (this script's own)"
