@@ -58,7 +58,12 @@ def main(args: Args) -> None:
             s = json.loads(summary.read_text())
             ds_rows = [[k, v["episodes"], v["steps"], f"{v['mean_return']:.1f}" if v.get("mean_return") is not None
                         else "-"] for k, v in s["datasets"].items()]
-            lines.append(f"\nReference returns (over the datasets' finished episodes): random "
+            info = progress["done"]["train"]["expert_info"]
+            expert = f"the {info.get('checkpoint', 'final')} policy, step {info.get('step', a['expert_steps'])}"
+            if info.get("checkpoint") == "best":
+                expert += (f" (evaluated {info['eval_return']:.0f}; the final policy {info['final_eval_return']:.0f}, "
+                           "ties going to the final one)")
+            lines.append(f"\nExpert: {expert}. Reference returns (over the datasets' finished episodes): random "
                          f"{s['ref_min_score']:.1f}, expert {s['ref_max_score']:.1f}; medium checkpoint at step "
                          f"{s['medium_checkpoint_step']}; training {s['train_seconds'] / 3600:.2f} h, whole run "
                          f"{s['total_seconds'] / 3600:.2f} h.\n\n"

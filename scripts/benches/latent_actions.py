@@ -76,6 +76,9 @@ class Args:
     finetune_seeds: tuple[int, ...] = (0,)
     finetune_points: int = 5
     """Evaluations along the fine-tuning (besides the one before it)."""
+    decoder_uses_obs: bool = True
+    """LatentActionPolicy's decoder reads o_t besides the latent (the ``mujoco`` preset's choice); ``False``:
+    the latent alone (LAPO's decoder). Use another ``--work-dir`` for each choice (its agents are cached there)."""
     section: str = "latent-actions"
     """The benchmarks.md section to write; another name keeps the figures of the default one (e.g. a section per
     expert: ``latent-actions-td3`` with ``--expert-run``)."""
@@ -192,8 +195,9 @@ def _run(args: Args, work: Path, ds: EpisodeDataset, method: str, n: int, seed: 
     if method == "latent":
         base = work / "agents" / f"latent_base_s{seed}.zip"
         if not base.exists():
-            agent = LatentActionPolicy.from_preset("mujoco", ds.observation_space, ds.action_space, device="cpu",
-                                                   seed=seed)
+            preset = LatentActionPolicy.presets["mujoco"]
+            cfg = dataclasses.replace(preset.config, decoder_uses_obs=args.decoder_uses_obs)
+            agent = LatentActionPolicy(ds.observation_space, ds.action_space, cfg, device="cpu", seed=seed)
             times["lam"] = agent.fit(ds, {"lam": _cfg(args.lam_steps, args.batch_size)}, stage="lam").seconds
             for stage in ("relabel", "latent_bc"):
                 r = agent.fit(ds, {"relabel": _cfg(1, 1), "latent_bc": _cfg(args.latent_bc_steps, args.batch_size)},
@@ -288,7 +292,7 @@ actions (SAC samples; TD3's are its deterministic actions). Expert return {exper
 {args.eval_episodes} episodes), uniform random {expert['random']:.0f}; relative return is
 (R - random) / (expert - random), mean ± standard error over seeds, each seed's return the mean of
 {args.eval_episodes} episodes. Labels: the first N transitions of the dataset. LatentActionPolicy: preset
-`mujoco` (MLP LAM, 2 tokens x 4 dims, 64 codes, EMA decay 0.999, commitment 0.05, decoder sees o_t),
+`mujoco` (MLP LAM, 2 tokens x 4 dims, 64 codes, EMA decay 0.999, commitment 0.05{", decoder sees o_t" if args.decoder_uses_obs else ""}){"" if args.decoder_uses_obs else ", but its decoder reads the latent alone (LAPO's)"},
 lam {args.lam_steps} / latent_bc {args.latent_bc_steps} / decoder {args.decoder_steps} steps; VPTPolicy: IDM
 {args.idm_steps} steps on the N labels, BC {args.bc_steps} steps on the relabeled data; BCPolicy {args.bc_steps}
 steps on the N labels. Training seconds per stage on this shared CPU. LAPO's column: its Procgen figure
