@@ -79,6 +79,9 @@ class Args:
     decoder_uses_obs: bool = True
     """LatentActionPolicy's decoder reads o_t besides the latent (the ``mujoco`` preset's choice); ``False``:
     the latent alone (LAPO's decoder). Use another ``--work-dir`` for each choice (its agents are cached there)."""
+    joint_decoder: bool = False
+    """Train LatentActionPolicy's LAM and decoder jointly on the N labels (``LatentConfig.joint_decoder``), one LAM
+    per label count, instead of the LAM on observations alone. Use another ``--work-dir`` (agents are cached)."""
     section: str = "latent-actions"
     """The benchmarks.md section to write; another name keeps the figures of the default one (e.g. a section per
     expert: ``latent-actions-td3`` with ``--expert-run``)."""
@@ -193,10 +196,13 @@ def _run(args: Args, work: Path, ds: EpisodeDataset, method: str, n: int, seed: 
     times: dict[str, float] = {}
     extra: dict[str, float] = {}
     if method == "latent":
-        base = work / "agents" / f"latent_base_s{seed}.zip"
+        # the stages before the decoder: one run per seed, or per seed and label count when the LAM sees labels
+        base = work / "agents" / (f"latent_base_{n}_s{seed}.zip" if args.joint_decoder else f"latent_base_s{seed}.zip")
         if not base.exists():
             preset = LatentActionPolicy.presets["mujoco"]
-            cfg = dataclasses.replace(preset.config, decoder_uses_obs=args.decoder_uses_obs)
+            cfg = dataclasses.replace(preset.config, decoder_uses_obs=args.decoder_uses_obs,
+                                      joint_decoder=args.joint_decoder,
+                                      labels=n if args.joint_decoder else preset.config.labels)
             agent = LatentActionPolicy(ds.observation_space, ds.action_space, cfg, device="cpu", seed=seed)
             times["lam"] = agent.fit(ds, {"lam": _cfg(args.lam_steps, args.batch_size)}, stage="lam").seconds
             for stage in ("relabel", "latent_bc"):
@@ -292,7 +298,7 @@ actions (SAC samples; TD3's are its deterministic actions). Expert return {exper
 {args.eval_episodes} episodes), uniform random {expert['random']:.0f}; relative return is
 (R - random) / (expert - random), mean ± standard error over seeds, each seed's return the mean of
 {args.eval_episodes} episodes. Labels: the first N transitions of the dataset. LatentActionPolicy: preset
-`mujoco` (MLP LAM, 2 tokens x 4 dims, 64 codes, EMA decay 0.999, commitment 0.05{", decoder sees o_t" if args.decoder_uses_obs else ""}){"" if args.decoder_uses_obs else ", but its decoder reads the latent alone (LAPO's)"},
+`mujoco` (MLP LAM, 2 tokens x 4 dims, 64 codes, EMA decay 0.999, commitment 0.05{", decoder sees o_t" if args.decoder_uses_obs else ""}){"" if args.decoder_uses_obs else ", but its decoder reads the latent alone (LAPO's)"}{", its LAM trained jointly with the decoder on the N labels" if args.joint_decoder else ""},
 lam {args.lam_steps} / latent_bc {args.latent_bc_steps} / decoder {args.decoder_steps} steps; VPTPolicy: IDM
 {args.idm_steps} steps on the N labels, BC {args.bc_steps} steps on the relabeled data; BCPolicy {args.bc_steps}
 steps on the N labels. Training seconds per stage on this shared CPU. LAPO's column: its Procgen figure
