@@ -276,6 +276,24 @@ def _finetune_table(expert: dict, runs: list[dict]) -> str:
     return markdown_table(["PPO env steps", "seeds", "relative return", "wall min (whole fine-tuning)"], rows)
 
 
+def _goal_note(args: Args, expert: dict, results: list[dict], n: int = 128) -> str:
+    """Issue 12's goal at ``n`` labels, checked on this run: LatentActionPolicy above BC and VPT by more than
+    two standard errors of the difference."""
+    span = expert["expert"] - expert["random"]
+    rel = {m: np.array([(r["return"] - expert["random"]) / span for r in results if r["method"] == m
+                        and r["labels"] == n]) for m in NAMES}
+    if any(len(v) < 2 for v in rel.values()):
+        return ""
+    parts, met = [], True
+    for m in ("vpt", "bc"):
+        diff = rel["latent"].mean() - rel[m].mean()
+        se = float(np.sqrt(rel["latent"].var(ddof=1) / len(rel["latent"]) + rel[m].var(ddof=1) / len(rel[m])))
+        met &= diff > 2 * se
+        parts.append(f"{diff:+.3f} against {NAMES[m]} ({diff / se:+.1f} standard errors)")
+    return (f"\n\nGoal (at {n} labels, LatentActionPolicy beats BC and VPT on the same labels): "
+            f"{'met' if met else 'not met'}: {', '.join(parts)}.")
+
+
 def _write(args: Args, expert: dict, results: list[dict], finetuned: list[dict] | None = None) -> None:
     span = expert["expert"] - expert["random"]
     rows = []
@@ -309,13 +327,16 @@ steps on the N labels. Training seconds per stage on this shared CPU. LAPO's col
 
 Not measured here: Procgen bigfish (its expert and data need collect.py's PPO expert, more than this CPU
 budget allows)."""
+    body += _goal_note(args, expert, results)
     if finetuned:
         body += (f"\n\nOnline fine-tuning (LAPO's stage 3, `tt_agents.latent.finetune_ppo`): LatentActionPolicy at "
                  f"{args.finetune_labels} labels, then SB3 PPO on its own latent policy and decoder (4 envs, n_steps "
                  f"512, batch 64, 10 epochs, lr 1e-4, log std -2); each point {args.eval_episodes} episodes of the "
                  f"agent's deterministic predict. LAPO reaches about 1.0 of expert at 4M steps on Procgen.\n\n"
                  + _finetune_table(expert, finetuned))
-    title = "Latent actions: HalfCheetah-v5, few labels" + ("" if args.expert_run is None else f", {source}")
+    variant = [v for v, on in (("decoder on the latent alone", not args.decoder_uses_obs),
+                               ("LAM and decoder trained jointly", args.joint_decoder)) if on]
+    title = ", ".join(["Latent actions: HalfCheetah-v5, few labels", *([source] if args.expert_run else []), *variant])
     write_section(args.section, title, body)
 
 
