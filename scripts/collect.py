@@ -480,6 +480,7 @@ class Progress:
         self.args = compared
         self.done: dict[str, Any] = {}
         self.started: list[str] = []
+        self._t0: dict[str, float] = {}
         if not args.resume:
             return
         if not path.exists():
@@ -503,9 +504,14 @@ class Progress:
     def start(self, phase: str) -> None:
         if phase not in self.started:
             self.started.append(phase)
+        self._t0[phase] = time.perf_counter()
         self.save()
 
     def finish(self, phase: str, result: dict[str, Any]) -> None:
+        """Record ``phase`` as done with its ``result`` and its wall seconds (a phase runs in one process: an
+        unfinished one restarts; training, resumed across processes, brings its own ``seconds``)."""
+        if phase in self._t0:
+            result = {"seconds": round(time.perf_counter() - self._t0[phase], 1), **result}
         self.done[phase] = result
         self.started = [p for p in self.started if p != phase]
         self.save()
@@ -519,7 +525,6 @@ def main(args: Args) -> dict[str, Any]:
 
     import_sb3()  # quiet: no notice about the old gym on stderr
     torch.set_num_threads(args.torch_threads)
-    t_start = time.perf_counter()
     kinds = list(dict.fromkeys(args.datasets))
     bad = [k for k in kinds if k not in DATASET_KINDS]
     if bad:
@@ -791,7 +796,9 @@ def main(args: Args) -> dict[str, Any]:
         "expert_step": expert_info.get("step"),
         "expert_return_curve": curve,
         "train_seconds": round(t_train, 2),
-        "total_seconds": round(time.perf_counter() - t_start, 2),
+        # training (across resumed processes) and every dataset phase, each timed where it ran
+        "total_seconds": round(t_train + sum(float(v.get("seconds", 0.0)) for k, v in progress.done.items()
+                                             if k != "train"), 2),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(json.dumps(summary, indent=2, default=str))

@@ -114,6 +114,8 @@ def test_expert_checkpoint_best_and_switching_it_on_resume(tmp_path):
     chosen = out_dir / ("final.zip" if summary["expert_step"] == 300 else f"checkpoints/step_{summary['expert_step']}.zip")
     assert (out_dir / "expert.zip").read_bytes() == chosen.read_bytes()
     assert load_dataset("hopper/expert-v0").metadata["policy"]["step"] == summary["expert_step"]
+    phases = [progress["done"][k]["seconds"] for k in ("random", "expert")]  # each dataset phase timed
+    assert summary["total_seconds"] == pytest.approx(summary["train_seconds"] + sum(phases), abs=0.02)
 
     # the same run as if interrupted while making its random dataset, with the final policy as its expert
     for kind in ("random", "expert", "all"):
