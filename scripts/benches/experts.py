@@ -61,12 +61,13 @@ def main(args: Args) -> None:
             info = progress["done"]["train"]["expert_info"]
             expert = f"the {info.get('checkpoint', 'final')} policy, step {info.get('step', a['expert_steps'])}"
             if info.get("checkpoint") == "best":
-                expert += (f" (evaluated {info['eval_return']:.0f}; the final policy {info['final_eval_return']:.0f}, "
-                           "ties going to the final one)")
+                expert += f" (evaluated {info['eval_return']:.0f}; the final policy {info['final_eval_return']:.0f})"
+            phases = [v for k, v in progress["done"].items() if k not in ("train", "all")]
+            whole = (f"whole run {s['total_seconds'] / 3600:.2f} h" if all("seconds" in v for v in phases) else
+                     "whole run not recorded (a resumed run of a collect.py that did not yet time each phase)")
             lines.append(f"\nExpert: {expert}. Reference returns (over the datasets' finished episodes): random "
                          f"{s['ref_min_score']:.1f}, expert {s['ref_max_score']:.1f}; medium checkpoint at step "
-                         f"{s['medium_checkpoint_step']}; training {s['train_seconds'] / 3600:.2f} h, whole run "
-                         f"{s['total_seconds'] / 3600:.2f} h.\n\n"
+                         f"{s['medium_checkpoint_step']}; training {s['train_seconds'] / 3600:.2f} h, {whole}.\n\n"
                          + markdown_table(["dataset", "episodes", "steps", "mean return"], ds_rows))
         else:
             done = {k: v for k, v in progress["done"].items() if k != "train"}
