@@ -48,7 +48,7 @@ def load_note(when: str = "at the end of the run") -> str:
     total, allowed = _cores()
     note = f"Load average {load:.1f} on the machine's {total} cores {when}"
     if allowed < total:
-        note += f" (this run pinned to {allowed} of them)"
+        note += f"; this run was pinned to {allowed} of them"
     if load > total + 0.5:
         return note + ": the cores were oversubscribed, so absolute times are inflated; compare within a table."
     return note + "; compare within a table (ratios of figures measured side by side)."

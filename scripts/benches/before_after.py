@@ -199,7 +199,7 @@ def run(args: Args, old: str, commit: str) -> None:
         "fresh subprocesses per figure (each round's figure: the fastest of its calls); TT: seconds per `predict` "
         "(one planned action for every env) after a 21-step history; DT: milliseconds per cached step after the "
         "window fills. `best`: the fastest round (the least disturbed by other work on a shared machine); the "
-        f"median ratio shows how much the rounds moved. {load_note(f'at the end (at the start: {load_before:.1f})')}"
+        f"median ratio shows how much the rounds moved. {load_note(f'at the end of the run, {load_before:.1f} at its start')}"
         "\n\n" + table
         + f"\n\nIn this run the largest new / old ratio is {worst:.2f} of the best rounds and {worst_median:.2f} of "
         "the medians.\n"
