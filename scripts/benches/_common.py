@@ -32,7 +32,22 @@ def machine() -> str:
     total, allowed = _cores()
     cores = f"{total} cores" if allowed == total else f"{total} cores (this run pinned to {allowed})"
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    isa = vector_isa()
+    cpu = f"{cpu} ({isa})" if isa else cpu
     return f"{cpu}, {cores}{gpu}, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def vector_isa() -> str:
+    """The CPU's widest vector instructions and its reduced-precision ones, from /proc/cpuinfo (``""`` elsewhere)."""
+    try:
+        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return ""
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    extra = [name for flag, name in (("avx512_bf16", "BF16"), ("avx512_fp16", "FP16"), ("amx_bf16", "AMX"))
+             if flag in flags]
+    return isa + (f" with {', '.join(extra)}" if extra else ", no BF16, FP16 or AMX")
 
 
 def _cores() -> tuple[int, int]:

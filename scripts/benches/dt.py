@@ -25,7 +25,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from benches._common import load_note, markdown_table, time_it, write_section
+from benches._common import load_note, markdown_table, time_it, vector_isa, write_section
 from tt_agents import TrainConfig
 from tt_agents.data import Episode, EpisodeDataset
 from tt_agents.dt import DecisionTransformer, DTConfig
@@ -299,8 +299,8 @@ interleaved round by round on one agent and one input stream (the deviation is o
 {variant_table}
 
 Compilation (the compiled variant's first call, outside the timed rounds): {compile_note}; a later process
-reuses torch's on-disk compile cache and starts faster. This CPU (AVX2, no AVX-512 BF16 or AMX) has no fast
-bfloat16 / float16 arithmetic: the reduced-precision caches are converted back to float32 for every product.
+reuses torch's on-disk compile cache and starts faster. The reduced-precision caches halve the bytes kept and read,
+and are converted back to float32 for every product (this CPU: {vector_isa() or "unknown"}).
 
 Per-step inference against K (vector observations, 1 env):
 
