@@ -642,6 +642,8 @@ def main(args: Args) -> dict[str, Any]:
             expert_info.update(choose_expert(args, out_dir, checkpoints, curve, evaluate))
             progress.done["train"]["expert_info"] = expert_info
             progress.save()
+        elif chosen == "final" and (out_dir / "final.zip").exists():  # a stop between a switch's copy and its save
+            shutil.copyfile(out_dir / "final.zip", out_dir / "expert.zip")
         expert = _algo_class(algo).load(out_dir / "expert.zip", device=args.device)
     elif args.expert_zip:
         vec = make_vec(args, 1)
@@ -677,7 +679,8 @@ def main(args: Args) -> dict[str, Any]:
             "zip": str(out_dir / "expert.zip"),
             **choose_expert(args, out_dir, checkpoints, curve, evaluate),
         }
-        expert = _algo_class(algo).load(out_dir / "expert.zip", device=args.device)
+        if expert_info["step"] != args.expert_steps:  # a training checkpoint, not the final policy in hand
+            expert = _algo_class(algo).load(out_dir / "expert.zip", device=args.device)
         progress.finish("train", {"checkpoints": [[st, str(p)] for st, p in checkpoints], "curve": curve,
                                   "seconds": t_train, "expert_info": expert_info})
     expert_info["deterministic"] = args.deterministic
