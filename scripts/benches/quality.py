@@ -67,6 +67,9 @@ class Args:
     """Sub-envs of the evaluation vector env (TT plans for all of them in one batched search)."""
     max_episode_steps: int | None = None
     """Override the env's time limit (default: the env's own, 1000 for Hopper and HalfCheetah)."""
+    only_finished: bool = False
+    """Report only the runs whose evaluation is already on disk, and train nothing (a partial table: each row says
+    how many seeds it holds; agents with none are left out)."""
     out_dir: str = "runs/quality"
     device: str = "auto"
     notes: str = ""
@@ -86,8 +89,9 @@ def search_for(env_id: str, spec: str) -> tuple[int, int]:
 
 
 def run_one(name: str, ds, steps: int, seed: int, run_dir: Path, env_fn, search: tuple[int, int] | None,
-            args: Args) -> dict:
-    """Train (resuming) and evaluate one agent at one seed; reuses a finished evaluation."""
+            args: Args) -> dict | None:
+    """Train (resuming) and evaluate one agent at one seed; reuses a finished evaluation (``None``: none, and
+    ``--only-finished``)."""
     from demo import make_agent
 
     from tt_agents import load_agent
@@ -100,6 +104,8 @@ def run_one(name: str, ds, steps: int, seed: int, run_dir: Path, env_fn, search:
         saved = json.loads(done.read_text())
         if saved["settings"] == json.loads(json.dumps(settings)):
             return saved["result"]
+    if args.only_finished:
+        return None
     final = run_dir / "final.zip"
     t0 = time.perf_counter()
     if final.exists():
@@ -164,8 +170,11 @@ def main(args: Args) -> dict:
         agents = [a for a in args.agents if a != "tt" or args.tt_datasets is None or ds_id in args.tt_datasets]
         for name in agents:
             seeds = args.tt_seeds if name == "tt" and args.tt_seeds is not None else args.seeds
-            runs = [run_one(name, ds, steps[name], s, Path(args.out_dir) / ds_id.replace("/", "_") / name /
-                            f"seed_{s}", env_fn, search if name == "tt" else None, args) for s in seeds]
+            runs = [r for s in seeds if (r := run_one(name, ds, steps[name], s, Path(args.out_dir) /
+                                                      ds_id.replace("/", "_") / name / f"seed_{s}", env_fn,
+                                                      search if name == "tt" else None, args)) is not None]
+            if not runs:
+                continue
             means = [r["mean_return"] for r in runs]
             own_m = mean_se([norm(m, own) for m in means])
             d4_m = mean_se([norm(m, d4rl) for m in means]) if d4rl else (float("nan"), float("nan"))
@@ -175,7 +184,7 @@ def main(args: Args) -> dict:
                          f"{np.mean([r['eval_s'] for r in runs]):.0f}"])
         results[ds_id] = per_agent
         summary.append((ds_id, env_id, kind, per_agent, paper))
-        search_note = f"; TT search: beam {search[0]}, horizon {search[1]}" if "tt" in agents else ""
+        search_note = f"; TT search: beam {search[0]}, horizon {search[1]}" if "tt" in per_agent else ""
         body.append(
             f"**{ds_id}** ({len(ds)} episodes, {ds.total_steps} steps; reference returns measured by collect.py: "
             f"random {own[0]:.1f}, expert {own[1]:.1f}; {args.eval_episodes} episodes per seed on "
