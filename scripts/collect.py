@@ -431,8 +431,8 @@ def train_expert(
     return model, [(int(s), Path(p)) for s, p in run["saved"]], run["curve"]
 
 
-def choose_expert(args: Args, out_dir: Path, checkpoints: list[tuple[int, Path]], curve: list[dict[str, Any]],
-                  evaluate: Callable[[Any, int, str], float]) -> dict[str, Any]:
+def choose_expert(args: Args, algo: str, out_dir: Path, checkpoints: list[tuple[int, Path]],
+                  curve: list[dict[str, Any]], evaluate: Callable[[Any, int, str], float]) -> dict[str, Any]:
     """Copy the expert that ``--expert-checkpoint`` names to ``out_dir/expert.zip`` (the final policy is
     ``out_dir/final.zip``); what was chosen, for the expert's metadata. ``best`` evaluates the final policy like
     the checkpoints (its own seed) and takes the highest return, the final one on a tie."""
@@ -440,7 +440,6 @@ def choose_expert(args: Args, out_dir: Path, checkpoints: list[tuple[int, Path]]
     if args.expert_checkpoint == "final":
         shutil.copyfile(final, out_dir / "expert.zip")
         return {"checkpoint": "final", "step": args.expert_steps}
-    algo = algo_of_zip(str(final))
     final_return = evaluate(_algo_class(algo).load(final, device=args.device),
                             args.seed + 4000 + len(checkpoints), "evaluate final policy")
     returns = {int(point["step"]): float(point["return"]) for point in curve}  # each checkpoint's evaluation
@@ -639,7 +638,7 @@ def main(args: Args) -> dict[str, Any]:
                 )
             if not (out_dir / "final.zip").exists():  # runs from before --expert-checkpoint: expert.zip is the final
                 shutil.copyfile(out_dir / "expert.zip", out_dir / "final.zip")
-            expert_info.update(choose_expert(args, out_dir, checkpoints, curve, evaluate))
+            expert_info.update(choose_expert(args, algo, out_dir, checkpoints, curve, evaluate))
             progress.done["train"]["expert_info"] = expert_info
             progress.save()
         elif chosen == "final" and (out_dir / "final.zip").exists():  # a stop between a switch's copy and its save
@@ -677,7 +676,7 @@ def main(args: Args) -> dict[str, Any]:
             "trained_steps": args.expert_steps,
             "hyperparameters": {k: (v if not callable(v) else repr(v)) for k, v in hp.items()},
             "zip": str(out_dir / "expert.zip"),
-            **choose_expert(args, out_dir, checkpoints, curve, evaluate),
+            **choose_expert(args, algo, out_dir, checkpoints, curve, evaluate),
         }
         if expert_info["step"] != args.expert_steps:  # a training checkpoint, not the final policy in hand
             expert = _algo_class(algo).load(out_dir / "expert.zip", device=args.device)
