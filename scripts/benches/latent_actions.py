@@ -79,6 +79,9 @@ class Args:
     decoder_uses_obs: bool = True
     """LatentActionPolicy's decoder reads o_t besides the latent (the ``mujoco`` preset's choice); ``False``:
     the latent alone (LAPO's decoder). Use another ``--work-dir`` for each choice (its agents are cached there)."""
+    decoder_hidden: tuple[int, ...] | None = None
+    """Hidden widths of LatentActionPolicy's decoder (default: the ``mujoco`` preset's). The cached base agents
+    (LAM and latent policy) are reused with a fresh decoder of these widths."""
     joint_decoder: bool = False
     """Train LatentActionPolicy's LAM and decoder jointly on the N labels (``LatentConfig.joint_decoder``), one LAM
     per label count, instead of the LAM on observations alone. Use another ``--work-dir`` (agents are cached)."""
@@ -188,6 +191,23 @@ def _eval(agent, args: Args) -> float:
                           seed=10_000, progress=False).mean_return)
 
 
+def _decoder_hidden(args: Args) -> tuple[int, ...]:
+    return tuple(args.decoder_hidden or LatentActionPolicy.presets["mujoco"].config.decoder_hidden)
+
+
+def _with_decoder(agent: LatentActionPolicy, hidden: tuple[int, ...], seed: int) -> LatentActionPolicy:
+    """``agent`` itself if its decoder has these hidden widths, else a copy of its LAM, latent policy and
+    preprocessing with a fresh (untrained) decoder of these widths (base agents cached by an earlier run)."""
+    if tuple(agent.config.decoder_hidden) == hidden:
+        return agent
+    out = LatentActionPolicy(agent.observation_space, agent.action_space,
+                             dataclasses.replace(agent.config, decoder_hidden=hidden), device="cpu", seed=seed)
+    out.model.lam.load_state_dict(agent.model.lam.state_dict())
+    out.model.policy.load_state_dict(agent.model.policy.state_dict())
+    out._load_preprocessing_state(agent._preprocessing_state())
+    return out
+
+
 def _run(args: Args, work: Path, ds: EpisodeDataset, method: str, n: int, seed: int) -> dict:
     out = work / "results" / f"{method}_{n}_s{seed}.json"
     if out.exists():
@@ -201,7 +221,7 @@ def _run(args: Args, work: Path, ds: EpisodeDataset, method: str, n: int, seed: 
         if not base.exists():
             preset = LatentActionPolicy.presets["mujoco"]
             cfg = dataclasses.replace(preset.config, decoder_uses_obs=args.decoder_uses_obs,
-                                      joint_decoder=args.joint_decoder,
+                                      decoder_hidden=_decoder_hidden(args), joint_decoder=args.joint_decoder,
                                       labels=n if args.joint_decoder else preset.config.labels)
             agent = LatentActionPolicy(ds.observation_space, ds.action_space, cfg, device="cpu", seed=seed)
             times["lam"] = agent.fit(ds, {"lam": _cfg(args.lam_steps, args.batch_size)}, stage="lam").seconds
@@ -218,7 +238,7 @@ def _run(args: Args, work: Path, ds: EpisodeDataset, method: str, n: int, seed: 
             (base.with_suffix(".json")).write_text(json.dumps({"times": times, **extra}))
         meta = json.loads(base.with_suffix(".json").read_text())
         times, extra = dict(meta["times"]), {k: v for k, v in meta.items() if k != "times"}
-        agent = load_agent(base, device="cpu")
+        agent = _with_decoder(load_agent(base, device="cpu"), _decoder_hidden(args), seed)
         agent.config.labels = n
         times["decoder"] = agent.fit(ds, {"decoder": _cfg(args.decoder_steps, min(64, n), 1e-3)},
                                      stage="decoder").seconds
@@ -249,7 +269,8 @@ def _finetune(args: Args, work: Path, ds: EpisodeDataset, seed: int) -> dict:
     if out.exists():
         return json.loads(out.read_text())
     _run(args, work, ds, "latent", args.finetune_labels, seed)  # the base agent (cached)
-    agent = load_agent(work / "agents" / f"latent_base_s{seed}.zip", device="cpu")
+    agent = _with_decoder(load_agent(work / "agents" / f"latent_base_s{seed}.zip", device="cpu"),
+                          _decoder_hidden(args), seed)
     agent.config.labels = args.finetune_labels
     torch.manual_seed(seed)
     agent.fit(ds, {"decoder": _cfg(args.decoder_steps, min(64, args.finetune_labels), 1e-3)}, stage="decoder")
@@ -317,7 +338,7 @@ actions (SAC samples; TD3's are its deterministic actions). Expert return {exper
 (R - random) / (expert - random), mean ± standard error over seeds, each seed's return the mean of
 {args.eval_episodes} episodes. Labels: the first N transitions of the dataset. LatentActionPolicy: preset
 `mujoco` (MLP LAM, 2 tokens x 4 dims, 64 codes, EMA decay 0.999, commitment 0.05{", decoder sees o_t" if args.decoder_uses_obs else ""}){"" if args.decoder_uses_obs else ", but its decoder reads the latent alone (LAPO's)"}{", its LAM trained jointly with the decoder on the N labels" if args.joint_decoder else ""},
-lam {args.lam_steps} / latent_bc {args.latent_bc_steps} / decoder {args.decoder_steps} steps; VPTPolicy: IDM
+decoder hidden widths {" x ".join(map(str, _decoder_hidden(args)))}, lam {args.lam_steps} / latent_bc {args.latent_bc_steps} / decoder {args.decoder_steps} steps; VPTPolicy: IDM
 {args.idm_steps} steps on the N labels, BC {args.bc_steps} steps on the relabeled data; BCPolicy {args.bc_steps}
 steps on the N labels. Training seconds per stage on this shared CPU. LAPO's column: its Procgen figure
 (16-game average, a different domain), for scale only.
@@ -335,7 +356,9 @@ budget allows)."""
                  f"agent's deterministic predict. LAPO reaches about 1.0 of expert at 4M steps on Procgen.\n\n"
                  + _finetune_table(expert, finetuned))
     variant = [v for v, on in (("decoder on the latent alone", not args.decoder_uses_obs),
-                               ("LAM and decoder trained jointly", args.joint_decoder)) if on]
+                               ("LAM and decoder trained jointly", args.joint_decoder),
+                               (f"decoder {' x '.join(map(str, _decoder_hidden(args)))}",
+                                _decoder_hidden(args) != _decoder_hidden(Args()))) if on]
     title = ", ".join(["Latent actions: HalfCheetah-v5, few labels", *([source] if args.expert_run else []), *variant])
     write_section(args.section, title, body)
 
