@@ -87,6 +87,8 @@ class Args:
     vectorization: str = "sync"
     """Real envs' vector mode: ``async`` runs each sub-env in its own process (for many cores)."""
     seed: int = 0
+    notes: str = ""
+    """Free text added to the section (what the run was for, what ran beside it)."""
     reuse: tuple[str, ...] = ()
     """Earlier work dirs to take the dataset, V, M and same-budget controllers from (the first one that has each)."""
 
@@ -423,6 +425,8 @@ class Bench:
                     f"one process: even with V+C+M free the batched generation could be at most {bound:.2f}x faster "
                     f"than one at a time here. More needs the sub-envs in several processes "
                     f"(`--vectorization async`, one per core), which this 2-core shared machine cannot show.", ""]
+        if a.notes:
+            lines += [a.notes, ""]
         title = "World Models on CarRacing-v3 (V, M kinds, CMA-ES in dreams and real env)"
         if a.section != "world-model":
             title += f": {a.section}"
