@@ -358,7 +358,8 @@ budget allows)."""
     variant = [v for v, on in (("decoder on the latent alone", not args.decoder_uses_obs),
                                ("LAM and decoder trained jointly", args.joint_decoder),
                                (f"decoder {' x '.join(map(str, _decoder_hidden(args)))}",
-                                _decoder_hidden(args) != _decoder_hidden(Args()))) if on]
+                                _decoder_hidden(args) != _decoder_hidden(Args())),
+                               (f"LAM {args.lam_steps} steps", args.lam_steps != Args.lam_steps)) if on]
     title = ", ".join(["Latent actions: HalfCheetah-v5, few labels", *([source] if args.expert_run else []), *variant])
     write_section(args.section, title, body)
 
