@@ -678,7 +678,8 @@ def main(args: Args) -> dict[str, Any]:
             "zip": str(out_dir / "expert.zip"),
             **choose_expert(args, algo, out_dir, checkpoints, curve, evaluate),
         }
-        if expert_info["step"] != args.expert_steps:  # a training checkpoint, not the final policy in hand
+        # the model in hand is the final policy; a checkpoint saved at the last step holds the same weights
+        if expert_info["step"] != args.expert_steps:
             expert = _algo_class(algo).load(out_dir / "expert.zip", device=args.device)
         progress.finish("train", {"checkpoints": [[st, str(p)] for st, p in checkpoints], "curve": curve,
                                   "seconds": t_train, "expert_info": expert_info})
