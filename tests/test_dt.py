@@ -26,24 +26,28 @@ def test_harness(obs_kind, action_kind, tmp_path):
 
 
 def record_outputs(agent):
-    """Record the network's action outputs of every predict call (the last step's, for recompute)."""
+    """Record the network's action outputs of every predict call (the cached step's, or the recompute's)."""
     outputs = []
-    original = agent.model.action_output
+    for name in ("_step_cached", "_step_recompute"):
+        original = getattr(agent, name)
 
-    def wrapped(h):
-        out = original(h)
-        outputs.append(out[:, -1] if out.dim() == 3 else out)
-        return out
+        def wrapped(*args, original=original):
+            out = original(*args)
+            outputs.append(out)
+            return out
 
-    agent.model.action_output = wrapped
+        setattr(agent, name, wrapped)
     return outputs
 
 
-def rollout(agent, inference, n_envs, n_steps, resets=(), seed=0, prompt=None):
-    """Deterministic actions and network outputs on random inputs, with env 1 restarting at ``resets``."""
+def rollout(agent, inference, n_envs, n_steps, resets=(), seed=0, prompt=None, **act):
+    """Deterministic actions and network outputs on random inputs, with env 1 restarting at ``resets``;
+    ``act``: act-time settings of the state (e.g. ``native=False``, the torch step)."""
+    import dataclasses
+
     rng = np.random.default_rng(seed)
     outputs = record_outputs(agent)
-    state = agent.initial_state(n_envs, prompt=prompt, inference=inference)
+    state = agent.initial_state(n_envs, act=dataclasses.replace(agent.act, **act), prompt=prompt, inference=inference)
     actions = []
     for t in range(n_steps):
         space = agent.observation_space
@@ -57,7 +61,7 @@ def rollout(agent, inference, n_envs, n_steps, resets=(), seed=0, prompt=None):
             starts[1] = True
         a, state = agent.predict({"observation": obs, "previous_reward": reward}, state, starts)
         actions.append(a)
-    del agent.model.action_output
+    del agent._step_cached, agent._step_recompute
     return np.stack(actions), torch.stack(outputs)
 
 
@@ -70,9 +74,11 @@ def test_cached_inference_matches_full_recompute(action_kind):
     agent.target_return = 3.0
     K, n_steps = cfg.context_len, 3 * cfg.context_len + 5
     resets = (5, 9)  # env 1 restarts twice, so its episode runs out of step with the others
-    a_cache, out_cache = rollout(agent, "cache", 3, n_steps, resets)
+    a_cache, out_cache = rollout(agent, "cache", 3, n_steps, resets)  # the fused C step, where it builds
     a_full, out_full = rollout(agent, "recompute", 3, n_steps, resets)
     torch.testing.assert_close(out_cache, out_full, atol=1e-5, rtol=0)
+    _, out_torch = rollout(agent, "cache", 3, n_steps, resets, native=False)  # the torch step
+    torch.testing.assert_close(out_torch, out_full, atol=1e-5, rtol=0)
     if action_kind == "discrete":
         np.testing.assert_array_equal(a_cache, a_full)
     else:

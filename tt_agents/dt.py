@@ -113,6 +113,11 @@ class DTActConfig:
     kv_dtype: str = "float32"
     """Dtype of the cached keys and values: ``"float32"`` (the model's own, exact), ``"bfloat16"`` or ``"float16"``
     (half the bytes, not exact: benchmarks.md has the deviation)."""
+    native: bool = True
+    """Run the cached step as one fused C function (:mod:`tt_agents.models.native`, compiled for this CPU on
+    first use) where it applies: vector observations, float32 keys and values, a CPU, ``compile`` off.
+    Its outputs equal the torch step's within float32 rounding (tests/test_native.py); elsewhere, or
+    where no C compiler works (one warning), the torch step runs. benchmarks.md ("dt") has what it gains."""
 
     def __post_init__(self) -> None:
         if self.inference not in INFERENCE_MODES:
@@ -446,7 +451,7 @@ class DecisionTransformer(Agent):
                 prefix_k, prefix_v, pvalid = model.encode_prompt(state.prompt)  # (N, n_head, 3P, head_dim) each
                 pvalid = pvalid.expand(n, -1)  # (n_envs, 3P)
             dtype = model.head.weight.dtype if act.kv_dtype == "float32" else KV_DTYPES[act.kv_dtype]  # exact: the model's
-            state.cache = DTStepCache(model, n, prefix_k, prefix_v, pvalid, dtype, act.compile)
+            state.cache = DTStepCache(model, n, prefix_k, prefix_v, pvalid, dtype, act.compile, act.native)
         return state.cache.step(state.prev_action, ~starts, rtg, obs, ts, starts)
 
     def _step_recompute(self, state: DTState, obs, rtg, ts, starts: torch.Tensor) -> torch.Tensor:

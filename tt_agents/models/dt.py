@@ -45,6 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tt_agents.models.gpt import GPT, GPTConfig, init_weights
+from tt_agents.models import native as native_dt
 from tt_agents.models.kv_cache import KVCache, PrefixKVCache, SlotKVCache, episode_mask, prompt_mask
 from tt_agents.models.static import maybe_compile
 
@@ -365,7 +366,10 @@ class DTStepCache:
     the tables ``band`` and ``own`` ``(K + 1, 3, slots)`` say, for each phase, which slots are in
     each new token's window and which slot is its own. ``compile``: run
     :meth:`DecisionTransformerNet.decode_step` through ``torch.compile`` (the first call compiles;
-    where compilation is unavailable the eager step runs, with one warning).
+    where compilation is unavailable the eager step runs, with one warning). ``native``: run the
+    step as one fused C function (:mod:`tt_agents.models.native`) where it applies (vector
+    observations, float32 on a CPU, not with ``compile``); elsewhere, or where it cannot be built,
+    the torch step runs.
 
     Example:
         >>> cfg = DTNetConfig((3,), False, 2, "tanh", context_len=2, n_layer=1, n_head=1, n_embd=8, dropout=0.0,
@@ -387,6 +391,7 @@ class DTStepCache:
         prompt_valid: torch.Tensor | None = None,
         dtype: torch.dtype = torch.float32,
         compile: bool = False,
+        native: bool = False,
     ) -> None:
         c = net.config
         p = net.head.weight
@@ -418,6 +423,11 @@ class DTStepCache:
         self._phases = [torch.tensor([f], device=p.device) for f in range(c.context_len + 1)]
         self.steps = 0
         self._step = maybe_compile(net.decode_step, "dt-step", p.device) if compile else net.decode_step
+        self._native = None
+        if native and not compile and native_dt.dt_step_supported(net, dtype):
+            lib = native_dt.load()
+            if lib is not None:
+                self._native = native_dt.NativeDTStep(lib, net, self, n_envs)
 
     def step(
         self,
@@ -431,6 +441,10 @@ class DTStepCache:
         """One step of every env (as :meth:`DecisionTransformerNet.step`); ``starts`` ``(B,)``: envs
         whose episode starts here (their cached episode tokens are hidden). Returns the action outputs."""
         f = self.steps % (self.net.config.context_len + 1)
+        if self._native is not None and not self.net.training:  # (training: dropout, the torch step's)
+            out = self._native(prev_action, has_prev, rtg, obs, timestep, starts, f)
+            self.steps += 1
+            return out
         phase = self._phases[f]  # (1,)
         out, self.valid = self._step(
             self.k, self.v, self.valid, self.band, self.own, self.slots, self.is_ring, phase,
