@@ -44,8 +44,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tt_agents.models.gpt import GPT, GPTConfig, init_weights
 from tt_agents.models import native as native_dt
+from tt_agents.models.gpt import GPT, GPTConfig, init_weights
 from tt_agents.models.kv_cache import KVCache, PrefixKVCache, SlotKVCache, episode_mask, prompt_mask
 from tt_agents.models.static import maybe_compile
 
