@@ -64,8 +64,9 @@ class Args:
     device: str = "auto"
     """Where the agents run: ``"auto"`` is ``cuda`` when a GPU is present (the compiled steps then use CUDA graphs),
     else ``cpu``."""
-    variants: tuple[str, ...] = ("float32", "compiled", "bfloat16", "float16")
-    """Variants of the cached step in the fixed-shape table: ``float32`` (the default step), ``compiled``
+    variants: tuple[str, ...] = ("torch", "native", "compiled", "bfloat16", "float16")
+    """Variants of the cached step in the fixed-shape table: ``torch`` (the step as torch ops, float32: the
+    baseline), ``native`` (the fused C step, the default where it applies: ``DTActConfig.native``), ``compiled``
     (``DTActConfig.compile``), ``bfloat16`` / ``float16`` (``DTActConfig.kv_dtype``); empty to skip the table."""
     write: bool = True
     """Rewrite the ``dt`` section of benchmarks.md."""

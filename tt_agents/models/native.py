@@ -6,7 +6,7 @@ at three rows: MKL's ``addmm`` took 13.6 us for a (3 x 128) @ (128 x 384) produc
 project's 2-core EPYC (22 GFLOP/s), and ``torch.compile`` (inductor, C++ wrapper, with or
 without freezing, max-autotune or the small-matmul decomposition) left the step at 0.31-0.40 ms,
 half of it in those products. The fused step below (plain loops that the compiler vectorizes)
-measured 82 us for the same step, with outputs within 2e-7 of the torch step's (benchmarks.md,
+measured 65-80 us for the same step, with outputs within 2e-7 of the torch step's (benchmarks.md,
 "dt"; tests/test_native.py checks the equality). It covers the common case, vector observations
 with a float32 KV cache on a CPU; every other case runs the torch step.
 
