@@ -87,6 +87,8 @@ class Args:
     vectorization: str = "sync"
     """Real envs' vector mode: ``async`` runs each sub-env in its own process (for many cores)."""
     seed: int = 0
+    input_norm: bool = False
+    """C reads ``[z, h]`` standardized per dimension over the dataset (``WorldModelConfig.controller_input_norm``)."""
     notes: str = ""
     """Free text added to the section (what the run was for, what ran beside it)."""
     reuse: tuple[str, ...] = ()
@@ -264,13 +266,14 @@ class Bench:
         variants: dict[str, tuple[Path, dict[str, Any]]] = {}
         real = {"controller_env": a.env_id, "pop_size": a.real_pop_size, "n_samples": a.real_samples,
                 "max_episode_steps": a.real_steps, "eval_envs": a.real_pop_size * a.real_samples,
-                "eval_vectorization": a.vectorization}
+                "eval_vectorization": a.vectorization, "controller_input_norm": a.input_norm}
         variants["real, V only"] = (v_path, {**real, "controller_uses_memory": False})
         variants["real, V + untrained M (mdnrnn)"] = (v_path, real)
         for kind in a.kinds:
             variants[f"real, V + trained M ({kind})"] = (paths[kind], real)
         for kind in a.kinds if a.dream_variants else ():
-            variants[f"dream, V + trained M ({kind})"] = (paths[kind], {"controller_env": "dream"})
+            variants[f"dream, V + trained M ({kind})"] = (paths[kind], {"controller_env": "dream",
+                                                                        "controller_input_norm": a.input_norm})
         out = {}
         for name, (src, changes) in variants.items():
             path = self.work / self.controller_file(name)
@@ -358,7 +361,9 @@ class Bench:
             f"64 units x 5 Gaussians; transformer kinds d_model 32, 8 heads, 3 layers). Evaluation: "
             f"{a.eval_episodes} episodes of up to {a.eval_steps} steps"
             f"{' (full CarRacing episodes)' if a.eval_steps >= 1000 else ' (cut before the full 1000)'}, "
-            f"{a.eval_envs} sub-envs, deterministic (V's mean).",
+            f"{a.eval_envs} sub-envs, deterministic (V's mean). C reads "
+            + ("`[z, h]` standardized per dimension over the dataset (`controller_input_norm=True`, set when each "
+               "controller's search starts)." if a.input_norm else "the raw `[z, h]` (the paper's)."),
             "",
         ]
         if r.get("reused_from"):

@@ -53,6 +53,36 @@ def test_checkpoint_holds_every_stage(tmp_path):
         torch.testing.assert_close(loaded.model.state_dict()[k], v, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("uses_memory", [True, False])
+def test_controller_input_norm_standardizes_what_c_reads(uses_memory, tmp_path):
+    """Set when the controller stage starts: C's inputs over the dataset have mean 0 and std 1 per dimension
+    (M stepped on the dataset's actions), predict applies it, and the checkpoint keeps it."""
+    ds = make_dataset("image", "continuous", n_episodes=3)
+    agent = _make(controller_input_norm=True, controller_uses_memory=uses_memory)(ds.observation_space,
+                                                                                   ds.action_space)
+    agent.fit(ds, TrainConfig(steps=2, batch_size=4, warmup_steps=1, progress=False))
+    model = agent.model
+    assert not torch.equal(model.input_std, torch.ones_like(model.input_std))
+    with torch.no_grad():
+        xs = []
+        for ep in ds:
+            z = agent.encode(np.asarray(ep.observations)[: len(ep)])[0]
+            state = model.memory.initial_state(1)
+            for t in range(len(z)):
+                xs.append(model.controller_input(z[t: t + 1], state))
+                _, state = model.memory.step(z[t: t + 1], agent.memory_actions(np.asarray(ep.actions)[t: t + 1]),
+                                             state)
+        x = torch.cat(xs)
+    wide = model.input_std > 1e-3  # dimensions that vary at all
+    torch.testing.assert_close(x.mean(0), torch.zeros_like(x[0]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(x.std(0, unbiased=False)[wide], torch.ones_like(x[0])[wide], atol=1e-4, rtol=0)
+    agent.save(tmp_path / "wm.zip")
+    loaded = WorldModelController.load(tmp_path / "wm.zip", device="cpu")
+    torch.testing.assert_close(loaded.model.input_mean, model.input_mean, rtol=0, atol=0)
+    obs = np.asarray(ds[0].observations[:2])
+    np.testing.assert_allclose(loaded.predict(obs)[0], agent.predict(obs)[0], rtol=0, atol=1e-6)
+
+
 def test_state_carries_memory_and_resets_per_env():
     ds = make_dataset("image", "continuous", n_episodes=1)
     agent = _make(controller_hidden=8)(ds.observation_space, ds.action_space)

@@ -100,6 +100,11 @@ class WorldModelConfig:
     """0: C is one linear layer (the paper's); > 0: one tanh hidden layer of this width."""
     controller_uses_memory: bool = True
     """False: C reads z only (the paper's "V only" ablation)."""
+    controller_input_norm: bool = False
+    """C reads ``[z, h]`` standardized per dimension (mean 0, std 1 over the dataset's episodes, run through V and
+    M as they are when the controller stage starts; kept in the checkpoint). Off: the paper's raw ``[z, h]``, whose
+    parts differ in scale and offset (a trained M's ``h`` is far from 0, an untrained one's near it), so the same
+    CMA-ES step size perturbs C's actions by different amounts for each."""
     pop_size: int = 64
     """CMA-ES candidates per generation (64 in the paper)."""
     n_samples: int = 16
@@ -240,7 +245,7 @@ class WorldModelController(Agent):
         c = self.config
         return WorldModel(self.observation_space.shape[2], self.action_dim, c.latent, tuple(c.vae_widths),
                           c.memory_kind, c.hidden, c.n_mixtures, c.d_model, c.n_head, c.n_layer, c.context,
-                          c.controller_hidden, c.controller_uses_memory)
+                          c.controller_hidden, c.controller_uses_memory, c.controller_input_norm)
 
     # ------------------------------------------------------------------ pieces
     def frames(self, observations: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -333,10 +338,37 @@ class WorldModelController(Agent):
         return LatentSequenceSampler(mus, logvars, actions, rewards, dones, self.config.sequence_len, batch_size,
                                      seed, rank, world_size)
 
+    @torch.no_grad()
+    def _fit_input_norm(self, dataset: Any) -> None:
+        """Set C's input standardization from ``[z, h]`` over the dataset's episodes (V's means, M stepped on
+        the dataset's actions), the same on every rank."""
+        feats = []
+        for ep in dataset:
+            obs = np.asarray(ep.observations)[: len(ep)]
+            if len(obs) == 0:
+                continue
+            z = self.encode(obs)[0]
+            actions = self.memory_actions(np.asarray(ep.actions))
+            state = self.model.memory.initial_state(1, self.device)
+            for t in range(len(z)):
+                feats.append(self.model.controller_features(z[t: t + 1], state))
+                if self.model.controller_uses_memory:
+                    _, state = self.model.memory.step(z[t: t + 1], actions[t: t + 1], state)
+        if not feats:
+            raise ValueError("controller_input_norm needs a dataset with at least one step")
+        x = torch.cat(feats)
+        self.model.input_mean.copy_(x.mean(0))
+        self.model.input_std.copy_(x.std(0, unbiased=False).clamp_min(1e-3))
+
     def _start_search(self, dataset: Any, seed: int, rank: int, world_size: int) -> CMAESSearch:
         c = self.config
         P, S = c.pop_size, c.n_samples
         model = self.model
+        if c.controller_input_norm:
+            was = model.training
+            model.eval()
+            self._fit_input_norm(dataset)
+            model.train(was)
         if c.controller_env == "dream":
             z0 = self.encode(np.stack([np.asarray(ep.observations[0]) for ep in dataset]))[0]
 
@@ -465,6 +497,10 @@ class WorldModelController(Agent):
         ``controller_env`` or search size over the same trained V and M)."""
         other = type(self)(self.observation_space, self.action_space, dataclasses.replace(self.config, **changes),
                            device=self.device, act=self.act)
-        other.model.load_state_dict(self.model.state_dict())
+        result = other.model.load_state_dict(self.model.state_dict(), strict=False)
+        norm = {"input_mean", "input_std"}  # C's input standardization: set by the controller stage
+        if set(result.missing_keys) - norm or set(result.unexpected_keys) - norm:
+            raise ValueError(f"with_config({changes}) changes the network: missing {result.missing_keys}, "
+                             f"unexpected {result.unexpected_keys}")
         other.data_info = dict(self.data_info)
         return other

@@ -454,7 +454,7 @@ class WorldModel(nn.Module):
     def __init__(self, channels: int, action_dim: int, latent: int = 32, vae_widths: tuple[int, ...] = (32, 64, 128, 256),
                  memory_kind: str = "mdnrnn", hidden: int = 256, n_mixtures: int = 5, d_model: int = 32,
                  n_head: int = 8, n_layer: int = 3, context: int = 32, controller_hidden: int = 0,
-                 controller_uses_memory: bool = True) -> None:
+                 controller_uses_memory: bool = True, input_norm: bool = False) -> None:
         super().__init__()
         if memory_kind not in MEMORY_KINDS:
             raise ValueError(f"memory_kind must be one of {MEMORY_KINDS}, got {memory_kind!r}")
@@ -467,9 +467,18 @@ class WorldModel(nn.Module):
         self.controller_uses_memory = controller_uses_memory
         in_dim = latent + (self.memory.feature_dim if controller_uses_memory else 0)
         self.controller = Controller(in_dim, action_dim, controller_hidden)
+        self.input_norm = input_norm
+        if input_norm:  # set by the controller stage from the dataset (WorldModelController._fit_input_norm)
+            self.register_buffer("input_mean", torch.zeros(in_dim))
+            self.register_buffer("input_std", torch.ones(in_dim))
 
-    def controller_input(self, z: torch.Tensor, state: Any) -> torch.Tensor:
-        """``[z, h]`` ``(B, in)`` (``z`` alone for a controller on V only)."""
+    def controller_features(self, z: torch.Tensor, state: Any) -> torch.Tensor:
+        """``[z, h]`` ``(B, in)`` as they are (``z`` alone for a controller on V only)."""
         if not self.controller_uses_memory:
             return z
         return torch.cat([z, self.memory.features_of(state)], -1)
+
+    def controller_input(self, z: torch.Tensor, state: Any) -> torch.Tensor:
+        """What C reads: :meth:`controller_features`, standardized per dimension where ``input_norm`` is set."""
+        x = self.controller_features(z, state)
+        return (x - self.input_mean) / self.input_std if self.input_norm else x
