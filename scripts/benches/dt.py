@@ -68,6 +68,10 @@ class Args:
     """Variants of the cached step in the fixed-shape table: ``torch`` (the step as torch ops, float32: the
     baseline), ``native`` (the fused C step, the default where it applies: ``DTActConfig.native``), ``compiled``
     (``DTActConfig.compile``), ``bfloat16`` / ``float16`` (``DTActConfig.kv_dtype``); empty to skip the table."""
+    hf_python: str | None = None
+    """A Python interpreter with ``transformers`` (and torch) installed, e.g. a separate venv: times Hugging Face's
+    ``DecisionTransformerModel`` at the same shapes (K steps rerun per call, as its example acts; the forward alone,
+    inputs prepared) in fresh subprocesses, round by round with this tree's ``predict``; ``None`` skips it."""
     write: bool = True
     """Rewrite the ``dt`` section of benchmarks.md."""
 
@@ -173,6 +177,49 @@ def step_variants(args: Args, n_envs: int) -> tuple[dict[str, float], dict[str, 
     return {v: min(t) for v, t in times.items()}, deviation, compile_s
 
 
+_HF_CHILD = """
+import json, sys, time, torch
+from transformers import DecisionTransformerConfig, DecisionTransformerModel, __version__
+torch.set_num_threads({threads})
+n_envs, K, calls, obs_dim, act_dim = {n_envs}, {K}, {calls}, {obs_dim}, {act_dim}
+cfg = DecisionTransformerConfig(state_dim=obs_dim, act_dim=act_dim, hidden_size=128, n_layer=3, n_head=1, n_inner=512,
+                                max_ep_len=1000, n_positions=1024)
+model = DecisionTransformerModel(cfg).eval()
+g = torch.Generator().manual_seed(0)
+x = dict(states=torch.randn(n_envs, K, obs_dim, generator=g), actions=torch.randn(n_envs, K, act_dim, generator=g),
+         rewards=torch.randn(n_envs, K, 1, generator=g), returns_to_go=torch.randn(n_envs, K, 1, generator=g),
+         timesteps=torch.arange(K).repeat(n_envs, 1), attention_mask=torch.ones(n_envs, K, dtype=torch.long))
+with torch.no_grad():
+    for _ in range(10):
+        model(**x)
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        model(**x)
+        times.append(time.perf_counter() - t0)
+print(json.dumps({{"ms": min(times) * 1e3, "version": __version__}}))
+"""
+
+
+def hf_peer(args: Args, n_envs: int) -> tuple[float, float, str]:
+    """(fastest Hugging Face forward ms, fastest cached ``predict`` ms of this tree, transformers' version), over
+    ``args.repeats`` rounds that alternate a fresh Hugging Face subprocess and this process's timing."""
+    import json
+    import subprocess
+
+    agent = make_agent(False, args, args.context_len)
+    hf, ours, version = [], [], ""
+    code = _HF_CHILD.format(threads=args.threads, n_envs=n_envs, K=args.context_len, calls=args.steps,
+                            obs_dim=args.obs_dim, act_dim=args.action_dim)
+    for _ in range(args.repeats):
+        out = subprocess.run([args.hf_python, "-c", code], capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        hf.append(r["ms"])
+        version = r["version"]
+        ours.append(per_step_ms(agent, n_envs, args.steps, 1, modes=("cache",))["cache"])
+    return min(hf), min(ours), version
+
+
 def synthetic_dataset(agent: DecisionTransformer, n_episodes: int, length: int) -> EpisodeDataset:
     rng = np.random.default_rng(0)
     episodes = []
@@ -272,6 +319,23 @@ def main(args: Args) -> None:
                                    variant_rows) if variant_rows else "(skipped)"
     compile_note = ", ".join(compile_times) or "not measured"
 
+    peer_rows, hf_version = [], ""
+    for n in args.n_envs if args.hf_python else ():
+        hf_ms, our_ms, hf_version = hf_peer(args, n)
+        peer_rows.append([n, hf_ms, our_ms, hf_ms / our_ms])
+        print(peer_rows[-1], flush=True)
+    if peer_rows:
+        peer_table = (f"Hugging Face's `DecisionTransformerModel` (transformers {hf_version}, the same shapes: 3 layers, 1 "
+                      f"head, width 128; its forward alone over the last K = {K} steps, as its example acts, inputs "
+                      f"prepared) against this tree's `predict` (cached, the default step), {args.repeats} rounds "
+                      "alternating a fresh Hugging Face subprocess with this process's own timing, fastest call of each:\n\n"
+                      + markdown_table(["envs", "Hugging Face ms/step", "tt-agents ms/step", "Hugging Face / tt-agents"],
+                                       peer_rows)
+                      + "\n\nGoal (issue 15): at least 10x at 1 env and at 16 envs: "
+                      + ", ".join(f"{r[3]:.1f}x at {r[0]} env(s) ({'met' if r[3] >= 10 else 'not met'})"
+                                  for r in peer_rows) + ".")
+    else:
+        peer_table = "Hugging Face's `DecisionTransformerModel`: not measured in this run (`--hf-python`)."
     measured_notes = "\n".join(f"- {n}" for n in ratio_notes(rows, scaling))
     measured_notes += f"\n- {load_note()}"
     body = f"""
@@ -306,6 +370,8 @@ interleaved round by round on one agent and one input stream (the deviation is o
 Compilation (the compiled variant's first call, outside the timed rounds): {compile_note}; a later process
 reuses torch's on-disk compile cache and starts faster. The reduced-precision caches halve the bytes kept and read,
 and are converted back to float32 for every product (this CPU: {vector_isa() or "unknown"}).
+
+{peer_table}
 
 Per-step inference against K (vector observations, 1 env):
 
