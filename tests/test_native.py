@@ -10,11 +10,11 @@ from tt_agents.models.dt import DecisionTransformerNet, DTNetConfig, DTStepCache
 HAS_COMPILER = native._compiler() is not None
 
 
-def make_net(head: str, prompt: bool = False, seed: int = 0) -> DecisionTransformerNet:
+def make_net(head: str, prompt: bool = False, seed: int = 0, n_embd: int = 32, n_head: int = 2) -> DecisionTransformerNet:
     torch.manual_seed(seed)
     action_dim = 4 if head == "categorical" else 3
-    cfg = DTNetConfig((5,), False, action_dim, head, context_len=3, n_layer=3, n_head=2, n_embd=32, dropout=0.0,
-                      max_timestep=20, cnn_channels=(), prompt=prompt)
+    cfg = DTNetConfig((5,), False, action_dim, head, context_len=3, n_layer=3, n_head=n_head, n_embd=n_embd,
+                      dropout=0.0, max_timestep=20, cnn_channels=(), prompt=prompt)
     net = DecisionTransformerNet(cfg).eval()
     with torch.no_grad():  # weights far from GPT-2's tiny init, so that every part of the step matters
         for p in net.parameters():
@@ -48,11 +48,13 @@ def caches(net, n_envs, prompt):
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: test_without_a_compiler_the_torch_step_runs covers it")
-@pytest.mark.parametrize("head", ["tanh", "categorical", "linear"])
-@pytest.mark.parametrize("prompt", [False, True])
-def test_fused_step_equals_the_torch_step(head, prompt):
+@pytest.mark.parametrize(("head", "prompt", "n_embd", "n_head"), [
+    ("tanh", False, 32, 2), ("categorical", False, 32, 2), ("linear", False, 32, 2), ("tanh", True, 32, 2),
+    ("categorical", True, 32, 2), ("tanh", False, 24, 3),  # widths that leave part of a 32-column tile
+])
+def test_fused_step_equals_the_torch_step(head, prompt, n_embd, n_head):
     """Every output, the cache's keys and values and its validity, over 4 laps of the ring with restarts."""
-    net = make_net(head, prompt)
+    net = make_net(head, prompt, n_embd=n_embd, n_head=n_head)
     rng = torch.Generator().manual_seed(1)
     with torch.inference_mode():
         fused, ref = caches(net, 5, prompt)
