@@ -328,7 +328,9 @@ def main(args: Args) -> None:
         peer_table = (f"Hugging Face's `DecisionTransformerModel` (transformers {hf_version}, the same shapes: 3 layers, 1 "
                       f"head, width 128; its forward alone over the last K = {K} steps, as its example acts, inputs "
                       f"prepared) against this tree's `predict` (cached, the default step), {args.repeats} rounds "
-                      "alternating a fresh Hugging Face subprocess with this process's own timing, fastest call of each:\n\n"
+                      "alternating a fresh Hugging Face subprocess with this process's own timing, fastest call of each "
+                      "(`--hf-python`: a separate venv, `python -m venv hf && hf/bin/pip install torch==2.13.0 "
+                      "transformers`):\n\n"
                       + markdown_table(["envs", "Hugging Face ms/step", "tt-agents ms/step", "Hugging Face / tt-agents"],
                                        peer_rows)
                       + "\n\nGoal (issue 15): at least 10x at 1 env and at 16 envs: "
