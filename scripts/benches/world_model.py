@@ -15,7 +15,7 @@ each evaluation are files), and rewrites its ``benchmarks.md`` section after eve
    ``--eval-steps`` (CarRacing's own limit, 1000, by default: full episodes).
 
 ``--reuse`` copies an earlier work dir's dataset, V, M and those controllers whose search budget
-(generations, population, samples) equals this run's into the work dir instead of training them
+(generations, population, samples) and inputs (``--input-norm``) equal this run's into the work dir instead of training them
 again; their wall times come with them, and the section says so.
 
 Example (from scratch; benchmarks.md's figures reused two earlier work dirs with ``--reuse``, its command says
@@ -158,7 +158,9 @@ class Bench:
                 continue
             c = load_agent(src / path.name, device="cpu").config  # the rollout length its search used
             s = {**s, "steps": c.dream_horizon if c.controller_env == "dream" else c.max_episode_steps}
-            if {k: s.get(k) for k in ("generations", "pop_size", "n_samples", "steps")} == self.search_budget(name):
+            same_inputs = getattr(c, "controller_input_norm", False) == self.args.input_norm
+            if same_inputs and {k: s.get(k) for k in ("generations", "pop_size", "n_samples", "steps")} == \
+                    self.search_budget(name):
                 shutil.copy2(src / path.name, path)
                 if (src / ("run_" + path.stem)).exists():
                     shutil.copytree(src / ("run_" + path.stem), self.work / ("run_" + path.stem))
