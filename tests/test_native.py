@@ -138,3 +138,20 @@ def test_pack_lays_out_tiles_of_32_columns():
     assert p.shape == (3, 9, 32)
     torch.testing.assert_close(p[1, :, 5], w[32 + 5])
     assert torch.equal(p[2, :, 6:], torch.zeros(9, 26))
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: test_without_a_compiler_the_torch_step_runs covers it")
+def test_the_agent_acts_through_the_fused_step_by_default_and_not_where_it_does_not_apply():
+    import dataclasses
+
+    import gymnasium as gym
+
+    from tt_agents.dt import DecisionTransformer, DTConfig
+
+    obs = {"observation": np.zeros((2, 5), np.float32), "previous_reward": np.zeros((2, 1), np.float32)}
+    agent = DecisionTransformer(gym.spaces.Box(-1, 1, (5,), np.float32), gym.spaces.Box(-1, 1, (3,), np.float32),
+                                DTConfig(context_len=2, n_layer=1, n_head=1, n_embd=8), device="cpu", seed=0)
+    assert agent.predict(obs)[1].cache._native is not None
+    for act in ({"native": False}, {"kv_dtype": "bfloat16"}):
+        state = agent.initial_state(2, act=dataclasses.replace(agent.act, **act))
+        assert agent.predict(obs, state)[1].cache._native is None
