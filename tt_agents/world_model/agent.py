@@ -104,7 +104,9 @@ class WorldModelConfig:
     """C reads ``[z, h]`` standardized per dimension (mean 0, std 1 over the dataset's episodes, run through V and
     M as they are when the controller stage starts; kept in the checkpoint). Off: the paper's raw ``[z, h]``, whose
     parts differ in scale and offset (a trained M's ``h`` is far from 0, an untrained one's near it), so the same
-    CMA-ES step size perturbs C's actions by different amounts for each."""
+    CMA-ES step size perturbs C's actions by different amounts for each. Measured on CarRacing (benchmarks.md,
+    world-model-input-norm and world-model-vm-budget-input-norm) it helped the untrained M at one budget and
+    hurt the trained M at a larger one: off by default."""
     pop_size: int = 64
     """CMA-ES candidates per generation (64 in the paper)."""
     n_samples: int = 16
