@@ -155,3 +155,13 @@ def test_the_agent_acts_through_the_fused_step_by_default_and_not_where_it_does_
     for act in ({"native": False}, {"kv_dtype": "bfloat16"}):
         state = agent.initial_state(2, act=dataclasses.replace(agent.act, **act))
         assert agent.predict(obs, state)[1].cache._native is None
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: test_without_a_compiler_the_torch_step_runs covers it")
+def test_a_network_made_under_inference_mode_acts():
+    """Its parameters are inference tensors, which keep no version counter."""
+    with torch.inference_mode():
+        net = make_net("tanh")
+        fused, ref = caches(net, 2, False)
+        x = inputs(net, 2, 0, torch.Generator().manual_seed(4))
+        torch.testing.assert_close(fused.step(*x), ref.step(*x), atol=1e-5, rtol=0)

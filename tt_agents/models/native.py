@@ -190,7 +190,10 @@ class NativeDTStep:
 
     def _sync(self) -> None:
         """Point ``P`` at the current weights (packed copies remade if any parameter changed)."""
-        key = tuple(p.data_ptr() + (p._version << 48) for p in self.params)
+        try:
+            key = tuple(p.data_ptr() + (p._version << 48) for p in self.params)
+        except RuntimeError:  # tensors made under inference mode keep no version counter (nothing trains them)
+            key = tuple(p.data_ptr() + (0 if p.is_inference() else p._version << 48) for p in self.params)
         if key == self._key:
             return
         for p in self.params:
