@@ -165,3 +165,20 @@ def test_a_network_made_under_inference_mode_acts():
         fused, ref = caches(net, 2, False)
         x = inputs(net, 2, 0, torch.Generator().manual_seed(4))
         torch.testing.assert_close(fused.step(*x), ref.step(*x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: test_without_a_compiler_the_torch_step_runs covers it")
+def test_a_deep_copied_state_continues_like_the_original():
+    import copy
+
+    net = make_net("tanh")
+    rng = torch.Generator().manual_seed(5)
+    with torch.inference_mode():
+        fused, _ = caches(net, 2, False)
+        for t in range(3):
+            fused.step(*inputs(net, 2, t, rng))
+        twin = copy.deepcopy(fused)
+        assert twin._native is not None and twin._native.cache is twin and twin.k.data_ptr() != fused.k.data_ptr()
+        for t in range(3, 8):
+            x = inputs(net, 2, t, rng)
+            torch.testing.assert_close(twin.step(*x), fused.step(*x), atol=0, rtol=0)

@@ -188,6 +188,15 @@ class NativeDTStep:
         self.P = np.zeros(len(self.params), np.int64)
         self.io = np.zeros(15, np.int64)
 
+    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy of a state: the library handle is not copied
+        state = dict(self.__dict__)
+        state["lib"], state["_key"] = None, None  # the copy's weights and buffers live elsewhere: re-pointed
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.lib = load()
+
     def _sync(self) -> None:
         """Point ``P`` at the current weights (packed copies remade if any parameter changed)."""
         try:
