@@ -92,8 +92,10 @@ def test_a_discrete_action_out_of_range_is_refused():
         fused, _ = caches(net, 2, False)
         x = list(inputs(net, 2, 0, torch.Generator().manual_seed(0)))
         x[0] = torch.tensor([1, 7])
+        valid, k = fused.valid.clone(), fused.k.clone()
         with pytest.raises(ValueError, match=r"in \[0, 4\), got \[1, 7\]"):
             fused.step(*x)
+        assert torch.equal(fused.valid, valid) and torch.equal(fused.k, k)  # refused before anything changed
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: test_without_a_compiler_the_torch_step_runs covers it")

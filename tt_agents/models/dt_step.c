@@ -1,4 +1,7 @@
-// One Decision Transformer decode step, fused: see tt_agents/models/native.py.
+// One Decision Transformer decode step, fused: see tt_agents/models/native.py (why, how it is built and
+// called) and DecisionTransformerNet.decode_step in dt.py (the torch step it equals, line for line:
+// embeddings, the ring slots' validity, then each layer's attention over the ring and its MLP).
+// Returns 0, or -1 (nothing changed) for a discrete previous action outside [0, A).
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -120,13 +123,16 @@ int dt_step(const int64_t *dims, const float *const *P, void *const *io, int64_t
     float *f = y + (int64_t)M * C, *sc = f + (int64_t)M * 4 * C, *tmp = sc + S;
     const float scale = 1.0f / sqrtf((float)hd);
 
+    if (discrete)  // refused before anything changes (the cache stays as it was)
+        for (int b = 0; b < B; b++)
+            if (prev_i[b] < 0 || prev_i[b] >= A) return -1;
+
     // embeddings: tokens a_{t-1}, R_t, s_t of every env, rows 3b + 0, 1, 2
     linear(obs, B, D, w_obs, b_obs, C, tmp);  // (B, C)
     if (!discrete) linear(prev_f, B, A, w_act, b_act, C, h);  // (B, C)
     for (int b = 0; b < B; b++) {
         float *xa = x + (int64_t)(3 * b) * C, *xr = xa + C, *xs = xr + C;
         if (discrete) {
-            if (prev_i[b] < 0 || prev_i[b] >= A) return -1;
             memcpy(xa, w_act + prev_i[b] * C, sizeof(float) * C);
         } else {
             memcpy(xa, h + (int64_t)b * C, sizeof(float) * C);
