@@ -8,6 +8,8 @@ from tt_agents.models import native
 from tt_agents.models.dt import DecisionTransformerNet, DTNetConfig, DTStepCache
 
 HAS_COMPILER = native._compiler() is not None
+needs_compiler = pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: "
+                                    "test_without_a_compiler_the_torch_step_runs covers that case")
 
 
 def make_net(head: str, prompt: bool = False, seed: int = 0, n_embd: int = 32, n_head: int = 2) -> DecisionTransformerNet:
@@ -47,7 +49,7 @@ def caches(net, n_envs, prompt):
     return DTStepCache(net, n_envs, native=True, **prefix), DTStepCache(net, n_envs, native=False, **prefix)
 
 
-@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: test_without_a_compiler_the_torch_step_runs covers it")
+@needs_compiler
 @pytest.mark.parametrize(("head", "prompt", "n_embd", "n_head"), [
     ("tanh", False, 32, 2), ("categorical", False, 32, 2), ("linear", False, 32, 2), ("tanh", True, 32, 2),
     ("categorical", True, 32, 2), ("tanh", False, 24, 3),  # widths that leave part of a 32-column tile
@@ -67,7 +69,7 @@ def test_fused_step_equals_the_torch_step(head, prompt, n_embd, n_head):
         torch.testing.assert_close(fused.v, ref.v, atol=1e-5, rtol=0)
 
 
-@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: test_without_a_compiler_the_torch_step_runs covers it")
+@needs_compiler
 def test_weights_changed_between_steps_are_seen():
     """Training in place (the packed copies are remade) and a replaced parameter tensor."""
     net = make_net("tanh")
@@ -85,7 +87,7 @@ def test_weights_changed_between_steps_are_seen():
         torch.testing.assert_close(fused.step(*x), ref.step(*x), atol=1e-5, rtol=0)
 
 
-@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: test_without_a_compiler_the_torch_step_runs covers it")
+@needs_compiler
 def test_a_discrete_action_out_of_range_is_refused():
     net = make_net("categorical")
     with torch.inference_mode():
@@ -98,7 +100,7 @@ def test_a_discrete_action_out_of_range_is_refused():
         assert torch.equal(fused.valid, valid) and torch.equal(fused.k, k)  # refused before anything changed
 
 
-@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: test_without_a_compiler_the_torch_step_runs covers it")
+@needs_compiler
 def test_the_library_is_built_once_per_source_and_cpu(tmp_path, monkeypatch):
     monkeypatch.setenv("TT_AGENTS_CACHE", str(tmp_path))
     native._build()
@@ -142,7 +144,7 @@ def test_pack_lays_out_tiles_of_32_columns():
     assert torch.equal(p[2, :, 6:], torch.zeros(9, 26))
 
 
-@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: test_without_a_compiler_the_torch_step_runs covers it")
+@needs_compiler
 def test_the_agent_acts_through_the_fused_step_by_default_and_not_where_it_does_not_apply():
     import dataclasses
 
@@ -159,7 +161,7 @@ def test_the_agent_acts_through_the_fused_step_by_default_and_not_where_it_does_
         assert agent.predict(obs, state)[1].cache._native is None
 
 
-@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: test_without_a_compiler_the_torch_step_runs covers it")
+@needs_compiler
 def test_a_network_made_under_inference_mode_acts():
     """Its parameters are inference tensors, which keep no version counter."""
     with torch.inference_mode():
@@ -169,7 +171,7 @@ def test_a_network_made_under_inference_mode_acts():
         torch.testing.assert_close(fused.step(*x), ref.step(*x), atol=1e-5, rtol=0)
 
 
-@pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler: test_without_a_compiler_the_torch_step_runs covers it")
+@needs_compiler
 def test_a_deep_copied_state_continues_like_the_original():
     import copy
 
