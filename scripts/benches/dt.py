@@ -212,7 +212,10 @@ def hf_peer(args: Args, n_envs: int) -> tuple[float, float, str]:
     code = _HF_CHILD.format(threads=args.threads, n_envs=n_envs, K=args.context_len, calls=args.steps,
                             obs_dim=args.obs_dim, act_dim=args.action_dim)
     for _ in range(args.repeats):
-        out = subprocess.run([args.hf_python, "-c", code], capture_output=True, text=True, check=True)
+        out = subprocess.run([args.hf_python, "-c", code], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"--hf-python {args.hf_python} could not time Hugging Face's DecisionTransformerModel "
+                               f"(it needs torch and transformers installed): {out.stderr.strip()[-800:]}")
         r = json.loads(out.stdout.strip().splitlines()[-1])
         hf.append(r["ms"])
         version = r["version"]

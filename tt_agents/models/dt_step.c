@@ -92,7 +92,7 @@ static void gelu(float *x, int64_t n) {
     }
 }
 
-// dims: L, H, C, S, A, D, T_max, B, discrete, head_kind (0 linear, 1 tanh, 2 categorical), F (ring phases)
+// dims: L, H, C, S, A, D, T_max, B, discrete, head_kind (0 linear, 1 tanh, 2 categorical)
 // P: 13 global pointers, then 12 per layer (native.py's _params); the linear layers' weights packed (native.py's pack)
 // io: prev_action, has_prev, rtg, obs, timestep, starts, valid (in/out), k, v, out, band, own, slots, is_ring, work
 int dt_step(const int64_t *dims, const float *const *P, void *const *io, int64_t phase) {

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["load", "available", "NativeDTStep", "dt_step_supported", "pack"]
+__all__ = ["load", "NativeDTStep", "dt_step_supported", "pack"]
 
 SOURCE = Path(__file__).with_name("dt_step.c")
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
@@ -115,17 +115,11 @@ def load() -> ctypes.CDLL | None:
     return _lib
 
 
-def available() -> bool:
-    """Whether the fused step can run here (builds it if needed)."""
-    return load() is not None
-
-
 def dt_step_supported(net: Any, dtype: torch.dtype) -> bool:
     """Whether :class:`NativeDTStep` covers this network and cache dtype: vector observations, float32
     weights and cache, on a CPU (the fused step knows no CNN, no half precision, no GPU)."""
     p = net.head.weight
-    return (not net.config.image and p.device.type == "cpu" and p.dtype == torch.float32
-            and dtype == torch.float32 and net.config.n_embd % net.config.n_head == 0)
+    return not net.config.image and p.device.type == "cpu" and p.dtype == torch.float32 and dtype == torch.float32
 
 
 def pack(w: torch.Tensor) -> torch.Tensor:
@@ -176,14 +170,14 @@ class NativeDTStep:
         head_kind = {"linear": 0, "tanh": 1, "categorical": 2}[c.head]
         obs_dim = int(np.prod(c.obs_shape))
         self.dims = np.array([c.n_layer, c.n_head, c.n_embd, S, c.action_dim, obs_dim, c.max_timestep, n_envs,
-                              int(net.discrete), head_kind, c.context_len + 1], np.int64)
+                              int(net.discrete), head_kind], np.int64)
         self.n_envs, self.action_dim, self.obs_dim = n_envs, c.action_dim, obs_dim
         self.work = torch.empty(11 * 3 * n_envs * c.n_embd + S + 16)
         self.params = _params(net)
         # the linear layers' weights, which the C step reads packed
         self.packed = {0, 11} | (set() if net.discrete else {2})
         self.packed |= {13 + 12 * layer + j for layer in range(c.n_layer) for j in (2, 4, 8, 10)}
-        self._copies: dict[int, torch.Tensor] = {}
+        self._tensors: list[torch.Tensor] = []  # what P points at (packed copies, or the parameters themselves)
         self._key: tuple[int, ...] | None = None
         self.P = np.zeros(len(self.params), np.int64)
         self.io = np.zeros(15, np.int64)
@@ -210,13 +204,9 @@ class NativeDTStep:
                 raise RuntimeError(f"the fused DT step needs float32 CPU weights, got {p.dtype} on {p.device}: "
                                    "make a new state (agent.initial_state) after moving the model")
         with torch.no_grad():
-            for i, p in enumerate(self.params):
-                t = pack(p.detach()) if i in self.packed else p.detach().contiguous()
-                if i in self.packed or t.data_ptr() != p.data_ptr():
-                    self._copies[i] = t
-                else:
-                    self._copies.pop(i, None)
-                self.P[i] = t.data_ptr()
+            self._tensors = [pack(p.detach()) if i in self.packed else p.detach().contiguous()
+                             for i, p in enumerate(self.params)]
+        self.P[:] = [t.data_ptr() for t in self._tensors]
         self._key = key
 
     def __call__(self, prev_action: torch.Tensor, has_prev: torch.Tensor, rtg: torch.Tensor, obs: torch.Tensor,
