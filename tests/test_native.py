@@ -122,7 +122,7 @@ def test_without_a_compiler_the_torch_step_runs(monkeypatch):
     monkeypatch.setattr(native, "_failed", None)
     monkeypatch.setattr(native, "_compiler", lambda: None)
     net = make_net("tanh")
-    with torch.inference_mode(), pytest.warns(RuntimeWarning, match="fused DT step is unavailable"):
+    with torch.inference_mode(), pytest.warns(RuntimeWarning, match="fused DT and TT steps are unavailable"):
         fused, ref = caches(net, 2, False)
     assert fused._native is None
     rng = torch.Generator().manual_seed(3)

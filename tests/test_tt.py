@@ -335,13 +335,15 @@ def test_planning_benchmark_runs_at_a_tiny_size(monkeypatch, capsys):
 
     bench.main(bench.Args(searches=("2x2",), n_envs=(1, 2), repeats=1, modes=("recompute",), full_reference=("2x2",),
                           warmup_steps=2, obs_dim=3, action_dim=2, write=False,
-                          variants=("forked-rings", "shared-prefix"), variant_rounds=1, peak_repeats=1))
+                          variants=("forked-rings", "fused", "shared-prefix"), variant_rounds=1, peak_repeats=1))
     out = capsys.readouterr().out
     assert "lowest / 1-env cache at peak" in out and "GFLOP/s" in out
-    assert re.search(r"\| 2 \| 2 \| 2 \| shared-prefix \| [\d.e-]+ \| [\d.]+ \| yes \|", out)  # same plans
+    for variant in ("fused", "shared-prefix"):  # the same plans as the torch step's forked rings
+        assert re.search(rf"\| 2 \| 2 \| 2 \| {variant} \| [\d.e-]+ \| [\d.]+ \| yes \|", out)
+    assert "cache / torch step" in out
     assert "attention GB/s" in out and "linear / 1-env linear" in out
     # the 2-env row's note: what the linear layers and attention alone cost against the whole 1-env call
-    note = re.search(r"2x2: .* take (\d+)% of the 1-env call.* would still cost ([\d.]+)x", out)
+    note = re.search(r"2x2 \(the torch step\): .* take (\d+)% of the 1-env call.* would still cost ([\d.]+)x", out)
     assert note is not None and 0 < int(note.group(1)) <= 100 and float(note.group(2)) > 0
 
 

@@ -41,6 +41,7 @@ import torch
 
 from tt_agents.models.kv_cache import KV_DTYPES, ForkKVCache, RingKVCache, SharedPrefixKVCache
 from tt_agents.models.tt import TrajectoryTransformer
+from tt_agents.models.tt_native import NativeContext, native_tt_step
 
 __all__ = ["PlanConfig", "Plan", "CachedContext", "ReferenceContext", "Noise", "beam_plan", "filter_cdf", "top_k"]
 
@@ -78,6 +79,11 @@ class PlanConfig:
     """Dtype of the beams' cached keys and values (``"float32"``: exact; ``"bfloat16"`` or
     ``"float16"`` halve the bytes; not exact, and on CPUs without native bf16/fp16 arithmetic
     slower: benchmarks.md has both). With ``shared_prefix`` only."""
+    native: bool = True
+    """Decode with the fused C step (:mod:`tt_agents.models.tt_native`: candidates hold indices into one
+    key/value buffer instead of rings; forks and pruning copy indices) where it applies: a float32 network
+    on a CPU, float32 keys and values, no ``shared_prefix``. Same function as the torch step (float32
+    rounding apart); ``False``, or where no C compiler works, runs the torch step."""
     seed: int = 0
     """Seed of each env's sampling stream under ``deterministic=True`` (reset with the episode)."""
 
@@ -318,7 +324,14 @@ def beam_plan(
 
     # every env's context forks into B * X candidates; later, every beam into X
     kv_dtype = None if config.kv_dtype == "float32" else KV_DTYPES[config.kv_dtype]  # None: the model's (exact)
-    ctx = context.fork(B * X, A + 1, config.shared_prefix, kv_dtype)
+    step = None
+    if config.native and isinstance(context, CachedContext) and isinstance(context.cache, RingKVCache):
+        if not config.shared_prefix and kv_dtype is None:
+            step = native_tt_step(model)
+    if step is not None:  # the fused C step: candidates hold indices into one buffer of keys and values
+        ctx: Context | NativeContext = step.start(context.cache, E * B * X).fork(B * X)
+    else:
+        ctx = context.fork(B * X, A + 1, config.shared_prefix, kv_dtype)
     logits = logits.repeat_interleave(B * X, dim=0)  # (E * B * X, n_bins)
     plan = torch.zeros(E * B * X, H, td, dtype=torch.long, device=device)
     plan[:, 0, :D] = observation_tokens.repeat_interleave(B * X, dim=0)

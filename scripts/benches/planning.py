@@ -9,7 +9,9 @@ context, then one batched beam search for all envs.
 
 Modes (same agent, same inputs):
 
-- ``cache``: the planner (KV ring cache, forked beams); fastest of ``repeats`` rounds.
+- ``cache``: the planner's default (the fused C step of :mod:`tt_agents.models.tt_native` where it
+  applies); fastest of ``repeats`` rounds, interleaved with the torch step (``PlanConfig(native=False)``:
+  KV ring cache, forked beams), on which torch's FLOP counter and profiler analyse the same search.
 - ``recompute``: the exact reference, ``PlanConfig(use_cache=False)``: every token reruns the
   network over the last ``n_layer * (attn_window - 1) + 1`` tokens; it returns the cached plans
   (tests/test_tt.py).
@@ -67,10 +69,11 @@ class Args:
     device: str = "auto"
     """Where the agents run: ``"auto"`` is ``cuda`` when a GPU is present (the compiled steps then use CUDA graphs),
     else ``cpu``."""
-    variants: tuple[str, ...] = ("forked-rings", "shared-prefix", "shared-prefix-bf16")
+    variants: tuple[str, ...] = ("forked-rings", "fused", "shared-prefix", "shared-prefix-bf16")
     """Cache variants of the variants table (same weights, inputs and histories, interleaved): ``forked-rings``
-    (the default), ``shared-prefix`` (``PlanConfig.shared_prefix``), ``shared-prefix-bf16`` / ``-fp16``
-    (its beams' keys and values in bfloat16 / float16); empty to skip the table."""
+    (the torch step), ``fused`` (the default: the fused C step, ``PlanConfig.native``), ``shared-prefix``
+    (``PlanConfig.shared_prefix``, torch), ``shared-prefix-bf16`` / ``-fp16`` (its beams' keys and values in
+    bfloat16 / float16); empty to skip the table."""
     peak_repeats: int = 20
     """Runs of each matmul of the machine's peak rate (taken at both ends of the run)."""
     variant_rounds: int = 3
@@ -184,10 +187,11 @@ def attention_bytes(agent: TTPlanner, state: TTState, x: dict[str, np.ndarray]) 
 
 
 VARIANTS = {
-    "forked-rings": {"shared_prefix": False},
-    "shared-prefix": {"shared_prefix": True},
-    "shared-prefix-bf16": {"shared_prefix": True, "kv_dtype": "bfloat16"},
-    "shared-prefix-fp16": {"shared_prefix": True, "kv_dtype": "float16"},
+    "forked-rings": {"native": False, "shared_prefix": False},
+    "fused": {"native": True},
+    "shared-prefix": {"native": False, "shared_prefix": True},
+    "shared-prefix-bf16": {"native": False, "shared_prefix": True, "kv_dtype": "bfloat16"},
+    "shared-prefix-fp16": {"native": False, "shared_prefix": True, "kv_dtype": "float16"},
 }
 
 
@@ -243,15 +247,22 @@ def main(args: Args) -> None:
         beam, horizon = (int(v) for v in search.split("x"))
         for n_envs in args.n_envs:
             xs = inputs(args, n_envs, args.warmup_steps + args.repeats + 3)
-            agent = make_agent(args, beam, horizon, "cache")
+            agent = make_agent(args, beam, horizon, "cache")  # the default: the fused step where it applies
             state = warm_state(agent, "cache", xs, args.warmup_steps)
-            cache = min(seconds(agent, state, xs[args.warmup_steps + i]) for i in range(args.repeats))
-            row: dict[str, float] = {"cache": cache}
-            row.update(
-                {f"{k}_flops": v for k, v in matmul_flops(agent, state, xs[args.warmup_steps + args.repeats]).items()}
-            )
-            row.update(op_profile(agent, state, xs[args.warmup_steps + args.repeats + 1]))
-            row["attention_bytes"] = attention_bytes(agent, state, xs[args.warmup_steps + args.repeats + 2])
+            torch_agent = make_agent(args, beam, horizon, "cache")  # the torch step: what torch's tools can see
+            torch_agent.act = dataclasses.replace(torch_agent.act, native=False)
+            torch_agent.model.load_state_dict(agent.model.state_dict())
+            tstate = warm_state(torch_agent, "cache", xs, args.warmup_steps)
+            times, ttimes = [], []
+            for i in range(args.repeats):  # interleaved
+                times.append(seconds(agent, state, xs[args.warmup_steps + i]))
+                ttimes.append(seconds(torch_agent, tstate, xs[args.warmup_steps + i]))
+            row: dict[str, float] = {"cache": min(times), "torch": min(ttimes)}
+            # FLOPs and the op profile of the torch step (the same search, the same products)
+            x = xs[args.warmup_steps + args.repeats]
+            row.update({f"{k}_flops": v for k, v in matmul_flops(torch_agent, tstate, x).items()})
+            row.update(op_profile(torch_agent, tstate, xs[args.warmup_steps + args.repeats + 1]))
+            row["attention_bytes"] = attention_bytes(torch_agent, tstate, xs[args.warmup_steps + args.repeats + 2])
             kinds = {}
             if n_envs in args.reference_envs:
                 for mode in args.modes:
@@ -284,16 +295,16 @@ def main(args: Args) -> None:
     peak = max(peak_before, peak_gflops(args.peak_repeats))
     print(f"peak matmul rate: {peak:.1f} GFLOP/s", flush=True)
     first = {(b, h): r for b, h, n, r, _ in rows if n == 1}  # the 1-env row of each search
-    header = ["beam", "horizon", "envs", "cache s/action"]
+    header = ["beam", "horizon", "envs", "cache s/action", "torch step s/action", "cache / torch step"]
     for m in args.modes:
         header += [f"{m} s/action", f"{m} / cache"]
     header += ["cache / 1-env cache", "cache GFLOP/s", "lowest / 1-env cache at peak"]
-    header += ["linear GFLOP/s", "linear / 1-env linear", "attention GB/s", "attention / 1-env attention"]
+    header += ["torch step: linear GFLOP/s", "linear / 1-env linear", "attention GB/s", "attention / 1-env attention"]
     header += [f"{name} share" for name in TIME_SHARES] + ["reference timing"]
     table = []
     for b, h, n, r, kinds in rows:
         one = first.get((b, h))
-        line: list[object] = [b, h, n, r["cache"]]
+        line: list[object] = [b, h, n, r["cache"], r["torch"], r["cache"] / r["torch"]]
         for m in args.modes:
             line += [r[m], r[m] / r["cache"]] if m in r else ["not run", ""]
         line.append(r["cache"] / one["cache"] if one else "")
@@ -311,7 +322,7 @@ def main(args: Args) -> None:
             both = (r["linear_s"] + r["attention_s"]) / one["profiled_s"]
             part = (one["linear_s"] + one["attention_s"]) / one["profiled_s"]
             notes.append(
-                f"{b}x{h}: the linear layers and the attention products take {part:.0%} of the 1-env call's profiled "
+                f"{b}x{h} (the torch step): the linear layers and the attention products take {part:.0%} of the 1-env call's profiled "
                 f"op time; at {n} envs they take {r['linear_s'] / one['linear_s']:.1f}x and "
                 f"{r['attention_s'] / one['attention_s']:.1f}x their 1-env time, so that with everything else free "
                 f"{n} envs would still cost {both:.1f}x the whole 1-env call. At 1 env the linear layers already run "
@@ -323,8 +334,11 @@ def main(args: Args) -> None:
         f"width 128, 100 bins, attention over the last 5 transitions = 125 tokens), untrained weights, CPU, "
         f"{args.threads} thread(s); n_expand 2, cdf_act 0.6, k_obs 1. Seconds per `predict` call (one planned "
         f"action for every env: append the last transition, then one batched beam search), each state warmed "
-        f"{args.warmup_steps} env steps so that the history covers the receptive field. `cache`: fastest of "
-        f"{args.repeats} rounds. `recompute` (the exact reference, same plans as the cache) and `window` (the "
+        f"{args.warmup_steps} env steps so that the history covers the receptive field. `cache`: the default "
+        "planner (the fused C step, `PlanConfig(native=True)`); `torch step`: the same search with "
+        f"`native=False` (torch ops, forked rings); the two interleaved, the fastest of {args.repeats} rounds "
+        "each. The FLOP counts and the profile columns are the torch step's (torch's tools see no C function); "
+        "both steps run the same products. `recompute` (the exact reference, same plans as the cache) and `window` (the "
         "original planner's cost: every token reruns its last <= 124 tokens; not the same plans) ran once per "
         "figure.\n\n"
         + markdown_table(header, table)
@@ -332,21 +346,21 @@ def main(args: Args) -> None:
         + "".join(f"- {n}\n" for n in notes)
         + "- Extrapolated figures: t(H) = t(1) + (H - 1)(t(2) - t(1)) from single calls at horizons 1 and 2 "
         "(in the steady state every transition after the first costs the same).\n"
-        f"- `cache GFLOP/s`: the call's matrix-multiply FLOPs (torch's FlopCounterMode: linear layers, heads and "
-        f"attention products) over its time. The machine's peak, the fastest of a few float32 matmuls (large ones "
+        f"- `cache GFLOP/s`: the call's matrix-multiply FLOPs (torch's FlopCounterMode on the torch step: linear "
+        f"layers, heads and attention products) over the default's time. The machine's peak, the fastest of a few float32 matmuls (large ones "
         f"and the search's own shapes) timed before and after the run, is {peak:.1f} GFLOP/s with {args.threads} "
         "thread(s).\n"
         "- `lowest / 1-env cache at peak`: how long the 8-env search's matmuls alone would take at that peak rate, "
         "over the measured 1-env call: a lower bound on the 8-env cost, in multiples of the 1-env cost, for any "
         "implementation of the same search on this machine.\n"
-        "- `linear GFLOP/s`: the FLOPs of the linear layers and heads (`addmm`, `mm`) over their profiled self time; "
+        "- `torch step: linear GFLOP/s`: the FLOPs of the linear layers and heads (`addmm`, `mm`) over their profiled self time; "
         "`attention GB/s`: the bytes of the attention products' operands and results (`bmm`, float32) over their "
         "profiled self time. `linear / 1-env linear` and `attention / 1-env attention`: those profiled times at "
         "n envs over the same search's at 1 env (n times the beams).\n"
-        "- `... share`: the fraction of one call's torch op time (torch.profiler, self CPU time) in attention "
+        "- `... share`: the fraction of one torch-step call's op time (torch.profiler, self CPU time) in attention "
         "products with the cached keys and values (`bmm`, softmax), in the linear layers (`addmm`, `mm`, GELU, "
-        "layer norm) and in copying the caches of surviving beams (`index_select`, `copy_`, indexing). Every "
-        "decoded token reads each row's whole KV ring "
+        "layer norm) and in copying the caches of surviving beams (`index_select`, `copy_`, indexing). In the torch "
+        "step every decoded token reads each row's whole KV ring "
         f"({4 * 2 * 125 * 128 * 4 // 1024} KB: 4 layers, keys and values, 125 tokens, width 128, float32).\n"
 
     )
@@ -354,9 +368,12 @@ def main(args: Args) -> None:
     if variant_rows:
         body += (
             "\nCache variants, same weights, inputs and 21-step histories, interleaved call by call "
-            f"({args.variant_rounds} rounds, the fastest of each): `forked-rings` (the default: forked candidates "
-            "share their parent's ring, pruning copies the survivors' rings), `shared-prefix` (`PlanConfig("
-            "shared_prefix=True)`: every beam attends over its env's context, held once, and its own suffix; "
+            f"({args.variant_rounds} rounds, the fastest of each): `forked-rings` (the torch step: forked candidates "
+            "share their parent's ring, pruning copies the survivors' rings), `fused` (the default, "
+            "`PlanConfig(native=True)`: one C function per token; candidates hold indices into one buffer of keys "
+            "and values, so forks and pruning copy indices, and rows sharing a past read the same entries), "
+            "`shared-prefix` (`PlanConfig("
+            "native=False, shared_prefix=True)`: every beam attends over its env's context, held once, and its own suffix; "
             "pruning copies suffixes only), and the same with the beams' keys and values in bfloat16 / float16 "
             "(`kv_dtype`). `same plans`: every round's plan tokens equal the first variant's; `score deviation`: "
             "the largest difference of the winning plans' scores.\n\n"

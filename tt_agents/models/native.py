@@ -38,9 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["load", "NativeDTStep", "dt_step_supported", "pack"]
+__all__ = ["load", "NativeDTStep", "PackedParams", "dt_step_supported", "pack"]
 
-SOURCE = Path(__file__).with_name("dt_step.c")
+HERE = Path(__file__).parent
+SOURCES = [HERE / "dt_step.c", HERE / "tt_step.c"]  # one library: the DT step and the TT step
+HEADERS = [HERE / "native_ops.h"]  # their shared parts
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
          "-fassociative-math", "-shared", "-fPIC"]
 
@@ -77,15 +79,15 @@ def _build() -> ctypes.CDLL:
     if cc is None:
         raise RuntimeError("no C compiler found (set $CC, or install gcc)")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    src = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS).encode(), version.encode(), _cpu_key().encode()]))
-    out = _cache_dir() / f"dt_step-{key.hexdigest()[:16]}.so"
+    src = [p.read_bytes() for p in SOURCES + HEADERS]
+    key = hashlib.sha256(b"\0".join([*src, " ".join(FLAGS).encode(), version.encode(), _cpu_key().encode()]))
+    out = _cache_dir() / f"steps-{key.hexdigest()[:16]}.so"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
         os.close(fd)
         try:
-            r = subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True,
+            r = subprocess.run([cc, *FLAGS, "-o", tmp, *map(str, SOURCES), "-lm"], capture_output=True, text=True,
                                timeout=120)
             if r.returncode != 0:
                 raise RuntimeError(f"{cc} failed: {r.stderr.strip()[-500:]}")
@@ -96,6 +98,8 @@ def _build() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(out))
     lib.dt_step.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
     lib.dt_step.restype = ctypes.c_int
+    lib.tt_step.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.tt_step.restype = ctypes.c_int
     return lib
 
 
@@ -110,8 +114,9 @@ def load() -> ctypes.CDLL | None:
                 _lib = _build()
             except Exception as e:  # noqa: BLE001  (no compiler, a read-only home: the torch step runs)
                 _failed = f"{type(e).__name__}: {e}"
-                warnings.warn(f"the fused DT step is unavailable ({_failed}); the torch step runs instead "
-                              "(DTActConfig(native=False) skips trying)", RuntimeWarning, stacklevel=3)
+                warnings.warn(f"the fused DT and TT steps are unavailable ({_failed}); the torch steps run instead "
+                              "(DTActConfig(native=False), PlanConfig(native=False) skip trying)", RuntimeWarning,
+                              stacklevel=3)
     return _lib
 
 
@@ -153,14 +158,50 @@ def _params(net: Any) -> list[torch.Tensor]:
     return ps
 
 
+class PackedParams:
+    """The addresses of a network's tensors, in the order a C step reads them (``pointers``), with the linear
+    layers' weights as packed copies (``packers``: index -> packing function, :func:`pack` for nn.Linear).
+
+    :meth:`sync` remakes the copies whenever a parameter changed since the last call (its address or its
+    in-place version counter), so training between steps is seen. A deep copy re-points at its own tensors.
+    """
+
+    def __init__(self, params: list[torch.Tensor], packers: dict[int, Any], what: str) -> None:
+        self.params, self.packers, self.what = params, packers, what
+        self._tensors: list[torch.Tensor] = []  # what the pointers point at (packed copies, or the parameters)
+        self._key: tuple[int, ...] | None = None
+        self.pointers = np.zeros(len(params), np.int64)
+
+    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy: the copy's tensors live elsewhere, re-pointed
+        return {**self.__dict__, "_key": None}
+
+    def sync(self) -> int:
+        """The address of the pointer array, its tensors current."""
+        try:
+            key = tuple(p.data_ptr() + (p._version << 48) for p in self.params)
+        except RuntimeError:  # tensors made under inference mode keep no version counter (nothing trains them)
+            key = tuple(p.data_ptr() + (0 if p.is_inference() else p._version << 48) for p in self.params)
+        if key != self._key:
+            for p in self.params:
+                if p.device.type != "cpu" or p.dtype != torch.float32:
+                    raise RuntimeError(f"the fused {self.what} step needs float32 CPU weights, got {p.dtype} on "
+                                       f"{p.device}: make a new state (agent.initial_state) after moving the model")
+            with torch.no_grad():
+                self._tensors = [self.packers[i](p.detach()) if i in self.packers else p.detach().contiguous()
+                                 for i, p in enumerate(self.params)]
+            self.pointers[:] = [t.data_ptr() for t in self._tensors]
+            self._key = key
+        return self.pointers.ctypes.data
+
+
 class NativeDTStep:
     """:meth:`~tt_agents.models.dt.DecisionTransformerNet.decode_step` for the buffers of one
     :class:`~tt_agents.models.dt.DTStepCache`, through ``dt_step.c``.
 
     The C step reads the linear layers' weights packed (:func:`pack`: its products then accumulate
     tiles of outputs in registers, reading memory front to back): those are copies, remade whenever
-    a parameter changed since the last step (its address or its in-place version counter), so
-    training between steps is seen. The other tensors are read where they are.
+    a parameter changed since the last step (:class:`PackedParams`), so training between steps is seen.
+    The other tensors are read where they are.
     """
 
     def __init__(self, lib: ctypes.CDLL, net: Any, cache: Any, n_envs: int) -> None:
@@ -173,46 +214,23 @@ class NativeDTStep:
                               int(net.discrete), head_kind], np.int64)
         self.n_envs, self.action_dim, self.obs_dim = n_envs, c.action_dim, obs_dim
         self.work = torch.empty(11 * 3 * n_envs * c.n_embd + S + 16)
-        self.params = _params(net)
         # the linear layers' weights, which the C step reads packed
-        self.packed = {0, 11} | (set() if net.discrete else {2})
-        self.packed |= {13 + 12 * layer + j for layer in range(c.n_layer) for j in (2, 4, 8, 10)}
-        self._tensors: list[torch.Tensor] = []  # what P points at (packed copies, or the parameters themselves)
-        self._key: tuple[int, ...] | None = None
-        self.P = np.zeros(len(self.params), np.int64)
+        packed = {0, 11} | (set() if net.discrete else {2})
+        packed |= {13 + 12 * layer + j for layer in range(c.n_layer) for j in (2, 4, 8, 10)}
+        self.weights = PackedParams(_params(net), dict.fromkeys(packed, pack), "DT")
         self.io = np.zeros(15, np.int64)
 
     def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy of a state: the library handle is not copied
-        state = dict(self.__dict__)
-        state["lib"], state["_key"] = None, None  # the copy's weights and buffers live elsewhere: re-pointed
-        return state
+        return {**self.__dict__, "lib": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.lib = load()
 
-    def _sync(self) -> None:
-        """Point ``P`` at the current weights (packed copies remade if any parameter changed)."""
-        try:
-            key = tuple(p.data_ptr() + (p._version << 48) for p in self.params)
-        except RuntimeError:  # tensors made under inference mode keep no version counter (nothing trains them)
-            key = tuple(p.data_ptr() + (0 if p.is_inference() else p._version << 48) for p in self.params)
-        if key == self._key:
-            return
-        for p in self.params:
-            if p.device.type != "cpu" or p.dtype != torch.float32:
-                raise RuntimeError(f"the fused DT step needs float32 CPU weights, got {p.dtype} on {p.device}: "
-                                   "make a new state (agent.initial_state) after moving the model")
-        with torch.no_grad():
-            self._tensors = [pack(p.detach()) if i in self.packed else p.detach().contiguous()
-                             for i, p in enumerate(self.params)]
-        self.P[:] = [t.data_ptr() for t in self._tensors]
-        self._key = key
-
     def __call__(self, prev_action: torch.Tensor, has_prev: torch.Tensor, rtg: torch.Tensor, obs: torch.Tensor,
                  timestep: torch.Tensor, starts: torch.Tensor, phase: int) -> torch.Tensor:
         B = self.n_envs
-        self._sync()
+        P = self.weights.sync()
         if self.net.discrete:
             prev = prev_action.reshape(B).to(torch.int64).contiguous()
         else:
@@ -228,6 +246,6 @@ class NativeDTStep:
                       starts.data_ptr(), c.valid.data_ptr(), c.k.data_ptr(), c.v.data_ptr(), out.data_ptr(),
                       c.band.data_ptr(), c.own.data_ptr(), c.slots.data_ptr(), c.is_ring.data_ptr(),
                       self.work.data_ptr())
-        if self.lib.dt_step(self.dims.ctypes.data, self.P.ctypes.data, self.io.ctypes.data, phase) != 0:
+        if self.lib.dt_step(self.dims.ctypes.data, P, self.io.ctypes.data, phase) != 0:
             raise ValueError(f"previous actions must be in [0, {self.action_dim}), got {prev.tolist()}")
         return out

@@ -1,0 +1,173 @@
+"""The fused C decode step of the TT's beam search (tt_agents.models.tt_native) against the torch step."""
+
+import dataclasses
+import threading
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from tt_agents.models import native, tt_native
+from tt_agents.models.gpt import GPTConfig
+from tt_agents.models.tt import TrajectoryTransformer
+from tt_agents.planning import CachedContext, PlanConfig
+from tt_agents.tt import TTConfig, TTPlanner
+
+torch.set_num_threads(1)
+needs_compiler = pytest.mark.skipif(native._compiler() is None, reason="no C compiler: "
+                                    "test_without_a_compiler_plans_run_the_torch_step covers that case")
+
+OBS = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+ACT = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+
+def make_model(n_head: int, n_embd: int, context: int = 2, seed: int = 0) -> TrajectoryTransformer:
+    torch.manual_seed(seed)
+    td = 3 + 2 + 2
+    gpt = GPTConfig(n_layer=2, n_head=n_head, n_embd=n_embd, dropout=0.0, rope=True, attn_window=context * td)
+    model = TrajectoryTransformer(3, 2, 11, gpt).eval()
+    with torch.no_grad():  # far from GPT-2's tiny init, so that every part of the step matters
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(5)
+    return model
+
+
+@needs_compiler
+@pytest.mark.parametrize(("n_head", "n_embd"), [(2, 16), (2, 64), (4, 128), (1, 24)],
+                         ids=["head-dim-8", "head-dim-32", "paper-width", "head-dim-24"])
+def test_fused_step_equals_the_torch_step_through_forks_and_prunings(n_head, n_embd):
+    """Logits within 1e-5 of the torch step (forked rings) at every token, through forks, prunings that keep
+    some rows twice and drop others, value tokens (hidden from later ones), and histories past the window.
+    Head dims 8 and 32 take the vector paths (two ways of summing the values), 24 the plain C one."""
+    model = make_model(n_head, n_embd)
+    td, E = model.transition_dim, 2
+    gen = torch.Generator().manual_seed(1)
+    history = torch.randint(0, 11, (E, 3 * td + 3), generator=gen)
+    ring = model.new_cache(E)
+    with torch.no_grad():
+        model.decode(history, ring, 0)
+        step = tt_native.native_tt_step(model)
+        fused = step.start(ring, E * 6)
+        ref = CachedContext(model, ring)
+        dim = history.shape[1] % td
+        for _ in range(4):
+            fused, ref = fused.fork(3), ref.fork(3, td + 1)
+            for _ in range(td - 1):
+                tok = torch.randint(0, 11, (fused.idx.shape[0], 1), generator=gen)
+                torch.testing.assert_close(fused.append(tok, dim), ref.append(tok, dim), atol=1e-5, rtol=0)
+                dim = (dim + 1) % td
+            index = torch.randint(0, fused.idx.shape[0], (E * 2,), generator=gen)  # duplicates and dropped rows
+            fused, ref = fused.select(index), ref.select(index)
+
+
+@needs_compiler
+def test_fused_plans_equal_the_torch_plans():
+    """A float32 planner plans the same with the fused step as with the torch step (forked rings), episode
+    starts included; its default is the fused step."""
+    cfg = TTConfig(n_bins=12, n_layer=2, n_head=2, n_embd=32, dropout=0.0, context_transitions=2)
+    plan = PlanConfig(beam_width=4, horizon=3, n_expand=2)
+    assert plan.native
+    fused = TTPlanner(OBS, ACT, cfg, device="cpu", seed=0, act=plan)
+    with torch.no_grad():  # sharper predictions than a fresh init, so that plans differ from step to step
+        for p in fused.model.parameters():
+            if p.dim() > 1:
+                p.mul_(20)
+    ref = TTPlanner(OBS, ACT, cfg, device="cpu", act=dataclasses.replace(plan, native=False))
+    ref.model.load_state_dict(fused.model.state_dict())
+    ref._set_discretizer(fused.discretizer)
+    calls = []
+    real = tt_native._Search.__call__
+    tt_native._Search.__call__ = lambda self, *a: calls.append(1) or real(self, *a)  # type: ignore[method-assign]
+    try:
+        rng = np.random.default_rng(0)
+        s_f = s_r = None
+        actions = set()
+        for t in range(8):
+            obs = rng.uniform(-1, 1, (3, 3)).astype(np.float32)
+            starts = np.array([t == 0, t in (0, 4), t == 0])
+            a_f, s_f = fused.predict(obs, state=s_f, episode_start=starts)
+            n_fused = len(calls)
+            a_r, s_r = ref.predict(obs, state=s_r, episode_start=starts)
+            assert len(calls) == n_fused > 0  # the default ran the fused step, native=False did not
+            torch.testing.assert_close(s_f.last_plan.tokens, s_r.last_plan.tokens, rtol=0, atol=0)
+            torch.testing.assert_close(s_f.last_plan.scores, s_r.last_plan.scores, atol=1e-5, rtol=0)
+            np.testing.assert_array_equal(a_f, a_r)
+            actions |= {tuple(a) for a in a_f}
+        assert len(actions) > 3  # the plans were not trivial
+    finally:
+        tt_native._Search.__call__ = real  # type: ignore[method-assign]
+
+
+@needs_compiler
+def test_changed_weights_are_seen_by_the_next_search():
+    model = make_model(2, 16)
+    ring = model.new_cache(1)
+    with torch.no_grad():
+        model.decode(torch.randint(0, 11, (1, 9)), ring, 0)
+        before = tt_native.native_tt_step(model).start(ring, 2).append(torch.tensor([[3]]), 2)
+        model.gpt.h[1].mlp.c_fc.weight.mul_(2)  # in place, as an optimizer step does
+        after = tt_native.native_tt_step(model).start(ring, 2).append(torch.tensor([[3]]), 2)
+        ref = CachedContext(model, ring).fork(1, 1).append(torch.tensor([[3]]), 2)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, ref, atol=1e-5, rtol=0)
+
+
+@needs_compiler
+def test_an_out_of_range_token_is_refused_before_anything_changes():
+    model = make_model(2, 16)
+    ring = model.new_cache(2)
+    with torch.no_grad():
+        model.decode(torch.randint(0, 11, (2, 9)), ring, 0)
+        ctx = tt_native.native_tt_step(model).start(ring, 2)
+        idx = ctx.idx.clone()
+        with pytest.raises(ValueError, match=r"tokens must be in \[0, 11\), got \[3, 11\]"):
+            ctx.append(torch.tensor([[3], [11]]), 2)
+    assert torch.equal(ctx.idx, idx) and ctx.steps == ring.steps
+
+
+@needs_compiler
+def test_threads_plan_with_one_network_at_once():
+    """Each thread searches in its own buffers: concurrent searches with one network plan as they do alone."""
+    agent = TTPlanner(OBS, ACT, TTConfig(n_bins=12, n_layer=2, n_head=2, n_embd=32, dropout=0.0,
+                                         context_transitions=2), device="cpu", seed=0,
+                      act=PlanConfig(beam_width=8, horizon=3, n_expand=2))
+    obs = [np.random.default_rng(i).uniform(-1, 1, (2, 3)).astype(np.float32) for i in range(4)]
+    alone = [agent.predict(o)[0] for o in obs]
+    out: dict[int, np.ndarray] = {}
+
+    def run(i: int) -> None:
+        for _ in range(3):
+            out[i] = agent.predict(obs[i])[0]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for i in range(4):
+        np.testing.assert_array_equal(out[i], alone[i])
+
+
+def test_without_a_compiler_plans_run_the_torch_step(monkeypatch):
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_failed", None)
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    agent = TTPlanner(OBS, ACT, TTConfig(n_bins=12, n_layer=1, n_head=2, n_embd=16, dropout=0.0,
+                                         context_transitions=2), device="cpu", seed=0, act=PlanConfig.tiny())
+    with pytest.warns(RuntimeWarning, match="fused DT and TT steps are unavailable"):
+        actions, state = agent.predict(np.zeros((2, 3), np.float32))
+    assert actions.shape == (2, 2) and tt_native.native_tt_step(agent.model) is None
+    ref = TTPlanner(OBS, ACT, agent.config, device="cpu", act=dataclasses.replace(agent.act, native=False))
+    ref.model.load_state_dict(agent.model.state_dict())
+    ref._set_discretizer(agent.discretizer)
+    np.testing.assert_array_equal(ref.predict(np.zeros((2, 3), np.float32))[0], actions)
+
+
+def test_where_the_fused_step_does_not_apply():
+    model = make_model(2, 16)
+    assert tt_native.tt_step_supported(model)
+    assert not tt_native.tt_step_supported(model.double())
+    model.float().train()
+    assert not tt_native.tt_step_supported(model)  # dropout: the torch step's

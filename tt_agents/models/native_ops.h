@@ -1,0 +1,102 @@
+// The fused steps' shared parts (dt_step.c, tt_step.c): packed linear layers, layer norm, GELU.
+// Plain C that the compiler vectorizes; see native.py for why these are hand-written and how they are built.
+#ifndef TT_AGENTS_NATIVE_OPS_H
+#define TT_AGENTS_NATIVE_OPS_H
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+// y[m, n] = b[n] + sum_k x[m, k] * w[n, k], with w packed as native.py's pack() does: tiles of 32 output
+// columns, each a contiguous (K, 32) block (the transpose of those rows of nn.Linear's weight; the last
+// tile zero-padded). A tile of MB (up to 8) rows x 32 columns accumulates in registers over k, reading its
+// block front to back (no horizontal sums, no strided reads).
+static inline __attribute__((always_inline)) void tile(const float *restrict x, int K, const float *restrict wp,
+                                                        const float *restrict b, int n0, int nb, float *restrict y,
+                                                        int N, const int MB) {
+    float acc[8][32];
+    for (int i = 0; i < MB; i++)
+        for (int j = 0; j < 32; j++) acc[i][j] = (b && j < nb) ? b[n0 + j] : 0.f;
+    for (int k = 0; k < K; k++) {
+        const float *w = wp + (int64_t)k * 32;
+        for (int i = 0; i < MB; i++) {
+            const float xv = x[(int64_t)i * K + k];
+            for (int j = 0; j < 32; j++) acc[i][j] += xv * w[j];
+        }
+    }
+    for (int i = 0; i < MB; i++)
+        for (int j = 0; j < nb; j++) y[(int64_t)i * N + n0 + j] = acc[i][j];
+}
+
+static void linear(const float *restrict x, int M, int K, const float *restrict wp, const float *restrict b, int N,
+                   float *restrict y) {
+    for (int m1 = 0; m1 < M; m1 += 64) {  // blocks of 64 rows (their inputs stay in cache across the tiles)
+        const int m2 = M - m1 < 64 ? M : m1 + 64;
+        for (int n0 = 0; n0 < N; n0 += 32) {  // each weight tile read from memory once per block of rows
+            const int nb = N - n0 < 32 ? N - n0 : 32;
+            const float *w = wp + (int64_t)(n0 / 32) * K * 32;
+            int m0 = m1;
+            for (; m0 + 8 <= m2; m0 += 8)  // 8 rows x 32 columns: 16 vector accumulators
+                tile(x + (int64_t)m0 * K, K, w, b, n0, nb, y + (int64_t)m0 * N, N, 8);
+            if (m0 + 4 <= m2) {
+                tile(x + (int64_t)m0 * K, K, w, b, n0, nb, y + (int64_t)m0 * N, N, 4);
+                m0 += 4;
+            }
+            const float *xm = x + (int64_t)m0 * K;
+            float *ym = y + (int64_t)m0 * N;
+            switch (m2 - m0) {
+                case 3: tile(xm, K, w, b, n0, nb, ym, N, 3); break;
+                case 2: tile(xm, K, w, b, n0, nb, ym, N, 2); break;
+                case 1: tile(xm, K, w, b, n0, nb, ym, N, 1); break;
+                default: break;
+            }
+        }
+    }
+}
+
+// torch.nn.LayerNorm over the last C of each of M rows (eps 1e-5, biased variance), out of place
+static void layer_norm(const float *restrict x, int M, int C, const float *restrict g, const float *restrict b,
+                       float *restrict y) {
+    for (int m = 0; m < M; m++) {
+        const float *xm = x + (int64_t)m * C;
+        float *ym = y + (int64_t)m * C;
+        float mean = 0.f;
+        for (int c = 0; c < C; c++) mean += xm[c];
+        mean /= (float)C;
+        float var = 0.f;
+        for (int c = 0; c < C; c++) {
+            float d = xm[c] - mean;
+            var += d * d;
+        }
+        var /= (float)C;
+        float inv = 1.0f / sqrtf(var + 1e-5f);
+        for (int c = 0; c < C; c++) ym[c] = (xm[c] - mean) * inv * g[c] + b[c];
+    }
+}
+
+// e^x for x <= 0 (the GELU's e^(-x^2 / 2)), branch-free so that the loop vectorizes: x = n ln 2 + r,
+// |r| <= ln 2 / 2, e^r by its degree-6 Taylor polynomial (relative error < 2e-7 here), 2^n from the
+// exponent bits; below -87 it returns 2^-126 (e^-87 is 1.6e-38: the GELU's term is zero either way).
+static inline float exp_neg(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    const float n = floorf(x * 1.44269504088896341f + 0.5f);
+    const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
+    const float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+// exact (erf) GELU, torch's default, with erf as torch's own vectorized CPU kernels compute it
+// (Abramowitz & Stegun 7.1.26: absolute error < 1.5e-7)
+static void gelu(float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        const float v = x[i] * 0.70710678118654752f, a = fabsf(v);
+        const float t = 1.0f / (1.0f + 0.3275911f * a);
+        const float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+        const float e = 1.0f - poly * exp_neg(-a * a);
+        x[i] = 0.5f * x[i] * (1.0f + (v < 0.0f ? -e : e));
+    }
+}
+
+#endif

@@ -1,0 +1,195 @@
+"""The Trajectory Transformer's beam-search decode step as one fused C function, for CPUs.
+
+Why: a search decodes one token at a time for every candidate of every env (64 rows at beam 32, 256
+at beam 128), and each token is about 17 small torch ops per layer plus the sampling. The torch step
+ran its linear layers at 58-80 GFLOP/s of this machine's ~100 and its attention products at
+12-19 GB/s, reading each candidate's whole 125-token ring (500 KB) per token (benchmarks.md,
+"planning"), and pruning copied the survivors' rings.
+
+What is different here (``tt_step.c``): keys and values live in one buffer per search, ``(n_layer,
+window, rows, width)``, where the token that row ``r`` decoded at step ``s`` sits at slot ``s % window``,
+row ``r``. A candidate holds ``window`` indices (which row's entry at each slot is its history), not
+a ring: forking a beam or keeping the best ones copies those indices (``(rows, window)`` int32), never
+keys or values, and beams that share a past read the same entries (from cache, not memory). The
+entry a token overwrites is the one that just left every row's window (all rows advance together).
+The step's products use :mod:`tt_agents.models.native`'s packed linear layers.
+
+It computes the torch step's function (tests/test_tt.py compares the logits token by token and the
+plans) on float32 CPU networks without reduced-precision caches or shared prefixes
+(``PlanConfig(native=True)``, the default, where those hold); elsewhere, or without a C compiler,
+the torch step runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+import threading
+import weakref
+from typing import Any
+
+import numpy as np
+import torch
+
+from tt_agents.models import native
+from tt_agents.models.gpt import _rope_range
+from tt_agents.models.kv_cache import RingKVCache
+
+__all__ = ["NativeTTStep", "NativeContext", "tt_step_supported", "native_tt_step"]
+
+
+def tt_step_supported(model: Any) -> bool:
+    """Whether the fused step covers this network: float32 on a CPU, biases in every layer, at most 16 heads."""
+    p = model.head
+    c = model.gpt.config
+    return p.device.type == "cpu" and p.dtype == torch.float32 and c.bias and c.n_head <= 16 and not model.training
+
+
+def _pack_heads(head: torch.Tensor) -> torch.Tensor:
+    """The per-dimension heads ``(td, C, n_bins)`` as ``tt_step.c`` reads them: each packed as an nn.Linear
+    weight ``(n_bins, C)`` (:func:`~tt_agents.models.native.pack`), ``(td, tiles, C, 32)``."""
+    return torch.stack([native.pack(h.T) for h in head])
+
+
+def _params(model: Any) -> tuple[list[torch.Tensor], dict[int, Any]]:
+    """The network's tensors in the order ``tt_step.c`` reads them, and which of them it reads packed."""
+    g = model.gpt
+    ps = [model.tok_emb.weight, g.ln_f.weight, g.ln_f.bias, model.head]
+    packers: dict[int, Any] = {3: _pack_heads}
+    for i, blk in enumerate(g.h):
+        ps += [blk.ln_1.weight, blk.ln_1.bias, blk.attn.c_attn.weight, blk.attn.c_attn.bias,
+               blk.attn.c_proj.weight, blk.attn.c_proj.bias, blk.ln_2.weight, blk.ln_2.bias,
+               blk.mlp.c_fc.weight, blk.mlp.c_fc.bias, blk.mlp.c_proj.weight, blk.mlp.c_proj.bias]
+        packers.update({4 + 12 * i + j: native.pack for j in (2, 4, 8, 10)})
+    return ps, packers
+
+
+class NativeTTStep:
+    """The fused step for one network: its packed weights (:class:`~tt_agents.models.native.PackedParams`),
+    and each thread's search buffers, kept from search to search (they only grow)."""
+
+    def __init__(self, lib: Any, model: Any) -> None:
+        self.lib, self.model = lib, model
+        c = model.gpt.config
+        self.L, self.H, self.C, self.W = c.n_layer, c.n_head, c.n_embd, int(c.attn_window)
+        self.weights = native.PackedParams(*_params(model), "TT")
+        self._local = threading.local()  # k, v, work: one search at a time per thread
+
+    def start(self, ring: RingKVCache, rows: int) -> NativeContext:
+        """A search from ``ring``'s rows (one per env: their histories) with room for ``rows`` candidates."""
+        E = ring.batch_size
+        rows = max(rows, E)
+        buf = self._local
+        if getattr(buf, "k", None) is None or buf.k.shape[1] < rows:
+            buf.k = buf.v = None  # the old ones go first
+            buf.k = _huge_pages((self.L, rows, self.W, self.C))  # (n_layer, rows, window, width)
+            buf.v = _huge_pages((self.L, rows, self.W, self.C))
+            buf.work = torch.empty(11 * rows * self.C + 2 * self.H * self.W + 16 + 4 * self.W)  # + 2 x W pointers
+        L, _, H, W, hd = ring.k.shape
+        buf.k[:, :E] = ring.k.transpose(2, 3).reshape(L, E, W, H * hd)
+        buf.v[:, :E] = ring.v.transpose(2, 3).reshape(L, E, W, H * hd)
+        rows_of = torch.arange(E, dtype=torch.int32)[:, None].expand(E, W)
+        idx = torch.where(ring.attendable.cpu(), rows_of, torch.tensor(-1, dtype=torch.int32)).contiguous()
+        search = _Search(self, buf.k, buf.v, buf.work, self.weights.sync())
+        return NativeContext(search, idx, torch.arange(E, dtype=torch.int32), ring.steps)
+
+
+class _Search:
+    """One search's buffers and the weights' pointers (synced once: nothing trains during a search)."""
+
+    def __init__(self, step: NativeTTStep, k: torch.Tensor, v: torch.Tensor, work: torch.Tensor, P: int) -> None:
+        self.step, self.k, self.v, self.work, self.P = step, k, v, work, P
+        m = step.model
+        self.n_bins, self.value_dim, self.rope_base = m.n_bins, m.value_dim, m.gpt.config.rope_base
+        self.dims = np.zeros(10, np.int64)
+        self.io = np.zeros(9, np.int64)
+
+    def __call__(self, tokens: torch.Tensor, idx: torch.Tensor, order: torch.Tensor, steps: int, dim: int) -> torch.Tensor:
+        """Decode ``tokens`` ``(N, 1)`` of dimension ``dim`` at step ``steps`` for rows with histories ``idx``
+        ``(N, window)`` (updated in place), attending in ``order``; logits ``(N, n_bins)`` of the next token."""
+        s = self.step
+        N, R = int(tokens.shape[0]), int(self.k.shape[1])
+        if N > R:
+            raise ValueError(f"{N} rows for a search made for {R}")
+        tokens = tokens.reshape(N).to(torch.int64).contiguous()
+        cos, sin = _rope_range(steps, 1, s.C // s.H, self.rope_base, torch.float32, torch.device("cpu"))
+        logits = torch.empty(N, self.n_bins)
+        self.dims[:] = (s.L, s.H, s.C, s.W, self.n_bins, N, R, steps % s.W, dim, int(dim != self.value_dim))
+        self.io[:] = (tokens.data_ptr(), idx.data_ptr(), self.k.data_ptr(), self.v.data_ptr(), cos.data_ptr(),
+                      sin.data_ptr(), logits.data_ptr(), self.work.data_ptr(), order.data_ptr())
+        if s.lib.tt_step(self.dims.ctypes.data, self.P, self.io.ctypes.data) != 0:
+            raise ValueError(f"tokens must be in [0, {self.n_bins}), got {tokens.tolist()}")
+        return logits
+
+
+class NativeContext:
+    """Rows of a search held as indices into :class:`NativeTTStep`'s buffers; the interface of
+    :class:`~tt_agents.planning.CachedContext` that :func:`~tt_agents.planning.beam_plan` uses."""
+
+    def __init__(self, search: _Search, idx: torch.Tensor, order: torch.Tensor, steps: int) -> None:
+        self.search, self.idx, self.order, self.steps = search, idx, order, steps
+
+    def append(self, tokens: torch.Tensor, start_dim: int, pad: torch.Tensor | None = None) -> torch.Tensor:
+        if tokens.shape[1] != 1 or pad is not None:
+            raise ValueError("the fused TT step decodes one token per row, without padding")
+        logits = self.search(tokens, self.idx, self.order, self.steps, start_dim)
+        self.steps += 1
+        return logits
+
+    def select(self, index: torch.Tensor) -> NativeContext:
+        """Row ``i`` continues row ``index[i]``'s history."""
+        idx = self.idx.index_select(0, index)
+        return NativeContext(self.search, idx, _tree_order(idx, self.steps), self.steps)
+
+    def fork(self, n_children: int, max_tokens: int = 0, shared_prefix: bool = False, dtype: Any = None) -> NativeContext:
+        """Rows ``r * n_children + c``: ``n_children`` copies of each row."""
+        kids = (self.order[:, None] * n_children + torch.arange(n_children, dtype=torch.int32)).reshape(-1)
+        return NativeContext(self.search, self.idx.repeat_interleave(n_children, 0), kids, self.steps)
+
+
+def _tree_order(idx: torch.Tensor, steps: int) -> torch.Tensor:
+    """The rows ``(N, window)`` sorted by their histories, oldest entry first: rows that share a past come
+    one after another (the search tree's depth-first order), so that the entries they share are read from
+    cache rather than memory. Any order gives the same outputs; this one measured faster at beam 128."""
+    W = idx.shape[1]
+    oldest_first = (steps + 1 + np.arange(W - 1)) % W  # the slot of the next step is about to be overwritten
+    keys = idx.numpy()[:, oldest_first[::-1]].T  # np.lexsort: the last key is the primary one
+    return torch.from_numpy(np.lexsort(keys).astype(np.int32))
+
+
+_HUGE = 2 << 20
+
+
+def _huge_pages(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialized float32 tensor on 2 MB-aligned memory that the kernel is asked to back with huge pages
+    (``madvise(MADV_HUGEPAGE)``, Linux; elsewhere a plain tensor): the step reads entries 32-128 KB apart, a new
+    4 KB page nearly every time."""
+    n = int(np.prod(shape))
+    if n * 4 < _HUGE or not sys.platform.startswith("linux"):
+        return torch.empty(shape)
+    raw = torch.empty(n + _HUGE // 4)
+    off = (-raw.data_ptr()) % _HUGE // 4
+    t = raw[off : off + n].view(shape)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(t.data_ptr()), ctypes.c_size_t(n * 4 // _HUGE * _HUGE), 14)  # MADV_HUGEPAGE
+    except (OSError, AttributeError):
+        pass
+    return t
+
+
+_steps: weakref.WeakKeyDictionary[Any, NativeTTStep] = weakref.WeakKeyDictionary()
+
+
+def native_tt_step(model: Any) -> NativeTTStep | None:
+    """The fused step of ``model`` (made once per network), or ``None`` where it does not apply or cannot be
+    built (:func:`tt_agents.models.native.load` warns once)."""
+    if not tt_step_supported(model):
+        return None
+    step = _steps.get(model)
+    if step is None:
+        lib = native.load()
+        if lib is None:
+            return None
+        step = _steps[model] = NativeTTStep(lib, model)
+    return step

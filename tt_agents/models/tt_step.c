@@ -1,0 +1,226 @@
+// One Trajectory Transformer decode step of beam search, fused: see tt_agents/models/tt_native.py (the cache
+// it reads, why, how it is called) and TrajectoryTransformer.decode with a RingKVCache or ForkKVCache (the
+// torch step it equals: embedding, each layer's rotary attention over the window and its MLP, the head).
+//
+// The keys and values live in one buffer per layer, (R rows, W slots, C): the token that row r decoded at
+// step s sits at [r][s % W]. A row does not own a ring; it holds W indices (idx), which row's entry at each
+// slot is its own history (-1: nothing to see there). Forking a beam or keeping the best ones copies those
+// indices, never keys or values: beams that share a past read the same entries. A row's tokens between two
+// prunings lie side by side, so its history is read in runs of whole transitions.
+#include "native_ops.h"
+
+// Entries a row reads lie far apart (other rows' runs), where no hardware prefetcher looks: the step asks
+// for them ahead of use.
+static inline void prefetch_row(const float *p, int C) {
+    for (int c = 0; c < C; c += 16) __builtin_prefetch(p + c, 0, 3);
+}
+
+
+// One query's attention over n entries (kp, vp: their keys and values, C = H * hd floats each), every head:
+// the scores of 8 entries at a time (8 dot products reduced together, one vector of 8 scores), the softmax
+// with exp_neg (arguments <= 0), then the weighted sum of the values, head by head.
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+
+static inline __m256 hsum8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, __m256 a6, __m256 a7) {
+    const __m256 s0 = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    const __m256 s1 = _mm256_hadd_ps(_mm256_hadd_ps(a4, a5), _mm256_hadd_ps(a6, a7));
+    return _mm256_add_ps(_mm256_permute2f128_ps(s0, s1, 0x20), _mm256_permute2f128_ps(s0, s1, 0x31));
+}
+
+static inline __attribute__((always_inline)) void attend_row_v(const float *q, const float *const *kp,
+                                                               const float *const *vp, int n, int H, int hd,
+                                                               float *sc, float *y, const int NV) {
+    float mx[16];  // each head's largest score (at most 16 heads: tt_step_supported)
+    __m256 mv[16];
+    for (int hh = 0; hh < H; hh++) mv[hh] = _mm256_set1_ps(-INFINITY), mx[hh] = -INFINITY;
+    int t = 0;
+    for (; t + 8 <= n; t += 8) {
+        for (int u = t + 8; u < n && u < t + 16; u++) prefetch_row(kp[u], H * hd);  // the next 8 keys
+        for (int hh = 0; hh < H; hh++) {
+            const float *qh = q + hh * hd;
+            __m256 a[8];
+            for (int u = 0; u < 8; u++) a[u] = _mm256_setzero_ps();
+            for (int j = 0; j < NV; j++) {
+                const __m256 qv = _mm256_loadu_ps(qh + 8 * j);
+                for (int u = 0; u < 8; u++) a[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp[t + u] + hh * hd + 8 * j), a[u]);
+            }
+            const __m256 s8 = hsum8(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]);
+            _mm256_storeu_ps(sc + (int64_t)hh * n + t, s8);
+            mv[hh] = _mm256_max_ps(mv[hh], s8);
+        }
+    }
+    for (; t < n; t++)
+        for (int hh = 0; hh < H; hh++) {
+            float a = 0.f;
+            for (int j = 0; j < hd; j++) a += q[hh * hd + j] * kp[t][hh * hd + j];
+            sc[(int64_t)hh * n + t] = a;
+            mx[hh] = a > mx[hh] ? a : mx[hh];
+        }
+    float *pt = sc + (int64_t)H * n;  // the weights transposed, (n, H): one entry's heads side by side
+    for (int hh = 0; hh < H; hh++) {
+        float m8[8], sum = 0.f, *sh = sc + (int64_t)hh * n;
+        _mm256_storeu_ps(m8, mv[hh]);
+        for (int j = 0; j < 8; j++) mx[hh] = m8[j] > mx[hh] ? m8[j] : mx[hh];
+        for (int u = 0; u < n; u++) {
+            sh[u] = exp_neg(sh[u] - mx[hh]);
+            sum += sh[u];
+        }
+        const float inv = 1.0f / sum;
+        for (int u = 0; u < n; u++) pt[(int64_t)u * H + hh] = sh[u] * inv;
+    }
+    const int C = H * hd;
+    if (C % 64 == 0) {  // 64 columns at a time (8 vector sums), every entry's value read once
+        for (int c0 = 0; c0 < C; c0 += 64) {
+            const int h0 = c0 / hd;
+            __m256 a[8];
+            for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
+            for (int u = 0; u < n; u++) {
+                if (u + 4 < n) prefetch_row(vp[u + 4] + c0, 64);
+                const float *vu = vp[u] + c0, *pu = pt + (int64_t)u * H + h0;
+                for (int j = 0; j < 8; j++) {
+                    // vector j of the chunk belongs to its head j / NV (a constant: the compiler shares the broadcasts)
+                    a[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(pu + j / NV), _mm256_loadu_ps(vu + 8 * j), a[j]);
+                }
+            }
+            for (int j = 0; j < 8; j++) _mm256_storeu_ps(y + c0 + 8 * j, a[j]);
+        }
+        return;
+    }
+    for (int hh = 0; hh < H; hh++) {
+        __m256 a[NV];
+        for (int j = 0; j < NV; j++) a[j] = _mm256_setzero_ps();
+        for (int u = 0; u < n; u++) {
+            const __m256 p = _mm256_broadcast_ss(pt + (int64_t)u * H + hh);
+            for (int j = 0; j < NV; j++) a[j] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vp[u] + hh * hd + 8 * j), a[j]);
+        }
+        for (int j = 0; j < NV; j++) _mm256_storeu_ps(y + hh * hd + 8 * j, a[j]);
+    }
+}
+#endif
+
+static void attend_row_c(const float *q, const float *const *kp, const float *const *vp, int n, int H, int hd,
+                         float *sc, float *y) {
+    for (int hh = 0; hh < H; hh++) {
+        float *sh = sc + (int64_t)hh * n, mx = -INFINITY, sum = 0.f;
+        for (int t = 0; t < n; t++) {
+            float a = 0.f;
+            for (int j = 0; j < hd; j++) a += q[hh * hd + j] * kp[t][hh * hd + j];
+            sh[t] = a;
+            mx = a > mx ? a : mx;
+        }
+        for (int t = 0; t < n; t++) {
+            sh[t] = exp_neg(sh[t] - mx);
+            sum += sh[t];
+        }
+        float *yh = y + hh * hd;
+        for (int j = 0; j < hd; j++) yh[j] = 0.f;
+        for (int t = 0; t < n; t++)
+            for (int j = 0; j < hd; j++) yh[j] += sh[t] * vp[t][hh * hd + j];
+        for (int j = 0; j < hd; j++) yh[j] /= sum;
+    }
+}
+
+static void attend_row(const float *q, const float *const *kp, const float *const *vp, int n, int H, int hd,
+                       float *sc, float *y) {
+#if defined(__AVX2__) && defined(__FMA__)
+    switch (hd) {
+        case 8: attend_row_v(q, kp, vp, n, H, hd, sc, y, 1); return;
+        case 16: attend_row_v(q, kp, vp, n, H, hd, sc, y, 2); return;
+        case 32: attend_row_v(q, kp, vp, n, H, hd, sc, y, 4); return;
+        case 64: attend_row_v(q, kp, vp, n, H, hd, sc, y, 8); return;
+        default: break;
+    }
+#endif
+    attend_row_c(q, kp, vp, n, H, hd, sc, y);
+}
+
+// dims: L, H, C, W, V (bins), N (rows now), R (rows of the buffers), slot, d (the new tokens' dimension),
+//       attendable (0: the new tokens are hidden from later ones, as value tokens are)
+// P: tok_emb, ln_f g, b, the heads packed (td, tiles, C, 32), then 12 per layer (tt_native.py's _params)
+// io: tokens (N, int64), idx (N, W, int32; in/out), k, v (L, R, W, C), cos, sin (head_dim / 2), logits (N, V), work,
+//     order (N, int32: the order in which rows attend; any order gives the same outputs)
+int tt_step(const int64_t *dims, const float *const *P, void *const *io) {
+    const int L = (int)dims[0], H = (int)dims[1], C = (int)dims[2], W = (int)dims[3], V = (int)dims[4];
+    const int N = (int)dims[5], R = (int)dims[6], slot = (int)dims[7], d = (int)dims[8];
+    const int attendable = (int)dims[9];
+    const int hd = C / H, half = hd / 2;
+    const float *tok_emb = P[0], *lnf_g = P[1], *lnf_b = P[2], *heads = P[3];
+    const int64_t *tokens = (const int64_t *)io[0];
+    int32_t *idx = (int32_t *)io[1];
+    float *kbuf = (float *)io[2], *vbuf = (float *)io[3];
+    const float *cs = (const float *)io[4], *sn = (const float *)io[5];
+    float *logits = (float *)io[6], *work = (float *)io[7];
+    const int32_t *order = (const int32_t *)io[8];
+    // workspace: x (N, C), h (N, C), qkv (N, 3C), y (N, C), f (N, 4C), tmp (N, C), sc (2, H, W), kp, vp (W pointers)
+    float *x = work, *h = x + (int64_t)N * C, *qkv = h + (int64_t)N * C, *y = qkv + (int64_t)N * 3 * C;
+    float *f = y + (int64_t)N * C, *tmp = f + (int64_t)N * 4 * C, *sc = tmp + (int64_t)N * C;
+    const float **kp = (const float **)(((uintptr_t)(sc + (int64_t)2 * H * W) + 63) & ~(uintptr_t)63), **vp = kp + W;
+    const float scale = 1.0f / sqrtf((float)hd);
+
+    for (int i = 0; i < N; i++)
+        if (tokens[i] < 0 || tokens[i] >= V) return -1;  // refused before anything changes
+    for (int i = 0; i < N; i++) {
+        memcpy(x + (int64_t)i * C, tok_emb + (tokens[i] + (int64_t)d * V) * C, sizeof(float) * C);
+        idx[(int64_t)i * W + slot] = attendable ? i : -1;  // the new token's slot (its old token left the window)
+    }
+
+    for (int l = 0; l < L; l++) {
+        const float *const *Q = P + 4 + 12 * l;
+        float *kl = kbuf + (int64_t)l * W * R * C, *vl = vbuf + (int64_t)l * W * R * C;
+        layer_norm(x, N, C, Q[0], Q[1], h);
+        linear(h, N, C, Q[2], Q[3], 3 * C, qkv);  // (N, 3C): q | k | v, each (H, hd)
+        for (int i = 0; i < N; i++) {
+            float *q = qkv + (int64_t)i * 3 * C, *k = q + C;
+            for (int hh = 0; hh < H; hh++)  // rotary embedding (GPT-NeoX's halves) of the query and the key
+                for (int j = 0; j < half; j++) {
+                    float *a = q + hh * hd, *b = k + hh * hd;
+                    const float q1 = a[j], q2 = a[j + half], k1 = b[j], k2 = b[j + half];
+                    a[j] = q1 * cs[j] - q2 * sn[j];
+                    a[j + half] = q1 * sn[j] + q2 * cs[j];
+                    b[j] = k1 * cs[j] - k2 * sn[j];
+                    b[j + half] = k1 * sn[j] + k2 * cs[j];
+                }
+            for (int c = 0; c < C; c++) q[c] *= scale;
+            memcpy(kl + ((int64_t)i * W + slot) * C, k, sizeof(float) * C);
+            memcpy(vl + ((int64_t)i * W + slot) * C, q + 2 * C, sizeof(float) * C);
+        }
+        for (int o = 0; o < N; o++) {  // each row over the entries its indices name, rows sharing a past in turn
+            const int i = order[o];
+            const int32_t *ix = idx + (int64_t)i * W;
+            if (o + 1 < N) {  // ask for the next row's entries that this row does not read (into L2)
+                const int32_t *jx = idx + (int64_t)order[o + 1] * W;
+                for (int s = 0; s < W; s++)
+                    if (jx[s] >= 0 && jx[s] != ix[s]) {
+                        const float *kq = kl + ((int64_t)jx[s] * W + s) * C, *vq = vl + ((int64_t)jx[s] * W + s) * C;
+                        for (int c = 0; c < C; c += 16) {
+                            __builtin_prefetch(kq + c, 0, 2);
+                            __builtin_prefetch(vq + c, 0, 2);
+                        }
+                    }
+            }
+            int n = 0;
+            for (int s = 0; s < W; s++)
+                if (ix[s] >= 0) {
+                    kp[n] = kl + ((int64_t)ix[s] * W + s) * C;
+                    vp[n++] = vl + ((int64_t)ix[s] * W + s) * C;
+                }
+            if (n == 0) {  // a query that sees nothing sees itself
+                kp[0] = kl + ((int64_t)i * W + slot) * C;
+                vp[n++] = vl + ((int64_t)i * W + slot) * C;
+            }
+            attend_row(qkv + (int64_t)i * 3 * C, kp, vp, n, H, hd, sc, y + (int64_t)i * C);
+        }
+        linear(y, N, C, Q[4], Q[5], C, tmp);
+        for (int64_t j = 0; j < (int64_t)N * C; j++) x[j] += tmp[j];
+        layer_norm(x, N, C, Q[6], Q[7], h);
+        linear(h, N, C, Q[8], Q[9], 4 * C, f);
+        gelu(f, (int64_t)N * 4 * C);
+        linear(f, N, 4 * C, Q[10], Q[11], C, tmp);
+        for (int64_t j = 0; j < (int64_t)N * C; j++) x[j] += tmp[j];
+    }
+    layer_norm(x, N, C, lnf_g, lnf_b, h);
+    const int tiles = (V + 31) / 32;
+    linear(h, N, C, heads + (int64_t)d * tiles * C * 32, 0, V, logits);
+    return 0;
+}
