@@ -1,4 +1,5 @@
-"""The Decision Transformer's decode step as one fused C function, for CPUs.
+"""The Decision Transformer's decode step as one fused C function, for CPUs; and the building of the
+library that holds it and the Trajectory Transformer's step (:mod:`tt_agents.models.tt_native`).
 
 Why hand-written: one DT step at one env is three tokens through three 128-wide layers, about
 3 MFLOP. Run as torch ops it is ~80 small calls, and the matrix products themselves are slow
@@ -12,9 +13,10 @@ against 0.75-0.88 ms with the torch step, its actions within 4e-7 of the torch s
 (benchmarks.md, "dt"; tests/test_native.py checks the equality). It covers the common case, vector observations
 with a float32 KV cache on a CPU; every other case runs the torch step.
 
-The source, ``dt_step.c`` beside this file, is compiled on first use with the system's C compiler
+The sources, ``dt_step.c`` and ``tt_step.c`` beside this file (their shared parts in ``native_ops.h``),
+are compiled into one library on first use with the system's C compiler
 (``$CC``, else ``cc``, ``gcc`` or ``clang``) for this CPU (``-march=native``) into
-``$TT_AGENTS_CACHE`` (default ``~/.cache/tt_agents``)/native, named by a hash of the source, the
+``$TT_AGENTS_CACHE`` (default ``~/.cache/tt_agents``)/native, named by a hash of the sources, the
 flags, the compiler and the CPU, written atomically; later processes load the cached library. Where
 no compiler works, :func:`load` returns ``None`` once with a warning and the torch step runs.
 The compiler flags allow reassociating sums (vectorized dot products) but keep infinities and
