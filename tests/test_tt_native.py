@@ -100,12 +100,19 @@ def test_fused_plans_equal_the_torch_plans():
         tt_native._Search.__call__ = real  # type: ignore[method-assign]
 
 
+def warm_ring(model: TrajectoryTransformer, rows: int):
+    """A ring of ``rows`` rows holding 9 random tokens each (a little more than a transition)."""
+    ring = model.new_cache(rows)
+    with torch.no_grad():
+        model.decode(torch.randint(0, 11, (rows, 9)), ring, 0)
+    return ring
+
+
 @needs_compiler
 def test_changed_weights_are_seen_by_the_next_search():
     model = make_model(2, 16)
-    ring = model.new_cache(1)
+    ring = warm_ring(model, 1)
     with torch.no_grad():
-        model.decode(torch.randint(0, 11, (1, 9)), ring, 0)
         before = tt_native.native_tt_step(model).start(ring, 2).append(torch.tensor([[3]]), 2)
         model.gpt.h[1].mlp.c_fc.weight.mul_(2)  # in place, as an optimizer step does
         after = tt_native.native_tt_step(model).start(ring, 2).append(torch.tensor([[3]]), 2)
@@ -117,9 +124,8 @@ def test_changed_weights_are_seen_by_the_next_search():
 @needs_compiler
 def test_an_out_of_range_token_is_refused_before_anything_changes():
     model = make_model(2, 16)
-    ring = model.new_cache(2)
+    ring = warm_ring(model, 2)
     with torch.no_grad():
-        model.decode(torch.randint(0, 11, (2, 9)), ring, 0)
         ctx = tt_native.native_tt_step(model).start(ring, 2)
         idx = ctx.idx.clone()
         with pytest.raises(ValueError, match=r"tokens must be in \[0, 11\), got \[3, 11\]"):

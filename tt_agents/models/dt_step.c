@@ -115,24 +115,14 @@ int dt_step(const int64_t *dims, const float *const *P, void *const *io, int64_t
             }
         }
         if (!last) {
-            linear(y, M, C, Q[4], Q[5], C, tmp);
-            for (int64_t j = 0; j < (int64_t)M * C; j++) x[j] += tmp[j];
-            layer_norm(x, M, C, Q[6], Q[7], h);
-            linear(h, M, C, Q[8], Q[9], 4 * C, f);
-            gelu(f, (int64_t)M * 4 * C);
-            linear(f, M, 4 * C, Q[10], Q[11], C, tmp);
-            for (int64_t j = 0; j < (int64_t)M * C; j++) x[j] += tmp[j];
+            block_rest(x, y, M, C, Q, h, f, tmp);
         } else {  // s_t's row of every env only, gathered: (B, C)
-            float *xl = qkv;  // the keys and values are in the cache by now
-            for (int b = 0; b < B; b++) memcpy(h + (int64_t)b * C, y + (int64_t)(3 * b + 2) * C, sizeof(float) * C);
-            linear(h, B, C, Q[4], Q[5], C, tmp);
-            for (int b = 0; b < B; b++)
-                for (int c = 0; c < C; c++) xl[(int64_t)b * C + c] = x[(int64_t)(3 * b + 2) * C + c] + tmp[(int64_t)b * C + c];
-            layer_norm(xl, B, C, Q[6], Q[7], h);
-            linear(h, B, C, Q[8], Q[9], 4 * C, f);
-            gelu(f, (int64_t)B * 4 * C);
-            linear(f, B, 4 * C, Q[10], Q[11], C, tmp);
-            for (int64_t j = 0; j < (int64_t)B * C; j++) xl[j] += tmp[j];
+            float *xl = qkv, *yl = qkv + (int64_t)B * C;  // the keys and values are in the cache by now
+            for (int b = 0; b < B; b++) {
+                memcpy(xl + (int64_t)b * C, x + (int64_t)(3 * b + 2) * C, sizeof(float) * C);
+                memcpy(yl + (int64_t)b * C, y + (int64_t)(3 * b + 2) * C, sizeof(float) * C);
+            }
+            block_rest(xl, yl, B, C, Q, h, f, tmp);
             layer_norm(xl, B, C, lnf_g, lnf_b, h);
             linear(h, B, C, w_head, b_head, A, out);
             if (head_kind == 1)

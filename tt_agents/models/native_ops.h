@@ -99,4 +99,18 @@ static void gelu(float *x, int64_t n) {
     }
 }
 
+
+// The rest of a pre-norm block after attention, for M rows: x += proj(y); x += mlp(ln_2(x)). Q: the block's
+// 12 tensors (ln_1 g, b, c_attn w, b, c_proj w, b, ln_2 g, b, c_fc w, b, mlp c_proj w, b), linear weights
+// packed; h (M, C), f (M, 4C), tmp (M, C): workspace.
+static void block_rest(float *restrict x, const float *restrict y, int M, int C, const float *const *Q,
+                       float *restrict h, float *restrict f, float *restrict tmp) {
+    linear(y, M, C, Q[4], Q[5], C, tmp);
+    for (int64_t j = 0; j < (int64_t)M * C; j++) x[j] += tmp[j];
+    layer_norm(x, M, C, Q[6], Q[7], h);
+    linear(h, M, C, Q[8], Q[9], 4 * C, f);
+    gelu(f, (int64_t)M * 4 * C);
+    linear(f, M, 4 * C, Q[10], Q[11], C, tmp);
+    for (int64_t j = 0; j < (int64_t)M * C; j++) x[j] += tmp[j];
+}
 #endif

@@ -211,13 +211,7 @@ int tt_step(const int64_t *dims, const float *const *P, void *const *io) {
             }
             attend_row(qkv + (int64_t)i * 3 * C, kp, vp, n, H, hd, sc, y + (int64_t)i * C);
         }
-        linear(y, N, C, Q[4], Q[5], C, tmp);
-        for (int64_t j = 0; j < (int64_t)N * C; j++) x[j] += tmp[j];
-        layer_norm(x, N, C, Q[6], Q[7], h);
-        linear(h, N, C, Q[8], Q[9], 4 * C, f);
-        gelu(f, (int64_t)N * 4 * C);
-        linear(f, N, 4 * C, Q[10], Q[11], C, tmp);
-        for (int64_t j = 0; j < (int64_t)N * C; j++) x[j] += tmp[j];
+        block_rest(x, y, N, C, Q, h, f, tmp);
     }
     layer_norm(x, N, C, lnf_g, lnf_b, h);
     const int tiles = (V + 31) / 32;
