@@ -13,6 +13,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from tests.agent_harness import check_agent
 from tests.fake_env import make_dataset, make_env
 from tt_agents import SpaceMismatchError, TrainConfig
+from tt_agents.models import native
 from tt_agents.models.gpt import GPTConfig
 from tt_agents.models.tt import Discretizer, TrajectoryTransformer
 from tt_agents.planning import PlanConfig, filter_cdf, top_k
@@ -345,6 +346,19 @@ def test_planning_benchmark_runs_at_a_tiny_size(monkeypatch, capsys):
     # the 2-env row's note: what the linear layers and attention alone cost against the whole 1-env call
     note = re.search(r"2x2 \(the torch step\): .* take (\d+)% of the 1-env call.* would still cost ([\d.]+)x", out)
     assert note is not None and 0 < int(note.group(1)) <= 100 and float(note.group(2)) > 0
+
+
+@pytest.mark.skipif(native._compiler() is None, reason="no C compiler: the fused step it measures cannot be built")
+def test_fused_step_anatomy_benchmark_runs_at_a_tiny_size(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    from benches import tt_step as bench
+
+    bench.main(bench.Args(rows=(4,), repeats=2, plans=("2x2",), plan_repeats=1, obs_dim=3, action_dim=2, write=False))
+    out = capsys.readouterr().out
+    step = re.search(r"\| 4 \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", out)
+    assert step is not None and all(float(v) > 0 for v in step.groups())
+    plan = re.search(r"\| 2 \| 2 \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", out)
+    assert plan is not None and float(plan.group(2)) > 0 and float(plan.group(3)) > 0
 
 
 def test_reduced_precision_beams_plan_close_to_float32():
