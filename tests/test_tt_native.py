@@ -63,6 +63,32 @@ def test_fused_step_equals_the_torch_step_through_forks_and_prunings(n_head, n_e
 
 
 @needs_compiler
+def test_bfloat16_entries_stay_within_bfloat16_error():
+    """``kv_dtype="bfloat16"``: keys and values kept in bfloat16 (half the bytes). Not exact: the logits move by
+    bfloat16's rounding (2^-9 relative), and no more."""
+    model = make_model(4, 128)
+    td = model.transition_dim
+    gen = torch.Generator().manual_seed(2)
+    ring = model.new_cache(2)
+    with torch.no_grad():
+        model.decode(torch.randint(0, 11, (2, 2 * td), generator=gen), ring, 0)
+        low = tt_native.native_tt_step(model).start(ring, 8, torch.bfloat16)
+        assert low.search.k.dtype == torch.bfloat16
+        exact = tt_native.native_tt_step(model).start(ring, 8)  # this thread's float32 buffers, separate
+        ref = CachedContext(model, ring)
+        low, exact, ref = low.fork(2), exact.fork(2), ref.fork(2, td)
+        worst = scale = 0.0
+        for j in range(td - 1):
+            tok = torch.randint(0, 11, (4, 1), generator=gen)
+            a, b, r = low.append(tok, j), exact.append(tok, j), ref.append(tok, j)
+            torch.testing.assert_close(b, r, atol=1e-5, rtol=0)
+            worst, scale = max(worst, float((a - r).abs().max())), max(scale, float(r.abs().max()))
+    assert 1e-5 < worst < 2e-2 * scale  # really rounded, and only by bfloat16's error
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        tt_native.native_tt_step(model).start(ring, 8, torch.float16)
+
+
+@needs_compiler
 def test_fused_plans_equal_the_torch_plans():
     """A float32 planner plans the same with the fused step as with the torch step (forked rings), episode
     starts included; its default is the fused step."""

@@ -77,8 +77,9 @@ class PlanConfig:
     bytes but runs more, smaller matmuls, and measured slower (benchmarks.md, "planning")."""
     kv_dtype: str = "float32"
     """Dtype of the beams' cached keys and values (``"float32"``: exact; ``"bfloat16"`` or
-    ``"float16"`` halve the bytes; not exact, and on CPUs without native bf16/fp16 arithmetic
-    slower: benchmarks.md has both). With ``shared_prefix`` only."""
+    ``"float16"`` halve the bytes; not exact: plans may differ from float32's; benchmarks.md,
+    "planning", has their speed and deviation). The fused step (``native``) keeps float32 or
+    bfloat16 entries; the torch step honours it with ``shared_prefix`` only (else float32)."""
     native: bool = True
     """Decode with the fused C step (:mod:`tt_agents.models.tt_native`: candidates hold indices into one
     key/value buffer instead of rings; forks and pruning copy indices) where it applies: a float32 network
@@ -326,10 +327,11 @@ def beam_plan(
     kv_dtype = None if config.kv_dtype == "float32" else KV_DTYPES[config.kv_dtype]  # None: the model's (exact)
     step = None
     if config.native and isinstance(context, CachedContext) and isinstance(context.cache, RingKVCache):
-        if not config.shared_prefix and kv_dtype is None:
+        if not config.shared_prefix and config.kv_dtype in ("float32", "bfloat16"):
             step = native_tt_step(model)
     if step is not None:  # the fused C step: candidates hold indices into one buffer of keys and values
-        ctx: Context | NativeContext = step.start(context.cache, E * B * X).fork(B * X)
+        dtype = torch.bfloat16 if config.kv_dtype == "bfloat16" else torch.float32
+        ctx: Context | NativeContext = step.start(context.cache, E * B * X, dtype).fork(B * X)
     else:
         ctx = context.fork(B * X, A + 1, config.shared_prefix, kv_dtype)
     logits = logits.repeat_interleave(B * X, dim=0)  # (E * B * X, n_bins)

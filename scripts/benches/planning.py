@@ -69,9 +69,10 @@ class Args:
     device: str = "auto"
     """Where the agents run: ``"auto"`` is ``cuda`` when a GPU is present (the compiled steps then use CUDA graphs),
     else ``cpu``."""
-    variants: tuple[str, ...] = ("forked-rings", "fused", "shared-prefix", "shared-prefix-bf16")
+    variants: tuple[str, ...] = ("forked-rings", "fused", "fused-bf16", "shared-prefix", "shared-prefix-bf16")
     """Cache variants of the variants table (same weights, inputs and histories, interleaved): ``forked-rings``
-    (the torch step), ``fused`` (the default: the fused C step, ``PlanConfig.native``), ``shared-prefix``
+    (the torch step), ``fused`` (the default: the fused C step, ``PlanConfig.native``), ``fused-bf16`` (its keys
+    and values in bfloat16), ``shared-prefix``
     (``PlanConfig.shared_prefix``, torch), ``shared-prefix-bf16`` / ``-fp16`` (its beams' keys and values in
     bfloat16 / float16); empty to skip the table."""
     peak_repeats: int = 20
@@ -189,6 +190,7 @@ def attention_bytes(agent: TTPlanner, state: TTState, x: dict[str, np.ndarray]) 
 VARIANTS = {
     "forked-rings": {"native": False, "shared_prefix": False},
     "fused": {"native": True},
+    "fused-bf16": {"native": True, "kv_dtype": "bfloat16"},
     "shared-prefix": {"native": False, "shared_prefix": True},
     "shared-prefix-bf16": {"native": False, "shared_prefix": True, "kv_dtype": "bfloat16"},
     "shared-prefix-fp16": {"native": False, "shared_prefix": True, "kv_dtype": "float16"},
@@ -372,6 +374,7 @@ def main(args: Args) -> None:
             "share their parent's ring, pruning copies the survivors' rings), `fused` (the default, "
             "`PlanConfig(native=True)`: one C function per token; candidates hold indices into one buffer of keys "
             "and values, so forks and pruning copy indices, and rows sharing a past read the same entries), "
+            "`fused-bf16` (the same with its keys and values in bfloat16, `kv_dtype`), "
             "`shared-prefix` (`PlanConfig("
             "native=False, shared_prefix=True)`: every beam attends over its env's context, held once, and its own suffix; "
             "pruning copies suffixes only), and the same with the beams' keys and values in bfloat16 / float16 "

@@ -81,18 +81,21 @@ class NativeTTStep:
         self.weights = native.PackedParams(*_params(model), "TT")
         self._local = threading.local()  # k, v, work: one search at a time per thread
 
-    def start(self, ring: RingKVCache, rows: int) -> NativeContext:
-        """A search from ``ring``'s rows (one per env: their histories) with room for ``rows`` candidates."""
+    def start(self, ring: RingKVCache, rows: int, dtype: torch.dtype = torch.float32) -> NativeContext:
+        """A search from ``ring``'s rows (one per env: their histories) with room for ``rows`` candidates,
+        keys and values held in ``dtype`` (float32: exact; bfloat16: half the bytes)."""
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"the fused TT step keeps keys and values in float32 or bfloat16, not {dtype}")
         E = ring.batch_size
         rows = max(rows, E)
         buf = self._local
-        if getattr(buf, "k", None) is None or buf.k.shape[1] < rows:
+        if getattr(buf, "k", None) is None or buf.k.shape[1] < rows or buf.k.dtype != dtype:
             buf.k = buf.v = None  # the old ones go first
-            buf.k = _huge_pages((self.L, rows, self.W, self.C))  # (n_layer, rows, window, width)
-            buf.v = _huge_pages((self.L, rows, self.W, self.C))
+            buf.k = _huge_pages((self.L, rows, self.W, self.C), dtype)  # (n_layer, rows, window, width)
+            buf.v = _huge_pages((self.L, rows, self.W, self.C), dtype)
             buf.work = torch.empty(11 * rows * self.C + 2 * self.H * self.W + 16 + 4 * self.W)  # + 2 x W pointers
         L, _, H, W, hd = ring.k.shape
-        buf.k[:, :E] = ring.k.transpose(2, 3).reshape(L, E, W, H * hd)
+        buf.k[:, :E] = ring.k.transpose(2, 3).reshape(L, E, W, H * hd)  # rounded to nearest even, as the step does
         buf.v[:, :E] = ring.v.transpose(2, 3).reshape(L, E, W, H * hd)
         rows_of = torch.arange(E, dtype=torch.int32)[:, None].expand(E, W)
         idx = torch.where(ring.attendable.cpu(), rows_of, torch.tensor(-1, dtype=torch.int32)).contiguous()
@@ -107,7 +110,7 @@ class _Search:
         self.step, self.k, self.v, self.work, self.P = step, k, v, work, P
         m = step.model
         self.n_bins, self.value_dim, self.rope_base = m.n_bins, m.value_dim, m.gpt.config.rope_base
-        self.dims = np.zeros(10, np.int64)
+        self.dims = np.zeros(11, np.int64)
         self.io = np.zeros(9, np.int64)
 
     def __call__(self, tokens: torch.Tensor, idx: torch.Tensor, order: torch.Tensor, steps: int, dim: int) -> torch.Tensor:
@@ -120,7 +123,8 @@ class _Search:
         tokens = tokens.reshape(N).to(torch.int64).contiguous()
         cos, sin = _rope_range(steps, 1, s.C // s.H, self.rope_base, torch.float32, torch.device("cpu"))
         logits = torch.empty(N, self.n_bins)
-        self.dims[:] = (s.L, s.H, s.C, s.W, self.n_bins, N, R, steps % s.W, dim, int(dim != self.value_dim))
+        self.dims[:] = (s.L, s.H, s.C, s.W, self.n_bins, N, R, steps % s.W, dim, int(dim != self.value_dim),
+                        int(self.k.dtype == torch.bfloat16))
         self.io[:] = (tokens.data_ptr(), idx.data_ptr(), self.k.data_ptr(), self.v.data_ptr(), cos.data_ptr(),
                       sin.data_ptr(), logits.data_ptr(), self.work.data_ptr(), order.data_ptr())
         if s.lib.tt_step(self.dims.ctypes.data, self.P, self.io.ctypes.data) != 0:
@@ -166,19 +170,19 @@ def _tree_order(idx: torch.Tensor, steps: int) -> torch.Tensor:
 _HUGE = 2 << 20
 
 
-def _huge_pages(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialized float32 tensor on 2 MB-aligned memory that the kernel is asked to back with huge pages
+def _huge_pages(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An uninitialized tensor on 2 MB-aligned memory that the kernel is asked to back with huge pages
     (``madvise(MADV_HUGEPAGE)``, Linux; elsewhere a plain tensor): the step reads entries 32-128 KB apart, a new
     4 KB page nearly every time."""
-    n = int(np.prod(shape))
-    if n * 4 < _HUGE or not sys.platform.startswith("linux"):
-        return torch.empty(shape)
-    raw = torch.empty(n + _HUGE // 4)
-    off = (-raw.data_ptr()) % _HUGE // 4
+    n, es = int(np.prod(shape)), torch.empty(0, dtype=dtype).element_size()
+    if n * es < _HUGE or not sys.platform.startswith("linux"):
+        return torch.empty(shape, dtype=dtype)
+    raw = torch.empty(n + _HUGE // es, dtype=dtype)
+    off = (-raw.data_ptr()) % _HUGE // es
     t = raw[off : off + n].view(shape)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise(ctypes.c_void_p(t.data_ptr()), ctypes.c_size_t(n * 4 // _HUGE * _HUGE), 14)  # MADV_HUGEPAGE
+        libc.madvise(ctypes.c_void_p(t.data_ptr()), ctypes.c_size_t(n * es // _HUGE * _HUGE), 14)  # MADV_HUGEPAGE
     except (OSError, AttributeError):
         pass
     return t
