@@ -384,6 +384,15 @@ def main(args: Args) -> None:
                               "score deviation"], variant_rows)
             + "\n"
         )
+        exact_apart = [r for r in variant_rows if r[6] == "no" and "kv_dtype" not in VARIANTS[str(r[3])]]
+        if exact_apart:
+            where = "; ".join(f"{r[3]} at {r[0]}x{r[1]}, {r[2]} envs (winning scores {r[7]} apart)" for r in exact_apart)
+            body += (
+                f"\nExact variants that did not pick the first variant's plans: {where}. The exact variants compute "
+                "the same function up to float32 rounding (their logits agree within 1e-5 in the tests, where they "
+                "plan alike); with untrained weights many of a search's candidates score within that rounding of "
+                "each other, so which of them survive a pruning can change.\n"
+            )
     if args.write:
         write_section("planning", "Trajectory Transformer: planning time per action", body)
     else:
