@@ -135,6 +135,31 @@ def warm_ring(model: TrajectoryTransformer, rows: int):
 
 
 @needs_compiler
+def test_the_same_logits_from_any_number_of_threads():
+    """With torch's intra-op threads above 1 the fused step splits its rows among threads (OpenMP, where the
+    library has it); every output is computed the same way whatever the split: equal to the last bit."""
+    model = make_model(2, 64)
+    ring = warm_ring(model, 2)
+    out = {}
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            gen = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                ctx = tt_native.native_tt_step(model).start(ring, 160).fork(80)
+                assert ctx.search.threads == threads
+                logits = []
+                for j in range(12):
+                    logits.append(ctx.append(torch.randint(0, 11, (160, 1), generator=gen), (2 + j) % 7))
+                    if j == 5:
+                        ctx = ctx.select(torch.randint(0, 160, (160,), generator=gen))
+            out[threads] = torch.stack(logits)
+    finally:
+        torch.set_num_threads(1)
+    assert torch.equal(out[1], out[2]) and torch.equal(out[1], out[3])
+
+
+@needs_compiler
 def test_changed_weights_are_seen_by_the_next_search():
     model = make_model(2, 16)
     ring = warm_ring(model, 1)

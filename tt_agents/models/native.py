@@ -89,8 +89,11 @@ def _build() -> ctypes.CDLL:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
         os.close(fd)
         try:
-            r = subprocess.run([cc, *FLAGS, "-o", tmp, *map(str, SOURCES), "-lm"], capture_output=True, text=True,
-                               timeout=120)
+            for extra in (["-fopenmp"], []):  # threads where the compiler has OpenMP, else serial
+                r = subprocess.run([cc, *FLAGS, *extra, "-o", tmp, *map(str, SOURCES), "-lm"], capture_output=True,
+                                   text=True, timeout=120)
+                if r.returncode == 0:
+                    break
             if r.returncode != 0:
                 raise RuntimeError(f"{cc} failed: {r.stderr.strip()[-500:]}")
             os.replace(tmp, out)  # atomic: a concurrent process sees the old name or the whole library

@@ -5,6 +5,13 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+// Threads for the loops below (a step sets it from torch.get_num_threads() where it runs large batches; 1:
+// serial). Each output is computed the same way whatever the split, so results do not depend on it.
+static int n_threads = 1;
 
 // y[m, n] = b[n] + sum_k x[m, k] * w[n, k], with w packed as native.py's pack() does: tiles of 32 output
 // columns, each a contiguous (K, 32) block (the transpose of those rows of nn.Linear's weight; the last
@@ -29,9 +36,10 @@ static inline __attribute__((always_inline)) void tile(const float *restrict x, 
 
 static void linear(const float *restrict x, int M, int K, const float *restrict wp, const float *restrict b, int N,
                    float *restrict y) {
+#pragma omp parallel for collapse(2) schedule(static) num_threads(n_threads) if (n_threads > 1 && M >= 64)
     for (int m1 = 0; m1 < M; m1 += 64) {  // blocks of 64 rows (their inputs stay in cache across the tiles)
-        const int m2 = M - m1 < 64 ? M : m1 + 64;
         for (int n0 = 0; n0 < N; n0 += 32) {  // each weight tile read from memory once per block of rows
+            const int m2 = M - m1 < 64 ? M : m1 + 64;
             const int nb = N - n0 < 32 ? N - n0 : 32;
             const float *w = wp + (int64_t)(n0 / 32) * K * 32;
             int m0 = m1;
@@ -56,6 +64,7 @@ static void linear(const float *restrict x, int M, int K, const float *restrict 
 // torch.nn.LayerNorm over the last C of each of M rows (eps 1e-5, biased variance), out of place
 static void layer_norm(const float *restrict x, int M, int C, const float *restrict g, const float *restrict b,
                        float *restrict y) {
+#pragma omp parallel for schedule(static) num_threads(n_threads) if (n_threads > 1 && M >= 64)
     for (int m = 0; m < M; m++) {
         const float *xm = x + (int64_t)m * C;
         float *ym = y + (int64_t)m * C;
@@ -90,6 +99,7 @@ static inline float exp_neg(float x) {
 // exact (erf) GELU, torch's default, with erf as torch's own vectorized CPU kernels compute it
 // (Abramowitz & Stegun 7.1.26: absolute error < 1.5e-7)
 static void gelu(float *x, int64_t n) {
+#pragma omp parallel for schedule(static) num_threads(n_threads) if (n_threads > 1 && n >= 16384)
     for (int64_t i = 0; i < n; i++) {
         const float v = x[i] * 0.70710678118654752f, a = fabsf(v);
         const float t = 1.0f / (1.0f + 0.3275911f * a);

@@ -93,24 +93,30 @@ class NativeTTStep:
             buf.k = buf.v = None  # the old ones go first
             buf.k = _huge_pages((self.L, rows, self.W, self.C), dtype)  # (n_layer, rows, window, width)
             buf.v = _huge_pages((self.L, rows, self.W, self.C), dtype)
-            buf.work = torch.empty(11 * rows * self.C + 2 * self.H * self.W + 16 + 4 * self.W)  # + 2 x W pointers
+        threads = torch.get_num_threads()
+        # x, h, qkv, y, f, tmp; then per thread the scores (2 H W) and 2 W pointers, 64-byte aligned
+        need = 11 * rows * self.C + 16 + threads * ((8 * self.H * self.W + 16 * self.W + 63) // 64 * 16)
+        if getattr(buf, "work", None) is None or buf.work.numel() < need:
+            buf.work = torch.empty(need)
         L, _, H, W, hd = ring.k.shape
         buf.k[:, :E] = ring.k.transpose(2, 3).reshape(L, E, W, H * hd)  # rounded to nearest even, as the step does
         buf.v[:, :E] = ring.v.transpose(2, 3).reshape(L, E, W, H * hd)
         rows_of = torch.arange(E, dtype=torch.int32)[:, None].expand(E, W)
         idx = torch.where(ring.attendable.cpu(), rows_of, torch.tensor(-1, dtype=torch.int32)).contiguous()
-        search = _Search(self, buf.k, buf.v, buf.work, self.weights.sync())
+        search = _Search(self, buf.k, buf.v, buf.work, self.weights.sync(), threads)
         return NativeContext(search, idx, torch.arange(E, dtype=torch.int32), ring.steps)
 
 
 class _Search:
     """One search's buffers and the weights' pointers (synced once: nothing trains during a search)."""
 
-    def __init__(self, step: NativeTTStep, k: torch.Tensor, v: torch.Tensor, work: torch.Tensor, P: int) -> None:
+    def __init__(self, step: NativeTTStep, k: torch.Tensor, v: torch.Tensor, work: torch.Tensor, P: int,
+                 threads: int) -> None:
         self.step, self.k, self.v, self.work, self.P = step, k, v, work, P
+        self.threads = threads  # torch's intra-op threads when the search began (its work buffer has room for them)
         m = step.model
         self.n_bins, self.value_dim, self.rope_base = m.n_bins, m.value_dim, m.gpt.config.rope_base
-        self.dims = np.zeros(11, np.int64)
+        self.dims = np.zeros(12, np.int64)
         self.io = np.zeros(9, np.int64)
 
     def __call__(self, tokens: torch.Tensor, idx: torch.Tensor, order: torch.Tensor, steps: int, dim: int) -> torch.Tensor:
@@ -124,7 +130,7 @@ class _Search:
         cos, sin = _rope_range(steps, 1, s.C // s.H, self.rope_base, torch.float32, torch.device("cpu"))
         logits = torch.empty(N, self.n_bins)
         self.dims[:] = (s.L, s.H, s.C, s.W, self.n_bins, N, R, steps % s.W, dim, int(dim != self.value_dim),
-                        int(self.k.dtype == torch.bfloat16))
+                        int(self.k.dtype == torch.bfloat16), self.threads)
         self.io[:] = (tokens.data_ptr(), idx.data_ptr(), self.k.data_ptr(), self.v.data_ptr(), cos.data_ptr(),
                       sin.data_ptr(), logits.data_ptr(), self.work.data_ptr(), order.data_ptr())
         if s.lib.tt_step(self.dims.ctypes.data, self.P, self.io.ctypes.data) != 0:

@@ -175,7 +175,8 @@ static void attend_row(const float *q, const void *const *kp, const void *const 
 }
 
 // dims: L, H, C, W, V (bins), N (rows now), R (rows of the buffers), slot, d (the new tokens' dimension),
-//       attendable (0: the new tokens are hidden from later ones, as value tokens are), bf16 (the entries' type)
+//       attendable (0: the new tokens are hidden from later ones, as value tokens are), bf16 (the entries' type),
+//       threads (rows split among them: OpenMP, where the library was built with it)
 // P: tok_emb, ln_f g, b, the heads packed (td, tiles, C, 32), then 12 per layer (tt_native.py's _params)
 // io: tokens (N, int64), idx (N, W, int32; in/out), k, v (L, R, W, C), cos, sin (head_dim / 2), logits (N, V), work,
 //     order (N, int32: the order in which rows attend; any order gives the same outputs)
@@ -183,6 +184,7 @@ int tt_step(const int64_t *dims, const float *const *P, void *const *io) {
     const int L = (int)dims[0], H = (int)dims[1], C = (int)dims[2], W = (int)dims[3], V = (int)dims[4];
     const int N = (int)dims[5], R = (int)dims[6], slot = (int)dims[7], d = (int)dims[8];
     const int attendable = (int)dims[9], bf16 = (int)dims[10];
+    n_threads = dims[11] > 1 ? (int)dims[11] : 1;
     const int64_t es = bf16 ? 2 : 4, entry = C * es;  // bytes of an entry's keys (or values)
     const int hd = C / H, half = hd / 2;
     const float *tok_emb = P[0], *lnf_g = P[1], *lnf_b = P[2], *heads = P[3];
@@ -192,10 +194,12 @@ int tt_step(const int64_t *dims, const float *const *P, void *const *io) {
     const float *cs = (const float *)io[4], *sn = (const float *)io[5];
     float *logits = (float *)io[6], *work = (float *)io[7];
     const int32_t *order = (const int32_t *)io[8];
-    // workspace: x (N, C), h (N, C), qkv (N, 3C), y (N, C), f (N, 4C), tmp (N, C), sc (2, H, W), kp, vp (W pointers)
+    // workspace: x (N, C), h (N, C), qkv (N, 3C), y (N, C), f (N, 4C), tmp (N, C), then per thread: sc (2, H, W),
+    // kp, vp (W pointers each), 64-byte aligned (tt_native.py sizes it)
     float *x = work, *h = x + (int64_t)N * C, *qkv = h + (int64_t)N * C, *y = qkv + (int64_t)N * 3 * C;
-    float *f = y + (int64_t)N * C, *tmp = f + (int64_t)N * 4 * C, *sc = tmp + (int64_t)N * C;
-    const void **kp = (const void **)(((uintptr_t)(sc + (int64_t)2 * H * W) + 63) & ~(uintptr_t)63), **vp = kp + W;
+    float *f = y + (int64_t)N * C, *tmp = f + (int64_t)N * 4 * C;
+    const uintptr_t scratch0 = ((uintptr_t)(tmp + (int64_t)N * C) + 63) & ~(uintptr_t)63;
+    const int64_t scratch = ((int64_t)2 * H * W * 4 + (int64_t)2 * W * 8 + 63) / 64 * 64;  // bytes per thread
     const float scale = 1.0f / sqrtf((float)hd);
 
     for (int i = 0; i < N; i++)
@@ -210,6 +214,7 @@ int tt_step(const int64_t *dims, const float *const *P, void *const *io) {
         char *kl = kbuf + (int64_t)l * W * R * entry, *vl = vbuf + (int64_t)l * W * R * entry;
         layer_norm(x, N, C, Q[0], Q[1], h);
         linear(h, N, C, Q[2], Q[3], 3 * C, qkv);  // (N, 3C): q | k | v, each (H, hd)
+#pragma omp parallel for schedule(static) num_threads(n_threads) if (n_threads > 1 && N >= 64)
         for (int i = 0; i < N; i++) {
             float *q = qkv + (int64_t)i * 3 * C, *k = q + C;
             for (int hh = 0; hh < H; hh++)  // rotary embedding (GPT-NeoX's halves) of the query and the key
@@ -225,7 +230,15 @@ int tt_step(const int64_t *dims, const float *const *P, void *const *io) {
             store_entry(kl + ((int64_t)i * W + slot) * entry, k, C, bf16);
             store_entry(vl + ((int64_t)i * W + slot) * entry, q + 2 * C, C, bf16);
         }
+#pragma omp parallel for schedule(static) num_threads(n_threads) if (n_threads > 1 && N >= 64)
         for (int o = 0; o < N; o++) {  // each row over the entries its indices name, rows sharing a past in turn
+#ifdef _OPENMP
+            const int tid = omp_get_thread_num();
+#else
+            const int tid = 0;
+#endif
+            float *sc = (float *)(scratch0 + tid * scratch);
+            const void **kp = (const void **)(sc + (int64_t)2 * H * W), **vp = kp + W;
             const int i = order[o];
             const int32_t *ix = idx + (int64_t)i * W;
             if (o + 1 < N) {  // ask for the next row's entries that this row does not read (into L2)
