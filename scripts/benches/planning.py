@@ -79,8 +79,10 @@ class Args:
     """Runs of each matmul of the machine's peak rate (taken at both ends of the run)."""
     variant_rounds: int = 3
     """Interleaved rounds of the variants table (the fastest of each is reported)."""
+    section: str = "planning"
+    """The section of benchmarks.md to write (another name keeps the main one, e.g. for a run with more threads)."""
     write: bool = True
-    """Rewrite the ``planning`` section of benchmarks.md."""
+    """Rewrite the ``section`` section of benchmarks.md."""
 
 
 def make_agent(args: Args, beam: int, horizon: int, mode: str) -> TTPlanner:
@@ -394,7 +396,8 @@ def main(args: Args) -> None:
                 "each other, so which of them survive a pruning can change.\n"
             )
     if args.write:
-        write_section("planning", "Trajectory Transformer: planning time per action", body)
+        title = "Trajectory Transformer: planning time per action"
+        write_section(args.section, title if args.threads == 1 else f"{title}, {args.threads} threads", body)
     else:
         print(body)
 
