@@ -18,15 +18,17 @@ next observation is decoded (``k_obs = 1``: greedily). The plan with the best fi
 
 **Batching.** All rows of all envs advance together, one token per forward pass: one call of
 the model per token for the whole ``n_envs * beam_width * n_expand`` batch, with the KV cache
-kept across tokens. With ``PlanConfig.shared_prefix`` every beam attends over its
-env's context, held once and never copied, and over the tokens it planned itself
-(:class:`~tt_agents.models.kv_cache.SharedPrefixKVCache`, cascade attention): the queries of all
-of an env's beams multiply its context's keys in one matmul, forked candidates share their beam's
-suffix, and pruning copies the survivors' suffixes only. Without it (the default, faster on a
-CPU: benchmarks.md), forked candidates share
+kept across tokens. By default on a CPU (``PlanConfig.native``) each token is one fused C step
+(:mod:`tt_agents.models.tt_native`): candidates hold indices into one buffer of keys and values,
+so forking and pruning copy indices, and beams that share a past read the same entries. The torch
+step (``native=False``; GPUs, float64 networks) keeps rows in rings: forked candidates share
 their parent's ring (:class:`~tt_agents.models.kv_cache.ForkKVCache`) until pruning copies the
-survivors' whole rings (context included). Both give the same plans. Rows are ordered env by
-env, so each env's candidates are a contiguous block.
+survivors' whole rings (context included); with ``PlanConfig.shared_prefix`` every beam attends
+over its env's context, held once and never copied, and over the tokens it planned itself
+(:class:`~tt_agents.models.kv_cache.SharedPrefixKVCache`, cascade attention: the queries of all of
+an env's beams multiply its context's keys in one matmul, and pruning copies the survivors'
+suffixes only; slower on a CPU: benchmarks.md). All of them give the same plans. Rows are ordered
+env by env, so each env's candidates are a contiguous block.
 
 **Randomness.** Sampling is Gumbel-max with uniform noise drawn per env from that env's own
 generator (``deterministic=True``) or from torch's global generator. With per-env generators
@@ -71,8 +73,8 @@ class PlanConfig:
     """``False`` plans with the slow reference (no KV cache, every token recomputes its
     receptive field); same plans, for tests and benchmarks."""
     shared_prefix: bool = False
-    """Beams attend over their env's context held once, plus their own planned suffix (cascade
-    attention; pruning copies suffixes only). ``False``: forked candidates share their parent's
+    """The torch step's beams attend over their env's context held once, plus their own planned suffix
+    (cascade attention; pruning copies suffixes only). ``False``: forked candidates share their parent's
     ring and pruning copies whole rings. Same plans. Off by default: on a CPU it reads fewer
     bytes but runs more, smaller matmuls, and measured slower (benchmarks.md, "planning")."""
     kv_dtype: str = "float32"
@@ -83,8 +85,9 @@ class PlanConfig:
     native: bool = True
     """Decode with the fused C step (:mod:`tt_agents.models.tt_native`: candidates hold indices into one
     key/value buffer instead of rings; forks and pruning copy indices) where it applies: a float32 network
-    on a CPU, float32 keys and values, no ``shared_prefix``. Same function as the torch step (float32
-    rounding apart); ``False``, or where no C compiler works, runs the torch step."""
+    on a CPU, ``kv_dtype`` float32 (exact: the torch step's function, float32 rounding apart) or bfloat16,
+    no ``shared_prefix``; it splits its rows among torch's intra-op threads. ``False``, or where no C
+    compiler works, runs the torch step."""
     seed: int = 0
     """Seed of each env's sampling stream under ``deterministic=True`` (reset with the episode)."""
 
