@@ -176,27 +176,41 @@ class PackedParams:
         self._tensors: list[torch.Tensor] = []  # what the pointers point at (packed copies, or the parameters)
         self._key: tuple[int, ...] | None = None
         self.pointers = np.zeros(len(params), np.int64)
+        self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy: the copy's tensors live elsewhere, re-pointed
-        return {**self.__dict__, "_key": None}
+        state = {**self.__dict__, "_key": None}
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def sync(self) -> int:
         """The address of the pointer array, its tensors current."""
+        return self.snapshot()[0].ctypes.data
+
+    def snapshot(self) -> tuple[np.ndarray, list[torch.Tensor]]:
+        """The pointer array and the tensors it points at, current. A caller that keeps both may read them
+        while another thread repacks (the repack makes a new array and new tensors; these stay alive)."""
         try:
             key = tuple(p.data_ptr() + (p._version << 48) for p in self.params)
         except RuntimeError:  # tensors made under inference mode keep no version counter (nothing trains them)
             key = tuple(p.data_ptr() + (0 if p.is_inference() else p._version << 48) for p in self.params)
-        if key != self._key:
-            for p in self.params:
-                if p.device.type != "cpu" or p.dtype != torch.float32:
-                    raise RuntimeError(f"the fused {self.what} step needs float32 CPU weights, got {p.dtype} on "
-                                       f"{p.device}: make a new state (agent.initial_state) after moving the model")
-            with torch.no_grad():
-                self._tensors = [self.packers[i](p.detach()) if i in self.packers else p.detach().contiguous()
-                                 for i, p in enumerate(self.params)]
-            self.pointers[:] = [t.data_ptr() for t in self._tensors]
-            self._key = key
-        return self.pointers.ctypes.data
+        with self._lock:
+            if key != self._key:
+                for p in self.params:
+                    if p.device.type != "cpu" or p.dtype != torch.float32:
+                        raise RuntimeError(f"the fused {self.what} step needs float32 CPU weights, got {p.dtype} "
+                                           f"on {p.device}: make a new state (agent.initial_state) after moving "
+                                           "the model")
+                with torch.no_grad():
+                    tensors = [self.packers[i](p.detach()) if i in self.packers else p.detach().contiguous()
+                               for i, p in enumerate(self.params)]
+                self._tensors, self._key = tensors, key
+                self.pointers = np.array([t.data_ptr() for t in tensors], np.int64)
+            return self.pointers, self._tensors
 
 
 class NativeDTStep:

@@ -103,16 +103,18 @@ class NativeTTStep:
         buf.v[:, :E] = ring.v.transpose(2, 3).reshape(L, E, W, H * hd)
         rows_of = torch.arange(E, dtype=torch.int32)[:, None].expand(E, W)
         idx = torch.where(ring.attendable.cpu(), rows_of, torch.tensor(-1, dtype=torch.int32)).contiguous()
-        search = _Search(self, buf.k, buf.v, buf.work, self.weights.sync(), threads)
+        search = _Search(self, buf.k, buf.v, buf.work, self.weights.snapshot(), threads)
         return NativeContext(search, idx, torch.arange(E, dtype=torch.int32), ring.steps)
 
 
 class _Search:
     """One search's buffers and the weights' pointers (synced once: nothing trains during a search)."""
 
-    def __init__(self, step: NativeTTStep, k: torch.Tensor, v: torch.Tensor, work: torch.Tensor, P: int,
-                 threads: int) -> None:
-        self.step, self.k, self.v, self.work, self.P = step, k, v, work, P
+    def __init__(self, step: NativeTTStep, k: torch.Tensor, v: torch.Tensor, work: torch.Tensor,
+                 weights: tuple[np.ndarray, list[torch.Tensor]], threads: int) -> None:
+        self.step, self.k, self.v, self.work = step, k, v, work
+        self.weights = weights  # the pointer array and its tensors, kept alive for this search
+        self.P = weights[0].ctypes.data
         self.threads = threads  # torch's intra-op threads when the search began (its work buffer has room for them)
         m = step.model
         self.n_bins, self.value_dim, self.rope_base = m.n_bins, m.value_dim, m.gpt.config.rope_base
