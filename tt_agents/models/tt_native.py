@@ -17,7 +17,7 @@ depth-first order (rows sharing a past one after another, their shared entries s
 each row asks for the next row's other entries ahead of use. The linear layers are
 :mod:`tt_agents.models.native`'s packed products (8 rows x 32 columns in registers: this machine's peak
 matmul rate). Measured (benchmarks.md, "planning"): about 2.4x faster than the torch step at beam 32,
-horizon 5, and 1.6x at beam 128, horizon 15, where the beams' distinct histories (4-9 MB of keys and
+horizon 5, and 1.4-1.7x at beam 128, horizon 15, where the beams' distinct histories (4-9 MB of keys and
 values per layer) no longer fit in cache ("tt-step" has the step's anatomy).
 
 It computes the torch step's function (tests/test_tt_native.py compares the logits token by token and the
