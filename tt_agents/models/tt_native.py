@@ -28,8 +28,6 @@ the torch step runs.
 
 from __future__ import annotations
 
-import ctypes
-import sys
 import threading
 import weakref
 from typing import Any
@@ -91,8 +89,8 @@ class NativeTTStep:
         buf = self._local
         if getattr(buf, "k", None) is None or buf.k.shape[1] < rows or buf.k.dtype != dtype:
             buf.k = buf.v = None  # the old ones go first
-            buf.k = _huge_pages((self.L, rows, self.W, self.C), dtype)  # (n_layer, rows, window, width)
-            buf.v = _huge_pages((self.L, rows, self.W, self.C), dtype)
+            buf.k = torch.empty(self.L, rows, self.W, self.C, dtype=dtype)  # (n_layer, rows, window, width)
+            buf.v = torch.empty_like(buf.k)
         threads = torch.get_num_threads()
         # x, h, qkv, y, f, tmp; then per thread the scores (2 H W) and 2 W pointers, 64-byte aligned
         need = 11 * rows * self.C + 16 + threads * ((8 * self.H * self.W + 16 * self.W + 63) // 64 * 16)
@@ -173,27 +171,6 @@ def _tree_order(idx: torch.Tensor, steps: int) -> torch.Tensor:
     oldest_first = (steps + 1 + np.arange(W - 1)) % W  # the slot of the next step is about to be overwritten
     keys = idx.numpy()[:, oldest_first[::-1]].T  # np.lexsort: the last key is the primary one
     return torch.from_numpy(np.lexsort(keys).astype(np.int32))
-
-
-_HUGE = 2 << 20
-
-
-def _huge_pages(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """An uninitialized tensor on 2 MB-aligned memory that the kernel is asked to back with huge pages
-    (``madvise(MADV_HUGEPAGE)``, Linux; elsewhere a plain tensor): the step reads entries 32-128 KB apart, a new
-    4 KB page nearly every time."""
-    n, es = int(np.prod(shape)), torch.empty(0, dtype=dtype).element_size()
-    if n * es < _HUGE or not sys.platform.startswith("linux"):
-        return torch.empty(shape, dtype=dtype)
-    raw = torch.empty(n + _HUGE // es, dtype=dtype)
-    off = (-raw.data_ptr()) % _HUGE // es
-    t = raw[off : off + n].view(shape)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise(ctypes.c_void_p(t.data_ptr()), ctypes.c_size_t(n * es // _HUGE * _HUGE), 14)  # MADV_HUGEPAGE
-    except (OSError, AttributeError):
-        pass
-    return t
 
 
 _steps: weakref.WeakKeyDictionary[Any, NativeTTStep] = weakref.WeakKeyDictionary()
