@@ -207,6 +207,22 @@ def test_threads_plan_with_one_network_at_once():
         np.testing.assert_array_equal(out[i], alone[i])
 
 
+@needs_compiler
+def test_a_network_is_freed_with_its_fused_step():
+    """The fused steps are kept per network, weakly: a network no longer used is freed, and its step with it."""
+    import gc
+    import weakref
+
+    model = make_model(2, 16)
+    with torch.no_grad():
+        tt_native.native_tt_step(model).start(warm_ring(model, 1), 4).append(torch.tensor([[3]]), 2)
+    assert model in tt_native._steps
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None
+
+
 def test_without_a_compiler_plans_run_the_torch_step(monkeypatch):
     monkeypatch.setattr(native, "_lib", None)
     monkeypatch.setattr(native, "_failed", None)

@@ -73,8 +73,9 @@ class NativeTTStep:
     and each thread's search buffers, kept from search to search (they only grow)."""
 
     def __init__(self, lib: Any, model: Any) -> None:
-        self.lib, self.model = lib, model
+        self.lib = lib  # no reference to the network itself: _steps is keyed by it, weakly
         c = model.gpt.config
+        self.n_bins, self.value_dim, self.rope_base = model.n_bins, model.value_dim, c.rope_base
         self.L, self.H, self.C, self.W = c.n_layer, c.n_head, c.n_embd, int(c.attn_window)
         self.weights = native.PackedParams(*_params(model), "TT")
         self._local = threading.local()  # k, v, work: one search at a time per thread
@@ -114,8 +115,7 @@ class _Search:
         self.weights = weights  # the pointer array and its tensors, kept alive for this search
         self.P = weights[0].ctypes.data
         self.threads = threads  # torch's intra-op threads when the search began (its work buffer has room for them)
-        m = step.model
-        self.n_bins, self.value_dim, self.rope_base = m.n_bins, m.value_dim, m.gpt.config.rope_base
+        self.n_bins, self.value_dim, self.rope_base = step.n_bins, step.value_dim, step.rope_base
         self.dims = np.zeros(12, np.int64)
         self.io = np.zeros(9, np.int64)
 
