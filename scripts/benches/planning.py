@@ -92,6 +92,15 @@ def make_agent(args: Args, beam: int, horizon: int, mode: str) -> TTPlanner:
     return TTPlanner(obs, act, TTConfig(), device=args.device, seed=0, act=plan)  # the paper's network
 
 
+def twin_agent(args: Args, beam: int, horizon: int, like: TTPlanner | None, **act: object) -> TTPlanner:
+    """A cached planner with ``act`` replaced in its search settings and, if ``like`` is given, its weights."""
+    agent = make_agent(args, beam, horizon, "cache")
+    agent.act = dataclasses.replace(agent.act, **act)
+    if like is not None:
+        agent.model.load_state_dict(like.model.state_dict())
+    return agent
+
+
 def inputs(args: Args, n_envs: int, n: int) -> list[dict[str, np.ndarray]]:
     rng = np.random.default_rng(0)
     return [
@@ -205,10 +214,7 @@ def cache_variants(args: Args, beam: int, horizon: int, n_envs: int) -> list[lis
     xs = inputs(args, n_envs, args.warmup_steps + args.variant_rounds)
     agents, states = {}, {}
     for name in args.variants:
-        agent = make_agent(args, beam, horizon, "cache")
-        agent.act = dataclasses.replace(agent.act, **VARIANTS[name])
-        if agents:
-            agent.model.load_state_dict(next(iter(agents.values())).model.state_dict())
+        agent = twin_agent(args, beam, horizon, next(iter(agents.values()), None), **VARIANTS[name])
         agents[name], states[name] = agent, warm_state(agent, "cache", xs, args.warmup_steps)
     times: dict[str, list[float]] = {name: [] for name in args.variants}
     same, score_dev = {name: True for name in args.variants}, {name: 0.0 for name in args.variants}
@@ -253,9 +259,7 @@ def main(args: Args) -> None:
             xs = inputs(args, n_envs, args.warmup_steps + args.repeats + 3)
             agent = make_agent(args, beam, horizon, "cache")  # the default: the fused step where it applies
             state = warm_state(agent, "cache", xs, args.warmup_steps)
-            torch_agent = make_agent(args, beam, horizon, "cache")  # the torch step: what torch's tools can see
-            torch_agent.act = dataclasses.replace(torch_agent.act, native=False)
-            torch_agent.model.load_state_dict(agent.model.state_dict())
+            torch_agent = twin_agent(args, beam, horizon, agent, native=False)  # what torch's tools can see
             tstate = warm_state(torch_agent, "cache", xs, args.warmup_steps)
             times, ttimes = [], []
             for i in range(args.repeats):  # interleaved

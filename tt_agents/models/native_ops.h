@@ -1,4 +1,5 @@
-// The fused steps' shared parts (dt_step.c, tt_step.c): packed linear layers, layer norm, GELU.
+// The fused steps' shared parts (dt_step.c, tt_step.c): packed linear layers, layer norm, GELU, the rest of a
+// block after attention.
 // Plain C that the compiler vectorizes; see native.py for why these are hand-written and how they are built.
 #ifndef TT_AGENTS_NATIVE_OPS_H
 #define TT_AGENTS_NATIVE_OPS_H
@@ -10,8 +11,10 @@
 #endif
 
 // Threads for the loops below (a step sets it from torch.get_num_threads() where it runs large batches; 1:
-// serial). Each output is computed the same way whatever the split, so results do not depend on it.
-static int n_threads = 1;
+// serial). Each output is computed the same way whatever the split, so results do not depend on it. One per
+// calling thread: steps called from several Python threads at once do not share it (only the thread that
+// meets a parallel loop reads it).
+static _Thread_local int n_threads = 1;
 
 // y[m, n] = b[n] + sum_k x[m, k] * w[n, k], with w packed as native.py's pack() does: tiles of 32 output
 // columns, each a contiguous (K, 32) block (the transpose of those rows of nn.Linear's weight; the last
@@ -108,7 +111,6 @@ static void gelu(float *x, int64_t n) {
         x[i] = 0.5f * x[i] * (1.0f + (v < 0.0f ? -e : e));
     }
 }
-
 
 // The rest of a pre-norm block after attention, for M rows: x += proj(y); x += mlp(ln_2(x)). Q: the block's
 // 12 tensors (ln_1 g, b, c_attn w, b, c_proj w, b, ln_2 g, b, c_fc w, b, mlp c_proj w, b), linear weights

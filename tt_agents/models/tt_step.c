@@ -25,6 +25,11 @@ static inline float ld1(const void *p, int64_t i, const int BF) {
     return f;
 }
 
+// The entry (keys or values of one token, `entry` bytes) that row r wrote at slot s of a layer's buffer.
+static inline char *entry_at(char *layer, int64_t r, int W, int s, int64_t entry) {
+    return layer + (r * W + s) * entry;
+}
+
 static inline void store_entry(void *dst, const float *x, int C, const int BF) {
     if (!BF) {
         memcpy(dst, x, sizeof(float) * C);
@@ -227,8 +232,8 @@ int tt_step(const int64_t *dims, const float *const *P, void *const *io) {
                     b[j + half] = k1 * sn[j] + k2 * cs[j];
                 }
             for (int c = 0; c < C; c++) q[c] *= scale;
-            store_entry(kl + ((int64_t)i * W + slot) * entry, k, C, bf16);
-            store_entry(vl + ((int64_t)i * W + slot) * entry, q + 2 * C, C, bf16);
+            store_entry(entry_at(kl, i, W, slot, entry), k, C, bf16);
+            store_entry(entry_at(vl, i, W, slot, entry), q + 2 * C, C, bf16);
         }
 #pragma omp parallel for schedule(static) num_threads(n_threads) if (n_threads > 1 && N >= 64)
         for (int o = 0; o < N; o++) {  // each row over the entries its indices name, rows sharing a past in turn
@@ -245,7 +250,7 @@ int tt_step(const int64_t *dims, const float *const *P, void *const *io) {
                 const int32_t *jx = idx + (int64_t)order[o + 1] * W;
                 for (int s = 0; s < W; s++)
                     if (jx[s] >= 0 && jx[s] != ix[s]) {
-                        const char *kq = kl + ((int64_t)jx[s] * W + s) * entry, *vq = vl + ((int64_t)jx[s] * W + s) * entry;
+                        const char *kq = entry_at(kl, jx[s], W, s, entry), *vq = entry_at(vl, jx[s], W, s, entry);
                         for (int64_t c = 0; c < entry; c += 64) {
                             __builtin_prefetch(kq + c, 0, 2);
                             __builtin_prefetch(vq + c, 0, 2);
@@ -255,12 +260,12 @@ int tt_step(const int64_t *dims, const float *const *P, void *const *io) {
             int n = 0;
             for (int s = 0; s < W; s++)
                 if (ix[s] >= 0) {
-                    kp[n] = kl + ((int64_t)ix[s] * W + s) * entry;
-                    vp[n++] = vl + ((int64_t)ix[s] * W + s) * entry;
+                    kp[n] = entry_at(kl, ix[s], W, s, entry);
+                    vp[n++] = entry_at(vl, ix[s], W, s, entry);
                 }
             if (n == 0) {  // a query that sees nothing sees itself
-                kp[0] = kl + ((int64_t)i * W + slot) * entry;
-                vp[n++] = vl + ((int64_t)i * W + slot) * entry;
+                kp[0] = entry_at(kl, i, W, slot, entry);
+                vp[n++] = entry_at(vl, i, W, slot, entry);
             }
             attend_row(qkv + (int64_t)i * 3 * C, kp, vp, n, H, hd, sc, y + (int64_t)i * C, bf16);
         }
