@@ -16,7 +16,7 @@ from tests.latent.point_env import collect
 from tt_agents import TrainConfig, load_agent
 from tt_agents.data import Episode, EpisodeDataset
 from tt_agents.latent import LAMConfig, LatentActionPolicy, LatentConfig, VPTPolicy, codebook_perplexity
-from tt_agents.latent.models import LatentActionModel
+from tt_agents.latent.models import LatentActionModel, UNetFDM
 
 IMAGE_LAM = LAMConfig(n_latents=1, code_dim=8, codebook_size=8, cnn_channels=(8,), cnn_features=32, unet_channels=(8,),
                       vq_decay=0.95, kmeans_init=True)
@@ -215,6 +215,28 @@ def test_joint_order_trains_the_decoder_with_the_lam(vector_data):
     print(f"decoder accuracy right after the lam stage: joint {accs[True]:.3f}, sequential {accs[False]:.3f}")
     assert accs[True] > 0.45 and accs[True] > accs[False] + 0.2  # chance: 0.25
     assert len(result.losses) == 300
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (7, 5)])
+def test_unet_fdm_first_layer_equals_the_tiled_concatenation(hw):
+    """The FDM's first convolution adds the latent's part without tiling it: same output and gradients as
+    convolving ``[frames, latent tiled over the frame]`` (zero padding at the borders included)."""
+    torch.manual_seed(0)
+    h, w = hw
+    fdm = UNetFDM((h, w, 3), 2, 12, (4, 8))
+    past = torch.randint(0, 256, (3, h, w, 6), dtype=torch.uint8)
+    z = torch.randn(3, 12, requires_grad=True)
+    x = past.float().permute(0, 3, 1, 2) / 255.0 - 0.5
+    conv = fdm.downs[0][0]
+    tiled = torch.cat([x, z[:, :, None, None].expand(-1, -1, h, w)], 1)
+    ref = torch.nn.functional.conv2d(tiled, conv.weight, conv.bias, padding=1)
+    out = fdm._first_conv(x, z)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    g_ref = torch.autograd.grad(ref.square().sum(), [z, conv.weight])
+    g_out = torch.autograd.grad(out.square().sum(), [z, conv.weight])
+    for a, b in zip(g_out, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert fdm(past, z).shape == (3, 3, h, w)
 
 
 def test_vit_backbone_shapes_and_gradients():

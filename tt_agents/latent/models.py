@@ -220,6 +220,14 @@ class UNetFDM(nn.Module):
 
     A two-level UNet: the latent is tiled over space at the input and injected again (a linear map
     added per channel) at the bottleneck, as LAPO's FDM does. Frames are scaled to [-0.5, 0.5].
+
+    The first convolution sees ``[frames, tiled latent]`` but never builds the tiled tensor: a 3x3
+    convolution of an input that is the same at every pixel is, at each pixel, the sum of the 9 kernel
+    taps' ``W_k z`` over the taps that land inside the frame (zero padding drops the others). So the
+    latent's part is 9 small matrix-vector products spread over the frame by 0/1 border masks, the same
+    function and parameters as the concatenation (equal within float rounding; a test). Measured at
+    64x64 frames, batch 64, a 128-d latent and 16 channels, one thread: the tiled input made the FDM
+    about 8x the cost of the IDM; this way its first layer costs what the frames' 6 channels cost.
     """
 
     def __init__(self, obs_shape: tuple[int, int, int], window: int, latent_dim: int, channels: tuple[int, ...]) -> None:
@@ -239,13 +247,22 @@ class UNetFDM(nn.Module):
             c_in = ch
         self.out = nn.Conv2d(c_in, c, 1)
 
+    def _first_conv(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The first convolution of ``cat([x, z tiled over H x W], 1)``, without the tiled tensor."""
+        conv = self.downs[0][0]
+        c_past, (h, w) = x.shape[1], x.shape[-2:]
+        out = F.conv2d(x, conv.weight[:, :c_past], conv.bias, padding=1)  # (B, ch, H, W)
+        taps = torch.einsum("ockl,bc->bokl", conv.weight[:, c_past:], z)  # (B, ch, 3, 3): W_k z per tap
+        ones = x.new_ones(1, 1, h, w)
+        # inside[k, l, i, j] = 1 where tap (k, l) at pixel (i, j) reads a pixel inside the frame
+        inside = F.conv2d(F.pad(ones, (1, 1, 1, 1)), torch.eye(9, device=x.device, dtype=x.dtype).view(9, 1, 3, 3))
+        return out + torch.einsum("bot,thw->bohw", taps.flatten(2), inside[0])
+
     def forward(self, past: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         x = past.float().permute(0, 3, 1, 2) / 255.0 - 0.5  # (B, C_past, H, W)
-        h, w = x.shape[-2:]
-        x = torch.cat([x, z[:, :, None, None].expand(-1, -1, h, w)], 1)  # (B, C_past + D, H, W)
         skips = []
-        for down in self.downs:
-            x = down(x)
+        for i, down in enumerate(self.downs):
+            x = down[1:](self._first_conv(x, z)) if i == 0 else down(x)
             skips.append(x)
             x = F.max_pool2d(x, 2, ceil_mode=True)  # halves H and W
         x = self.mid(x + self.bottleneck_latent(z)[:, :, None, None])
