@@ -301,6 +301,8 @@ def algo_of_zip(path: str) -> str:
     for algo in ("sac", "td3", "ppo"):
         if f"stable_baselines3.{algo}." in module or module.endswith(f".{algo}.policies"):
             return algo
+    if module == "stable_baselines3.common.policies" and "clip_range" in data:  # PPO's CNN policies live there
+        return "ppo"
     raise UsageError(f"cannot tell which algorithm saved {path} (policy module {module!r}); pass --algo")
 
 

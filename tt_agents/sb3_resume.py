@@ -17,7 +17,10 @@ wrapped in :class:`ReplayableEnv`, which keeps the RNG state its last ``reset`` 
 actions stepped since; on resume a fresh env is reset from that RNG state and the actions are
 stepped again, which brings a deterministic env (MuJoCo, classic control; Box2D inside
 :class:`RebuildOnReset`) back to the same state — checked against the saved observation, and
-refused if it differs. The wrappers inside ``ReplayableEnv``
+refused if it differs. An env whose next episode depends on more than its reset RNG (Procgen: the
+game's own RNG picks the next level) can say where it was itself: if the unwrapped env has
+``get_state()`` (bytes) and ``set_state(bytes)``, the state at each reset is kept too (in
+``arrays.npz``) and set again before the replay. The wrappers inside ``ReplayableEnv``
 (a logger, ``Monitor``, the time limit) see the same steps again, so their partial episodes are
 rebuilt as well.
 
@@ -82,6 +85,11 @@ def _set_rng_state(env: gym.Env, state: dict[str, Any]) -> None:
     env.unwrapped.np_random = _generator(state)
 
 
+def _has_state(env: gym.Env) -> bool:
+    """The env can save and restore its whole state itself (``get_state`` / ``set_state``, bytes)."""
+    return callable(getattr(env.unwrapped, "get_state", None)) and callable(getattr(env.unwrapped, "set_state", None))
+
+
 class ReplayableEnv(gym.Wrapper):
     """Remembers how to bring the env back to where it is: its last reset and the actions since.
 
@@ -97,7 +105,10 @@ class ReplayableEnv(gym.Wrapper):
         # the RNG state the reset draws from (a seed replaces it, so then the seed is enough)
         self._reset = {"seed": seed, "options": options, "rng": None if seed is not None else _rng_state(self.env)}
         self._actions = []
-        return self.env.reset(seed=seed, options=options)
+        out = self.env.reset(seed=seed, options=options)
+        if _has_state(self.env):
+            self._reset["state"] = self.env.unwrapped.get_state()  # where the episode starts, whatever led there
+        return out
 
     def step(self, action: Any) -> Any:
         self._actions.append(np.array(action, copy=True))
@@ -107,7 +118,7 @@ class ReplayableEnv(gym.Wrapper):
         """``(record, actions)``: JSON-able reset record and the actions since it, stacked."""
         if self._reset is None:
             raise ResumeError("the env was never reset, so there is nothing to bring back")
-        if self._reset["seed"] is None and self._reset["rng"] is None:
+        if self._reset["seed"] is None and self._reset["rng"] is None and self._reset.get("state") is None:
             raise ResumeError("the env's last reset drew from an unseeded RNG; seed the first reset to resume")
         space = self.env.action_space
         acts = np.stack(self._actions) if self._actions else np.zeros((0, *space.shape), space.dtype)
@@ -117,7 +128,13 @@ class ReplayableEnv(gym.Wrapper):
         """Reset as recorded and step ``actions`` again; returns the observation reached."""
         if record["rng"] is not None:
             _set_rng_state(self.env, record["rng"])
-        obs, _ = self.reset(seed=record["seed"], options=record["options"])
+        if record.get("state") is not None:
+            if not _has_state(self.env):
+                raise ResumeError("the checkpoint holds the env's own state, but this env has no set_state()")
+            self.env.unwrapped.set_state(record["state"])  # the episode's start; the reset below keeps it
+            obs, _ = self.reset(seed=None, options=record["options"])
+        else:
+            obs, _ = self.reset(seed=record["seed"], options=record["options"])
         for a in actions:
             obs, _, terminated, truncated, _ = self.step(a)
             if terminated or truncated:
@@ -161,6 +178,21 @@ def _replayable(venv: Any) -> list[ReplayableEnv]:
     return envs
 
 
+def _as_the_model_sees_it(venv: Any, obs: np.ndarray) -> np.ndarray:
+    """One sub-env's observation after SB3's vector wrappers (``VecTransposeImage`` puts images channels
+    first: the model's ``_last_obs`` is in that layout)."""
+    from stable_baselines3.common.vec_env import VecTransposeImage
+
+    chain = []
+    while hasattr(venv, "venv"):
+        chain.append(venv)
+        venv = venv.venv
+    for wrapper in reversed(chain):  # innermost first
+        if isinstance(wrapper, VecTransposeImage):
+            obs = wrapper.transpose_observations(obs[None])[0]
+    return obs
+
+
 # ----------------------------------------------------------------------------------------------
 # the state
 
@@ -197,6 +229,9 @@ def save_training_state(model: Any, folder: str | os.PathLike, extra: dict[str, 
     records = []
     for i, env in enumerate(envs):
         rec, acts = env.snapshot()
+        state = rec.pop("state", None)
+        if state is not None:
+            arrays[f"env{i}_state"] = np.frombuffer(state, np.uint8)
         records.append(rec)
         arrays[f"env{i}_actions"] = acts
     np_state = np.random.get_state()
@@ -294,8 +329,10 @@ def load_training_state(model: Any, folder: str | os.PathLike) -> dict[str, Any]
     if len(envs) != len(state["envs"]):
         raise ResumeError(f"{path} was saved with {len(state['envs'])} envs, the model has {len(envs)}")
     for i, (env, rec) in enumerate(zip(envs, state["envs"])):
+        if f"env{i}_state" in arrays:
+            rec = {**rec, "state": arrays[f"env{i}_state"].tobytes()}
         obs = env.restore(rec, arrays[f"env{i}_actions"])
-        if not np.array_equal(np.asarray(obs), arrays["last_obs"][i]):
+        if not np.array_equal(_as_the_model_sees_it(model.env, np.asarray(obs)), arrays["last_obs"][i]):
             raise ResumeError(f"env {i} did not come back to the saved observation after replaying its "
                               f"{len(arrays[f'env{i}_actions'])} steps: it is not deterministic given its "
                               "reset RNG, so this run cannot be resumed exactly")

@@ -1,4 +1,5 @@
-"""Latent actions on HalfCheetah-v5 (MLP LAM): relative return of LatentActionPolicy, VPTPolicy and BC at few labels.
+"""Latent actions on HalfCheetah-v5 (MLP LAM) or a Procgen game (CNN LAM): relative return of LatentActionPolicy,
+VPTPolicy and BC at few labels.
 
 One command runs the whole pipeline at a budget set by the options, caching every phase in
 ``--work-dir`` (a killed run picks up where it stopped; a rerun with every result cached only
@@ -18,6 +19,16 @@ finished run:
 
 Example (the figures in benchmarks.md; ~5 minutes per seed on a shared 2-core CPU after the expert's ~25):
     python scripts/bench.py latent-actions --work-dir runs/bench-latent-actions --seeds 0 1 2 3 4 5 6 7 8 9 --write
+
+Procgen (``--env-id procgen/<game>-v0``) takes its expert and data from ``scripts/collect.py``: ``--expert-run``
+(its ``--out-dir``, for ``expert.zip``) and ``--dataset`` (its ``expert`` dataset). The LAM is LAPO's (IMPALA
+CNN IDM, UNet FDM, 8 tokens x 16 dims, 64 codes, EMA decay 0.999) at the widths ``--cnn-channels`` and
+``--unet-channels``; the expert, a uniform random policy and every agent are evaluated the same way, sampling
+their actions (``--no-deterministic``, Procgen's convention), on the levels the data came from:
+    python scripts/collect.py --env-id procgen/bigfish-v0 --datasets expert --expert-steps 3000000 \
+        --dataset-steps 100000 --out-dir runs/collect-bigfish
+    python scripts/bench.py latent-actions --env-id procgen/bigfish-v0 --expert-run runs/collect-bigfish \
+        --dataset procgen/bigfish/expert-v0 --work-dir runs/bench-latent-bigfish --section latent-actions-bigfish --write
 """
 
 from __future__ import annotations
@@ -41,6 +52,9 @@ from tt_agents.latent import LatentActionPolicy, VPTConfig, VPTPolicy
 
 # LAPO's offline decoding figure (averaged over 16 Procgen games, relative return) for reference
 LAPO_PROCGEN = {16: 0.05, 32: 0.15, 64: 0.23, 128: 0.33, 256: 0.50, 1024: 0.57}
+# and bigfish alone, read off the same figure (raw return about 25 / 33 / 35 at 16 / 32 / >= 64 labels; expert 36.3,
+# random 0.87), as relative returns
+LAPO_BIGFISH = {16: 0.68, 32: 0.91, 64: 0.96, 128: 0.96, 256: 0.96, 1024: 0.96}
 
 
 @dataclass
@@ -85,9 +99,45 @@ class Args:
     joint_decoder: bool = False
     """Train LatentActionPolicy's LAM and decoder jointly on the N labels (``LatentConfig.joint_decoder``), one LAM
     per label count, instead of the LAM on observations alone. Use another ``--work-dir`` (agents are cached)."""
+    dataset: str | None = None
+    """A Minari id or folder of the expert's data (e.g. ``scripts/collect.py``'s ``procgen/bigfish/expert-v0``)
+    instead of rolling ``--episodes`` episodes of the expert out here; needed for Procgen."""
+    transitions: int | None = None
+    """Use only the first N transitions of ``--dataset`` (every stage, the labels among them)."""
+    cnn_channels: tuple[int, ...] = (16, 32, 32)
+    """Images: IMPALA CNN widths of the IDM, the latent policy and VPT's networks (LAPO: 64 128 128)."""
+    unet_channels: tuple[int, ...] = (16, 32)
+    """Images: the FDM's UNet widths (the defaults fit a CPU budget)."""
+    deterministic: bool | None = None
+    """Evaluate with the most likely actions (``None``: yes for MuJoCo, no for Procgen, whose policies are
+    evaluated sampling, as PPO's are)."""
+    eval_envs: int | None = None
+    """Sub-envs of the evaluation (default: ``--eval-episodes``)."""
+    procgen_num_levels: int = 200
+    """Procgen levels of the evaluation (scripts/collect.py's default: the levels its data came from)."""
+    procgen_distribution_mode: str = "easy"
     section: str = "latent-actions"
     """The benchmarks.md section to write; another name keeps the figures of the default one (e.g. a section per
     expert: ``latent-actions-td3`` with ``--expert-run``)."""
+
+
+def _procgen(args: Args) -> bool:
+    return args.env_id.startswith("procgen/")
+
+
+def _deterministic(args: Args) -> bool:
+    return (not _procgen(args)) if args.deterministic is None else args.deterministic
+
+
+def _eval_env(args: Args):
+    """What every policy is evaluated on: the env id, or for Procgen one batched env on the data's levels."""
+    if not _procgen(args):
+        return args.env_id
+    import tt_agents.envs.procgen  # noqa: F401  (registers procgen/* ids)
+
+    return gym.make_vec(args.env_id, num_envs=args.eval_envs or args.eval_episodes,
+                        vectorization_mode="vector_entry_point", num_threads=0, num_levels=args.procgen_num_levels,
+                        distribution_mode=args.procgen_distribution_mode)
 
 
 def _log(msg: str) -> None:
@@ -118,6 +168,20 @@ def _expert(args: Args, work: Path) -> dict[str, float]:
     from stable_baselines3.common.evaluation import evaluate_policy
 
     t0 = time.perf_counter()
+    if _procgen(args):
+        from collect import RandomPolicy
+
+        if args.expert_run is None:
+            raise ValueError("Procgen needs --expert-run: a scripts/collect.py --out-dir with the game's PPO expert")
+        model, source = _expert_model(args, work)
+        venv = _eval_env(args)
+        ret = {name: float(evaluate(policy, venv, n_episodes=args.eval_episodes, seed=10_000,
+                                    deterministic=_deterministic(args), progress=False).mean_return)
+               for name, policy in (("expert", model), ("random", RandomPolicy(venv, 0)))}
+        venv.close()
+        info = {**ret, "expert_steps": _expert_steps(args), "source": source, "seconds": time.perf_counter() - t0}
+        info_path.write_text(json.dumps(info))
+        return info
     if args.expert_run is None and not (work / "expert_sac.zip").exists():
         model = SAC("MlpPolicy", gym.make(args.env_id), learning_starts=5000, seed=0, device="cpu", verbose=0)
         model.learn(args.expert_steps, progress_bar=False)
@@ -141,7 +205,20 @@ def _expert(args: Args, work: Path) -> dict[str, float]:
     return info
 
 
+def _expert_steps(args: Args) -> int | None:
+    """The expert's training steps, from ``--expert-run``'s summary (``None`` where it does not say)."""
+    try:
+        return int(json.loads((Path(args.expert_run) / "summary.json").read_text())["expert_step"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
 def _dataset(args: Args, work: Path) -> EpisodeDataset:
+    if args.dataset is not None:
+        ds = load_dataset(args.dataset)
+        return ds if args.transitions is None else _first(ds, args.transitions)
+    if _procgen(args):
+        raise ValueError("Procgen needs --dataset: scripts/collect.py's expert dataset of the game")
     folder = work / "data" / "halfcheetah-expert-v0"
     if not (folder / "data" / "metadata.json").exists():
         model, source = _expert_model(args, work)
@@ -187,8 +264,26 @@ def _cfg(steps: int, batch: int, lr: float = 3e-4) -> TrainConfig:
 
 
 def _eval(agent, args: Args) -> float:
-    return float(evaluate(agent, args.env_id, n_episodes=args.eval_episodes, n_envs=args.eval_episodes,
-                          seed=10_000, progress=False).mean_return)
+    env = _eval_env(args)
+    try:
+        return float(evaluate(agent, env, n_episodes=args.eval_episodes, n_envs=args.eval_envs or args.eval_episodes,
+                              seed=10_000, deterministic=_deterministic(args), progress=False).mean_return)
+    finally:
+        if not isinstance(env, str):
+            env.close()
+
+
+def _latent_config(args: Args, ds: EpisodeDataset, n: int):
+    """LatentActionPolicy's settings: the ``mujoco`` preset for vectors, LAPO's (``default``) at the bench's CNN
+    widths for images."""
+    image = len(ds.observation_space.shape) == 3
+    preset = LatentActionPolicy.presets["default" if image else "mujoco"]
+    cfg = preset.config
+    if image:
+        cfg = dataclasses.replace(cfg, lam=dataclasses.replace(cfg.lam, cnn_channels=tuple(args.cnn_channels),
+                                                               unet_channels=tuple(args.unet_channels)))
+    return dataclasses.replace(cfg, decoder_uses_obs=args.decoder_uses_obs, decoder_hidden=_decoder_hidden(args),
+                               joint_decoder=args.joint_decoder, labels=n if args.joint_decoder else cfg.labels)
 
 
 def _decoder_hidden(args: Args) -> tuple[int, ...]:
@@ -219,10 +314,7 @@ def _run(args: Args, work: Path, ds: EpisodeDataset, method: str, n: int, seed: 
         # the stages before the decoder: one run per seed, or per seed and label count when the LAM sees labels
         base = work / "agents" / (f"latent_base_{n}_s{seed}.zip" if args.joint_decoder else f"latent_base_s{seed}.zip")
         if not base.exists():
-            preset = LatentActionPolicy.presets["mujoco"]
-            cfg = dataclasses.replace(preset.config, decoder_uses_obs=args.decoder_uses_obs,
-                                      decoder_hidden=_decoder_hidden(args), joint_decoder=args.joint_decoder,
-                                      labels=n if args.joint_decoder else preset.config.labels)
+            cfg = _latent_config(args, ds, n)
             agent = LatentActionPolicy(ds.observation_space, ds.action_space, cfg, device="cpu", seed=seed)
             times["lam"] = agent.fit(ds, {"lam": _cfg(args.lam_steps, args.batch_size)}, stage="lam").seconds
             for stage in ("relabel", "latent_bc"):
@@ -243,7 +335,7 @@ def _run(args: Args, work: Path, ds: EpisodeDataset, method: str, n: int, seed: 
         times["decoder"] = agent.fit(ds, {"decoder": _cfg(args.decoder_steps, min(64, n), 1e-3)},
                                      stage="decoder").seconds
     elif method == "vpt":
-        cfg = VPTConfig(labels=n)
+        cfg = VPTConfig(labels=n, cnn_channels=tuple(args.cnn_channels))
         agent = VPTPolicy(ds.observation_space, ds.action_space, cfg, device="cpu", seed=seed)
         res = agent.fit(ds, {"idm": _cfg(args.idm_steps, min(args.batch_size, n), 1e-3), "relabel": _cfg(1, 1),
                              "bc": _cfg(args.bc_steps, args.batch_size)})
@@ -286,7 +378,7 @@ def _finetune(args: Args, work: Path, ds: EpisodeDataset, seed: int) -> dict:
 
 
 def _finetune_table(expert: dict, runs: list[dict]) -> str:
-    span = expert["expert"] - expert["random"]
+    span = (expert["expert"] - expert["random"]) or float("nan")  # nan: an expert no better than random
     steps = sorted({p["step"] for r in runs for p in r["curve"]})
     rows = []
     for st in steps:
@@ -300,7 +392,7 @@ def _finetune_table(expert: dict, runs: list[dict]) -> str:
 def _goal_note(args: Args, expert: dict, results: list[dict], n: int = 128) -> str:
     """Issue 12's goal at ``n`` labels, checked on this run: LatentActionPolicy above BC and VPT by more than
     two standard errors of the difference."""
-    span = expert["expert"] - expert["random"]
+    span = (expert["expert"] - expert["random"]) or float("nan")  # nan: an expert no better than random
     rel = {m: np.array([(r["return"] - expert["random"]) / span for r in results if r["method"] == m
                         and r["labels"] == n]) for m in NAMES}
     if any(len(v) < 2 for v in rel.values()):
@@ -315,8 +407,11 @@ def _goal_note(args: Args, expert: dict, results: list[dict], n: int = 128) -> s
             f"{'met' if met else 'not met'}: {', '.join(parts)}.")
 
 
-def _write(args: Args, expert: dict, results: list[dict], finetuned: list[dict] | None = None) -> None:
-    span = expert["expert"] - expert["random"]
+def _write(args: Args, expert: dict, results: list[dict], finetuned: list[dict] | None = None,
+           ds: EpisodeDataset | None = None) -> None:
+    if _procgen(args):
+        return _write_procgen(args, expert, results, ds)
+    span = (expert["expert"] - expert["random"]) or float("nan")  # nan: an expert no better than random
     rows = []
     for method in NAMES:
         for n in args.labels:
@@ -364,6 +459,57 @@ budget allows)."""
     write_section(args.section, title, body)
 
 
+def _rows(args: Args, expert: dict, results: list[dict], lapo: dict[int, float]) -> list[list]:
+    span = (expert["expert"] - expert["random"]) or float("nan")  # nan: an expert no better than random
+    rows = []
+    for method in NAMES:
+        for n in args.labels:
+            mine = [r for r in results if r["method"] == method and r["labels"] == n]
+            if not mine:
+                continue
+            rel = np.array([(r["return"] - expert["random"]) / span for r in mine])
+            ret = np.array([r["return"] for r in mine])
+            se = float(rel.std(ddof=1) / np.sqrt(len(rel))) if len(rel) > 1 else float("nan")
+            ret_se = float(ret.std(ddof=1) / np.sqrt(len(ret))) if len(ret) > 1 else float("nan")
+            stage_times = {k: np.mean([r["times"].get(k, np.nan) for r in mine]) for k in mine[0]["times"]}
+            times = ", ".join(f"{k} {v:.0f}" for k, v in stage_times.items())
+            perp = f"{np.mean([r['perplexity'] for r in mine]):.1f}" if "perplexity" in mine[0] else "-"
+            rows.append([NAMES[method], n, len(mine), f"{rel.mean():.3f} ± {se:.3f}", f"{ret.mean():.2f} ± {ret_se:.2f}",
+                         perp, times, f"{lapo[n]:.2f}" if method == "latent" and n in lapo else "-"])
+    return rows
+
+
+def _write_procgen(args: Args, expert: dict, results: list[dict], ds: EpisodeDataset | None) -> None:
+    game = args.env_id.split("/")[1].split("-")[0]
+    steps = expert.get("expert_steps")
+    data = (f"{len(ds)} episodes, {ds.total_steps} transitions{', its first' if args.transitions else ''}"
+            if ds is not None else "the dataset")
+    sampled = "sampling their actions" if not _deterministic(args) else "with their most likely actions"
+    body = f"""Data: `{args.dataset}` from `scripts/collect.py` ({data}; {args.procgen_distribution_mode} mode,
+{args.procgen_num_levels} levels): the {expert['source']}{f" for {steps} env steps" if steps else ""} (the Procgen
+paper's PPO hyperparameters; the paper trains 25M steps), its sampled actions. Every policy, the expert and a
+uniform random policy included, is evaluated the same way: {args.eval_episodes} episodes on the data's levels
+({args.eval_envs or args.eval_episodes} sub-envs of one batched Procgen env, seed 10000), {sampled}. Expert return
+{expert['expert']:.2f}, random {expert['random']:.2f}; relative return is (R - random) / (expert - random), mean ±
+standard error over seeds (the return column: raw, same). Labels: the first N transitions of the dataset.
+
+LatentActionPolicy: LAPO's LAM (IMPALA CNN IDM over (o_t-1, o_t, o_t+1), UNet FDM, 8 tokens x 16 dims, 64 codes,
+EMA decay 0.999, commitment 0.05) at the widths this CPU allows (IDM and latent policy CNN
+{"/".join(map(str, args.cnn_channels))}, UNet {"/".join(map(str, args.unet_channels))}; LAPO: 64/128/128),
+decoder {"on o_t and the latent" if args.decoder_uses_obs else "on the latent alone (LAPO's)"}, hidden widths
+{" x ".join(map(str, _decoder_hidden(args)))}; lam {args.lam_steps} / latent_bc {args.latent_bc_steps} / decoder
+{args.decoder_steps} steps at batch {args.batch_size} (LAPO: 50k LAM steps at batch 128). VPTPolicy: IDM (CNN
+{"/".join(map(str, args.cnn_channels))}) {args.idm_steps} steps on the N labels, BC {args.bc_steps} steps on the
+relabeled data; BCPolicy (Nature CNN) {args.bc_steps} steps on the N labels. Training seconds per stage on this
+shared 2-core CPU. LAPO's column: bigfish alone, read off its figure (relative return with its expert 36.3 and
+random 0.87; its 16-game averages are 0.05 / 0.33 / 0.57 at 16 / 128 / 1024 labels).
+
+{markdown_table(["agent", "labels", "seeds", "relative return", "return", "perplexity", "seconds per stage",
+                 f"LAPO ({game})"], _rows(args, expert, results, LAPO_BIGFISH if game == "bigfish" else LAPO_PROCGEN))}"""
+    body += _goal_note(args, expert, results)
+    write_section(args.section, f"Latent actions: Procgen {game}, few labels", body)
+
+
 def main(args: Args) -> None:
     torch.set_num_threads(args.threads)
     work = Path(args.work_dir)
@@ -381,7 +527,7 @@ def main(args: Args) -> None:
                 r = _run(args, work, ds, method, n, seed)
                 _log(json.dumps(r))
                 results.append(r)
-                _write(args, expert, results)
+                _write(args, expert, results, ds=ds)
     finetuned = []
     if args.finetune_steps > 0:
         for seed in args.finetune_seeds:

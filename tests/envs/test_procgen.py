@@ -124,6 +124,51 @@ def test_forced_reset_starts_new_levels():
         envs.reset(options={"reset_mask": np.array([True, False])})
 
 
+def test_get_state_and_set_state_continue_exactly_across_episode_ends():
+    """A fresh env (other seed) set to a saved state steps on exactly as the original did, through the
+    episode ends after it (the level sequence is in the state) and the time-limit count."""
+    a = ProcgenVectorEnv("bigfish", 3, distribution_mode="easy", num_levels=50, num_threads=0)
+    a.reset(seed=1)
+    _play(a, 40, 0)
+    saved, obs_a, steps_a = a.get_state(), a._obs.copy(), a._ep_len.copy()
+    after = _play(a, 200, 5)
+    b = ProcgenVectorEnv("bigfish", 3, distribution_mode="easy", num_levels=50, num_threads=0)
+    obs_b, info = b.set_state(saved)
+    np.testing.assert_array_equal(obs_b, obs_a)
+    np.testing.assert_array_equal(b._ep_len, steps_a)  # the time limit counts on from where it was
+    ends = 0
+    for (o1, r1, t1, u1, _), (o2, r2, t2, u2, _) in zip(after, _play(b, 200, 5)):
+        np.testing.assert_array_equal(o1, o2)
+        np.testing.assert_array_equal(r1, r2)
+        np.testing.assert_array_equal(t1, t2)
+        np.testing.assert_array_equal(u1, u2)
+        ends += int((t1 | u1).sum())
+    assert ends > 0  # the replay crossed episode ends, where the next level comes from the game's own RNG
+    with pytest.raises(ValueError, match="takes 3 states"):
+        b.set_state(saved[:2])
+    with pytest.raises(gym.error.ResetNeeded):
+        ProcgenVectorEnv("bigfish", 1, distribution_mode="easy", num_threads=0).get_state()
+
+
+def test_single_env_state_after_an_episode_end():
+    env = ProcgenEnv("bigfish", distribution_mode="easy")
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    while not any(env.step(int(rng.integers(15)))[2:4]):
+        pass
+    with pytest.raises(gym.error.ResetNeeded, match="reset"):
+        env.get_state()  # between an episode's end and the reset after it
+    start, _ = env.reset()
+    saved = env.get_state()
+    other = ProcgenEnv("bigfish", distribution_mode="easy")
+    obs, _ = other.set_state(saved)
+    np.testing.assert_array_equal(obs, start)
+    np.testing.assert_array_equal(other.reset()[0], start)  # a reset right after keeps an episode start
+    for _ in range(30):
+        a = int(rng.integers(15))
+        np.testing.assert_array_equal(env.step(a)[0], other.step(a)[0])
+
+
 def test_single_env_terminal_step_and_next_level():
     env = ProcgenEnv("bigfish", distribution_mode="easy")
     obs, _ = env.reset(seed=0)

@@ -13,6 +13,7 @@ import minari
 import numpy as np
 import pytest
 
+from tests.scripts._helpers import load_script
 from tt_agents.data import load_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,6 +88,8 @@ def test_procgen_bigfish(tmp_path):
     ds = check_datasets("procgen/bigfish", ["random", "medium", "medium-replay", "expert"], "procgen/bigfish-v0")
     assert ds["expert"].metadata["policy"]["algorithm"] == "PPO"
     assert ds["expert"][0].observations.shape[1:] == (64, 64, 3)
+    # the expert's CNN policy class lives in SB3's common module: its algorithm is read from the zip's data
+    assert load_script("collect").algo_of_zip(str(tmp_path / "o" / "expert.zip")) == "ppo"
 
 
 def test_bad_arguments_fail_clearly(tmp_path):

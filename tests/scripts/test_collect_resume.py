@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+import tt_agents.envs.procgen  # noqa: F401  (registers procgen/* ids)
 from tests.scripts._helpers import load_script, run_script
 from tt_agents.data import load_dataset
 from tt_agents.sb3_resume import ReplayableEnv, ResumeCheckpoints, ResumeError, load_training_state
@@ -39,6 +40,8 @@ CASES = {
     "td3-hopper": (TD3, dict(learning_starts=40, env_id="Hopper-v5")),  # MuJoCo: short random episodes
     "sac-gsde-train-freq-8": (SAC, dict(learning_starts=50, use_sde=True, train_freq=8, gradient_steps=8)),
     "ppo-2-envs-gsde": (PPO, dict(n_steps=32, batch_size=32, n_envs=2, use_sde=True, sde_sample_freq=4)),
+    # Procgen: the level after an episode's end comes from the game's own RNG, not the reset's (its state is saved)
+    "ppo-procgen-bigfish": (PPO, dict(n_steps=32, batch_size=32, n_envs=2, n_epochs=1, env_id="procgen/bigfish-v0")),
 }
 
 
@@ -54,6 +57,8 @@ def test_a_resumed_learner_is_the_uninterrupted_one_bit_for_bit(tmp_path, case):
     resumed = _build(cls, **kw)
     state = load_training_state(resumed, tmp_path)
     assert 90 <= state["num_timesteps"] < 170
+    if case == "ppo-procgen-bigfish":  # an env came back to a level its reset RNG alone would not give
+        assert any(rec["seed"] is None for rec in state["envs"])
     resumed.learn(total - state["num_timesteps"], reset_num_timesteps=False)
     assert resumed.num_timesteps == whole.num_timesteps
     a, b = whole.policy.state_dict(), resumed.policy.state_dict()

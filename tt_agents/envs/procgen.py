@@ -21,6 +21,9 @@ How gym3's semantics map onto Gymnasium's:
 - ``reset()`` mid-episode forces a new level on every sub-env (Procgen's ``action == -1``);
   ``reset(seed=s)`` rebuilds the Procgen env with ``rand_seed=s``, so the sequence of levels
   and everything after is reproducible. Procgen seeds all its sub-envs from that one seed.
+- ``get_state()`` / ``set_state()`` save and restore the games exactly (Procgen's own
+  serialization: the level, the RNGs that pick the next levels, the episode so far; about 20 KB a
+  game), so a run can continue where it was (``tt_agents.sb3_resume`` does, for resumed training).
 
 Gymnasium ids ``procgen/{game}-v0`` are registered on import (with ``vector_entry_point``, so
 ``gym.make_vec("procgen/coinrun-v0", num_envs=64, vectorization_mode="vector_entry_point")``
@@ -273,6 +276,25 @@ class ProcgenVectorEnv(VectorEnv):
         self._obs = obs
         return obs.copy(), reward, terminated, truncated, infos
 
+    def get_state(self) -> list[bytes]:
+        """Each game's whole state: its step count in the episode, then Procgen's serialization of the game."""
+        if self._env is None:
+            raise ResetNeeded("Cannot call env.get_state() before calling env.reset()")
+        return [struct.pack("<q", int(n)) + bytes(s) for n, s in zip(self._ep_len, self._env.get_state())]
+
+    def set_state(self, states: list[bytes]) -> tuple[np.ndarray, dict[str, Any]]:
+        """Bring every game back to a ``get_state()``; returns the observations and infos there (what the
+        following steps continue from, exactly as they did after the ``get_state()``)."""
+        if len(states) != self.num_envs or not all(isinstance(s, bytes) and len(s) > 8 for s in states):
+            raise ValueError(f"set_state takes {self.num_envs} states from get_state() (bytes), got {len(states)} "
+                             f"of types {sorted({type(s).__name__ for s in states})}")
+        if self._env is None:
+            self._create(0)  # its seed does not matter: the states replace the games and their RNGs
+        self._env.set_state([s[8:] for s in states])
+        self._ep_len[:] = [struct.unpack("<q", s[:8])[0] for s in states]
+        self._obs, _, _ = self._observe()
+        return self._obs.copy(), self._infos()
+
     def render(self) -> tuple[np.ndarray, ...] | None:
         if self.render_mode != "rgb_array" or not self._info:
             return None
@@ -372,6 +394,21 @@ class ProcgenEnv(gym.Env, gym.utils.RecordConstructorArgs):
             info = {**info, **{k: v[0].item() for k, v in final_info.items() if not k.startswith("_")}}
             return infos["final_obs"][0], float(reward[0]), bool(terminated[0]), bool(truncated[0]), info
         return obs[0], float(reward[0]), False, False, info
+
+    def get_state(self) -> bytes:
+        """The game's whole state (see :meth:`ProcgenVectorEnv.get_state`), mid-episode; not between an
+        episode's end and the ``reset()`` after it."""
+        if self._next is not None:
+            raise ResetNeeded("the episode ended: call env.reset() before env.get_state()")
+        return self._vec.get_state()[0]
+
+    def set_state(self, state: bytes) -> tuple[np.ndarray, dict[str, Any]]:
+        """Bring the game back to a ``get_state()``; returns the observation and info there. A ``reset()``
+        without a seed right after it keeps that state when it was taken at an episode's start (as
+        ``tt_agents.sb3_resume.ReplayableEnv`` takes it), and starts a new level otherwise."""
+        obs, infos = self._vec.set_state([state])
+        self._next = None
+        return obs[0], self._unbatch(infos)
 
     def render(self) -> np.ndarray | None:
         frames = self._vec.render()
