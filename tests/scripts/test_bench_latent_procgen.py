@@ -1,0 +1,41 @@
+"""scripts/bench.py latent-actions on a Procgen game at a tiny size: collect.py's PPO expert and data in, a table out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.scripts._helpers import REPO, run_script
+
+
+def test_latent_actions_bench_on_procgen_from_collect_py(tmp_path, monkeypatch, capsys):
+    store = tmp_path / "store"
+    out = run_script("collect.py", "--env-id", "procgen/bigfish-v0", "--datasets", "expert", "--expert-steps", "300",
+                     "--dataset-steps", "400", "--num-envs", "2", "--train-envs", "2", "--eval-episodes", "2",
+                     "--n-checkpoints", "1", "--out-dir", str(tmp_path / "expert"), "--no-progress", store=store)
+    assert out.returncode == 0, out.stderr[-3000:]
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(store))
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    from benches import latent_actions as bench
+
+    tiny = dict(lam_steps=2, latent_bc_steps=2, decoder_steps=2, idm_steps=2, bc_steps=2, batch_size=4)
+    args = bench.Args(env_id="procgen/bigfish-v0", expert_run=str(tmp_path / "expert"), dataset="procgen/bigfish/expert-v0",
+                      transitions=300, work_dir=str(tmp_path / "work"), labels=(16, 128), seeds=(0, 1), eval_episodes=2,
+                      cnn_channels=(4, 8), unet_channels=(4, 8), decoder_uses_obs=False, section="t", **tiny)
+    bench.main(args)
+    printed = capsys.readouterr().out.split("<!-- bench:t -->")[-1]  # the section as the last finished run wrote it
+    assert "## Latent actions: Procgen bigfish, few labels" in printed
+    assert "300 transitions, its first" in printed  # --transitions cut the data
+    for name in ("LatentActionPolicy", "VPTPolicy", "BCPolicy"):
+        assert printed.count(f"| {name} | 16 | 2 |") == 1 and printed.count(f"| {name} | 128 | 2 |") == 1
+    expert = json.loads((tmp_path / "work" / "expert.json").read_text())
+    assert expert["expert_steps"] >= 300 and expert["source"].startswith("PPO expert")
+    # the agents' networks are the bench's widths, not LAPO's
+    from tt_agents import load_agent
+
+    agent = load_agent(tmp_path / "work" / "agents" / "latent_base_s0.zip", device="cpu")
+    assert agent.config.lam.cnn_channels == (4, 8) and agent.config.lam.unet_channels == (4, 8)
+    assert not agent.config.decoder_uses_obs
+    with pytest.raises(ValueError, match="Procgen needs --dataset"):
+        bench._dataset(bench.Args(env_id="procgen/bigfish-v0"), tmp_path)
