@@ -179,7 +179,7 @@ def _expert(args: Args, work: Path) -> dict[str, float]:
                                     deterministic=_deterministic(args), progress=False).mean_return)
                for name, policy in (("expert", model), ("random", RandomPolicy(venv, 0)))}
         venv.close()
-        info = {**ret, "expert_steps": _expert_steps(args), "source": source, "seconds": time.perf_counter() - t0}
+        info = {**ret, **_expert_budget(args), "source": source, "seconds": time.perf_counter() - t0}
         info_path.write_text(json.dumps(info))
         return info
     if args.expert_run is None and not (work / "expert_sac.zip").exists():
@@ -205,12 +205,14 @@ def _expert(args: Args, work: Path) -> dict[str, float]:
     return info
 
 
-def _expert_steps(args: Args) -> int | None:
-    """The expert's training steps, from ``--expert-run``'s summary (``None`` where it does not say)."""
+def _expert_budget(args: Args) -> dict[str, float | None]:
+    """The expert's training steps and wall seconds, from ``--expert-run``'s summary (``None`` where it does not
+    say)."""
     try:
-        return int(json.loads((Path(args.expert_run) / "summary.json").read_text())["expert_step"])
-    except (OSError, KeyError, TypeError, ValueError):
-        return None
+        summary = json.loads((Path(args.expert_run) / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    return {"expert_steps": summary.get("expert_step"), "train_seconds": summary.get("train_seconds")}
 
 
 def _dataset(args: Args, work: Path) -> EpisodeDataset:
@@ -411,21 +413,7 @@ def _write(args: Args, expert: dict, results: list[dict], finetuned: list[dict] 
            ds: EpisodeDataset | None = None) -> None:
     if _procgen(args):
         return _write_procgen(args, expert, results, ds)
-    span = (expert["expert"] - expert["random"]) or float("nan")  # nan: an expert no better than random
-    rows = []
-    for method in NAMES:
-        for n in args.labels:
-            mine = [r for r in results if r["method"] == method and r["labels"] == n]
-            if not mine:
-                continue
-            rel = np.array([(r["return"] - expert["random"]) / span for r in mine])
-            se = float(rel.std(ddof=1) / np.sqrt(len(rel))) if len(rel) > 1 else float("nan")
-            stage_times = {k: np.mean([r["times"].get(k, np.nan) for r in mine]) for k in mine[0]["times"]}
-            times = ", ".join(f"{k} {v:.0f}" for k, v in stage_times.items())
-            perp = f"{np.mean([r['perplexity'] for r in mine]):.1f}" if "perplexity" in mine[0] else "-"
-            rows.append([NAMES[method], n, len(mine), f"{rel.mean():.3f} ± {se:.3f}",
-                         f"{np.mean([r['return'] for r in mine]):.0f}", perp, times,
-                         f"{LAPO_PROCGEN[n]:.2f}" if method == "latent" and n in LAPO_PROCGEN else "-"])
+    rows = _rows(args, expert, results, LAPO_PROCGEN, raw_se=False)
     source = expert.get("source", f"SB3 SAC expert trained for {expert['expert_steps']} env steps (this script's own)")
     body = f"""Data: {args.episodes} episodes (1000 steps each) of the {source}, its `predict(deterministic=False)`
 actions (SAC samples; TD3's are its deterministic actions). Expert return {expert['expert']:.0f} (deterministic,
@@ -441,8 +429,7 @@ steps on the N labels. Training seconds per stage on this shared CPU. LAPO's col
 {markdown_table(["agent", "labels", "seeds", "relative return", "return", "perplexity", "seconds per stage",
                  "LAPO (Procgen)"], rows)}
 
-Not measured here: Procgen bigfish (its expert and data need collect.py's PPO expert, more than this CPU
-budget allows)."""
+Procgen: `--env-id procgen/<game>-v0` with `scripts/collect.py`'s expert and data (its own section)."""
     body += _goal_note(args, expert, results)
     if finetuned:
         body += (f"\n\nOnline fine-tuning (LAPO's stage 3, `tt_agents.latent.finetune_ppo`): LatentActionPolicy at "
@@ -459,7 +446,9 @@ budget allows)."""
     write_section(args.section, title, body)
 
 
-def _rows(args: Args, expert: dict, results: list[dict], lapo: dict[int, float]) -> list[list]:
+def _rows(args: Args, expert: dict, results: list[dict], lapo: dict[int, float], raw_se: bool = True) -> list[list]:
+    """The table's rows: per agent and label count, relative return ± standard error over seeds, raw return (± its
+    standard error with ``raw_se``), perplexity, mean seconds per stage, and the reference figure."""
     span = (expert["expert"] - expert["random"]) or float("nan")  # nan: an expert no better than random
     rows = []
     for method in NAMES:
@@ -474,20 +463,20 @@ def _rows(args: Args, expert: dict, results: list[dict], lapo: dict[int, float])
             stage_times = {k: np.mean([r["times"].get(k, np.nan) for r in mine]) for k in mine[0]["times"]}
             times = ", ".join(f"{k} {v:.0f}" for k, v in stage_times.items())
             perp = f"{np.mean([r['perplexity'] for r in mine]):.1f}" if "perplexity" in mine[0] else "-"
-            rows.append([NAMES[method], n, len(mine), f"{rel.mean():.3f} ± {se:.3f}", f"{ret.mean():.2f} ± {ret_se:.2f}",
-                         perp, times, f"{lapo[n]:.2f}" if method == "latent" and n in lapo else "-"])
+            raw = f"{ret.mean():.2f} ± {ret_se:.2f}" if raw_se else f"{ret.mean():.0f}"
+            rows.append([NAMES[method], n, len(mine), f"{rel.mean():.3f} ± {se:.3f}", raw, perp, times, f"{lapo[n]:.2f}" if method == "latent" and n in lapo else "-"])
     return rows
 
 
 def _write_procgen(args: Args, expert: dict, results: list[dict], ds: EpisodeDataset | None) -> None:
     game = args.env_id.split("/")[1].split("-")[0]
-    steps = expert.get("expert_steps")
+    steps, secs = expert.get("expert_steps"), expert.get("train_seconds")
     data = (f"{len(ds)} episodes, {ds.total_steps} transitions{', its first' if args.transitions else ''}"
             if ds is not None else "the dataset")
     sampled = "sampling their actions" if not _deterministic(args) else "with their most likely actions"
     body = f"""Data: `{args.dataset}` from `scripts/collect.py` ({data}; {args.procgen_distribution_mode} mode,
-{args.procgen_num_levels} levels): the {expert['source']}{f" for {steps} env steps" if steps else ""} (the Procgen
-paper's PPO hyperparameters; the paper trains 25M steps), its sampled actions. Every policy, the expert and a
+{args.procgen_num_levels} levels): the {expert['source']}{f" for {steps} env steps" if steps else ""}{f" (about {secs / 60:.0f} min to its last evaluation)" if secs else ""}
+(the Procgen paper's PPO hyperparameters; the paper trains 25M steps), its sampled actions. Every policy, the expert and a
 uniform random policy included, is evaluated the same way: {args.eval_episodes} episodes on the data's levels
 ({args.eval_envs or args.eval_episodes} sub-envs of one batched Procgen env, seed 10000), {sampled}. Expert return
 {expert['expert']:.2f}, random {expert['random']:.2f}; relative return is (R - random) / (expert - random), mean ±
