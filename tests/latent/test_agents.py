@@ -205,3 +205,24 @@ def test_ppo_finetuning_trains_the_agents_own_networks(vector_agent, tmp_path):
     again = load_agent(tmp_path / "finetuned.zip")
     obs = np.stack([PointEnv("vector", "discrete").reset(seed=s)[0] for s in range(8)])
     np.testing.assert_array_equal(again.predict(obs, deterministic=True)[0], agent.predict(obs, deterministic=True)[0])
+
+
+def test_a_reloaded_agents_decoder_reads_only_its_labelled_transitions_latents(vector_agent, vector_data, tmp_path,
+                                                                              monkeypatch):
+    """Fitting the decoder after a reload labels the N labelled transitions with the IDM, not the whole dataset
+    with the LAM (minutes for Procgen frames), and gets the latents the relabel stage gave them."""
+    from tt_agents import load_agent
+
+    _, labels = vector_agent._relabeled(vector_data)
+    vector_agent.save(tmp_path / "agent.zip")
+    agent = load_agent(tmp_path / "agent.zip", device="cpu")
+    seen = []
+    monkeypatch.setattr(type(agent), "_label_all", lambda *a, **k: pytest.fail("the whole dataset was relabeled"))
+    infer = type(agent).infer_latents
+    monkeypatch.setattr(type(agent), "infer_latents", lambda self, frames: seen.append(len(frames)) or infer(self, frames))
+    agent.config.labels, agent.config.relabel_batch_size = 40, 16
+    tr = agent._transitions(vector_data)
+    np.testing.assert_allclose(agent._labelled_latents(vector_data, tr, 40), labels["latent_actions"][:40], atol=1e-5)
+    assert seen == [16, 16, 8]  # the 40 labelled transitions, in batches
+    agent.fit(vector_data, {"decoder": TrainConfig(steps=2, batch_size=8, progress=False)}, stage="decoder")
+    assert seen == [16, 16, 8] * 2  # the decoder stage labelled them the same way

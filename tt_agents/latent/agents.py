@@ -411,12 +411,21 @@ class LatentActionPolicy(_LatentBase):
         return F.mse_loss(policy(self._obs(batch["observations"])).float(), batch["latents"].float()), {}
 
     def _decoder_sampler(self, dataset, batch_size, seed, rank, world_size) -> TransitionSampler:
-        tr, labels = self._relabeled(dataset)
+        tr = self._transitions(dataset)
         n = min(self.config.labels, len(tr))
         actions = labelled_actions(dataset, n)  # the one place actions are read
         return TransitionSampler(tr, batch_size, seed, rank, world_size, subset=n, frames=False,
                                  observations=self.config.decoder_uses_obs,
-                                 fields={"latents": labels["latent_actions"][:n], "actions": actions})
+                                 fields={"latents": self._labelled_latents(dataset, tr, n), "actions": actions})
+
+    def _labelled_latents(self, dataset: Any, tr: Transitions, n: int) -> np.ndarray:
+        """The latents of the first ``n`` transitions: the relabel stage's where this dataset's are in memory, else
+        the IDM on those ``n`` alone (a decoder fitted after a reload would otherwise pass the whole dataset
+        through the LAM again: minutes for 40k Procgen frames on a CPU, for 16 labels)."""
+        if self._cache is not None and self._cache[0] is dataset:
+            return self._cache[2]["latent_actions"][:n]
+        bs = self.config.relabel_batch_size
+        return np.concatenate([self.infer_latents(tr.frames(np.arange(s, min(n, s + bs))))[0] for s in range(0, n, bs)])
 
     def _decoder_loss(self, decoder: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         out = decoder(batch["latents"].float(), self._features(batch.get("observations")))
