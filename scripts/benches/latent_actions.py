@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -474,27 +475,34 @@ def _write_procgen(args: Args, expert: dict, results: list[dict], ds: EpisodeDat
     data = (f"{len(ds)} episodes, {ds.total_steps} transitions{', its first' if args.transitions else ''}"
             if ds is not None else "the dataset")
     sampled = "sampling their actions" if not _deterministic(args) else "with their most likely actions"
-    body = f"""Data: `{args.dataset}` from `scripts/collect.py` ({data}; {args.procgen_distribution_mode} mode,
-{args.procgen_num_levels} levels): the {expert['source']}{f" for {steps} env steps" if steps else ""}{f" (about {secs / 60:.0f} min to its last evaluation)" if secs else ""}
-(the Procgen paper's PPO hyperparameters; the paper trains 25M steps), its sampled actions. Every policy, the expert and a
-uniform random policy included, is evaluated the same way: {args.eval_episodes} episodes on the data's levels
-({args.eval_envs or args.eval_episodes} sub-envs of one batched Procgen env, seed 10000), {sampled}. Expert return
-{expert['expert']:.2f}, random {expert['random']:.2f}; relative return is (R - random) / (expert - random), mean ±
-standard error over seeds (the return column: raw, same). Labels: the first N transitions of the dataset.
-
-LatentActionPolicy: LAPO's LAM (IMPALA CNN IDM over (o_t-1, o_t, o_t+1), UNet FDM, 8 tokens x 16 dims, 64 codes,
-EMA decay 0.999, commitment 0.05) at the widths this CPU allows (IDM and latent policy CNN
-{"/".join(map(str, args.cnn_channels))}, UNet {"/".join(map(str, args.unet_channels))}; LAPO: 64/128/128),
-decoder {"on o_t and the latent" if args.decoder_uses_obs else "on the latent alone (LAPO's)"}, hidden widths
-{" x ".join(map(str, _decoder_hidden(args)))}; lam {args.lam_steps} / latent_bc {args.latent_bc_steps} / decoder
-{args.decoder_steps} steps at batch {args.batch_size} (LAPO: 50k LAM steps at batch 128). VPTPolicy: IDM (CNN
-{"/".join(map(str, args.cnn_channels))}) {args.idm_steps} steps on the N labels, BC {args.bc_steps} steps on the
-relabeled data; BCPolicy (Nature CNN) {args.bc_steps} steps on the N labels. Training seconds per stage on this
-shared 2-core CPU. LAPO's column: bigfish alone, read off its figure (relative return with its expert 36.3 and
-random 0.87; its 16-game averages are 0.05 / 0.33 / 0.57 at 16 / 128 / 1024 labels).
-
-{markdown_table(["agent", "labels", "seeds", "relative return", "return", "perplexity", "seconds per stage",
-                 f"LAPO ({game})"], _rows(args, expert, results, LAPO_BIGFISH if game == "bigfish" else LAPO_PROCGEN))}"""
+    widths = "/".join(map(str, args.cnn_channels))
+    lapo = ("bigfish alone, read off its figure (relative return with its expert 36.3 and random 0.87; its "
+            "16-game averages are 0.05 / 0.33 / 0.57 at 16 / 128 / 1024 labels)" if game == "bigfish"
+            else "its 16-game average (other games), for scale only")
+    paragraphs = [
+        f"Data: `{args.dataset}` from `scripts/collect.py` ({data}; {args.procgen_distribution_mode} mode, "
+        f"{args.procgen_num_levels} levels): the {expert['source']}{f' for {steps} env steps' if steps else ''}"
+        f"{f' (about {secs / 60:.0f} min to its last evaluation)' if secs else ''} (the Procgen paper's PPO "
+        f"hyperparameters; the paper trains 25M steps), its sampled actions. Every policy, the expert and a uniform "
+        f"random policy included, is evaluated the same way: {args.eval_episodes} episodes on the data's levels "
+        f"({args.eval_envs or args.eval_episodes} sub-envs of one batched Procgen env, seed 10000), {sampled}. Expert "
+        f"return {expert['expert']:.2f}, random {expert['random']:.2f}; relative return is (R - random) / (expert - "
+        f"random), mean ± standard error over seeds (the return column: raw, the same). Labels: the first N "
+        f"transitions of the dataset.",
+        f"LatentActionPolicy: LAPO's LAM (IMPALA CNN IDM over (o_t-1, o_t, o_t+1), UNet FDM, 8 tokens x 16 dims, 64 "
+        f"codes, EMA decay 0.999, commitment 0.05) at the widths this CPU allows (IDM and latent policy CNN {widths}, "
+        f"UNet {'/'.join(map(str, args.unet_channels))}; LAPO: 64/128/128), decoder "
+        f"{'on o_t and the latent' if args.decoder_uses_obs else 'on the latent alone, as LAPO'}, hidden widths "
+        f"{' x '.join(map(str, _decoder_hidden(args)))}; lam {args.lam_steps} / latent_bc {args.latent_bc_steps} / "
+        f"decoder {args.decoder_steps} steps at batch {args.batch_size} (LAPO: 50k LAM steps at batch 128). "
+        f"VPTPolicy: IDM (CNN {widths}) {args.idm_steps} steps on the N labels, BC {args.bc_steps} steps on the "
+        f"relabeled data; BCPolicy (Nature CNN) {args.bc_steps} steps on the N labels. Training seconds per stage on "
+        f"this shared 2-core CPU. LAPO's column: {lapo}.",
+    ]
+    table = markdown_table(["agent", "labels", "seeds", "relative return", "return", "perplexity", "seconds per stage",
+                            f"LAPO ({game})"],
+                           _rows(args, expert, results, LAPO_BIGFISH if game == "bigfish" else LAPO_PROCGEN))
+    body = "\n\n".join([*(textwrap.fill(p, 115) for p in paragraphs), table])
     body += _goal_note(args, expert, results)
     write_section(args.section, f"Latent actions: Procgen {game}, few labels", body)
 
