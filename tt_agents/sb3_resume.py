@@ -115,7 +115,8 @@ class ReplayableEnv(gym.Wrapper):
         return self.env.step(action)
 
     def snapshot(self) -> tuple[dict[str, Any], np.ndarray]:
-        """``(record, actions)``: JSON-able reset record and the actions since it, stacked."""
+        """``(record, actions)``: the reset record (JSON-able but for its ``state``: the env's own bytes, where
+        it has ``get_state``) and the actions since it, stacked."""
         if self._reset is None:
             raise ResumeError("the env was never reset, so there is nothing to bring back")
         if self._reset["seed"] is None and self._reset["rng"] is None and self._reset.get("state") is None:
