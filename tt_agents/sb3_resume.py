@@ -182,16 +182,10 @@ def _replayable(venv: Any) -> list[ReplayableEnv]:
 def _as_the_model_sees_it(venv: Any, obs: np.ndarray) -> np.ndarray:
     """One sub-env's observation after SB3's vector wrappers (``VecTransposeImage`` puts images channels
     first: the model's ``_last_obs`` is in that layout)."""
-    from stable_baselines3.common.vec_env import VecTransposeImage
+    from stable_baselines3.common.vec_env import VecTransposeImage, unwrap_vec_wrapper
 
-    chain = []
-    while hasattr(venv, "venv"):
-        chain.append(venv)
-        venv = venv.venv
-    for wrapper in reversed(chain):  # innermost first
-        if isinstance(wrapper, VecTransposeImage):
-            obs = wrapper.transpose_observations(obs[None])[0]
-    return obs
+    transpose = unwrap_vec_wrapper(venv, VecTransposeImage)
+    return obs if transpose is None else transpose.transpose_observations(obs[None])[0]
 
 
 # ----------------------------------------------------------------------------------------------
