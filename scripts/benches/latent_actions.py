@@ -380,13 +380,23 @@ def _finetune(args: Args, work: Path, ds: EpisodeDataset, seed: int) -> dict:
     return result
 
 
+def _relative(returns: list[float], expert: dict) -> np.ndarray:
+    """(R - random) / (expert - random) for each return (nan for an expert no better than random)."""
+    span = (expert["expert"] - expert["random"]) or float("nan")
+    return (np.asarray(returns, np.float64) - expert["random"]) / span
+
+
+def _stderr(x: np.ndarray) -> float:
+    """The standard error of the mean of ``x`` (nan for fewer than two values)."""
+    return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+
 def _finetune_table(expert: dict, runs: list[dict]) -> str:
-    span = (expert["expert"] - expert["random"]) or float("nan")  # nan: an expert no better than random
     steps = sorted({p["step"] for r in runs for p in r["curve"]})
     rows = []
     for st in steps:
-        rel = [(p["return"] - expert["random"]) / span for r in runs for p in r["curve"] if p["step"] == st]
-        se = f" ± {np.std(rel, ddof=1) / np.sqrt(len(rel)):.3f}" if len(rel) > 1 else ""
+        rel = _relative([p["return"] for r in runs for p in r["curve"] if p["step"] == st], expert)
+        se = f" ± {_stderr(rel):.3f}" if len(rel) > 1 else ""
         rows.append([st, len(rel), f"{np.mean(rel):.3f}{se}", f"{np.mean([r['seconds'] for r in runs]) / 60:.0f}"
                      if st == steps[-1] else ""])
     return markdown_table(["PPO env steps", "seeds", "relative return", "wall min (whole fine-tuning)"], rows)
@@ -395,9 +405,8 @@ def _finetune_table(expert: dict, runs: list[dict]) -> str:
 def _goal_note(args: Args, expert: dict, results: list[dict], n: int = 128) -> str:
     """Issue 12's goal at ``n`` labels, checked on this run: LatentActionPolicy above BC and VPT by more than
     two standard errors of the difference."""
-    span = (expert["expert"] - expert["random"]) or float("nan")  # nan: an expert no better than random
-    rel = {m: np.array([(r["return"] - expert["random"]) / span for r in results if r["method"] == m
-                        and r["labels"] == n]) for m in NAMES}
+    rel = {m: _relative([r["return"] for r in results if r["method"] == m and r["labels"] == n], expert)
+           for m in NAMES}
     if any(len(v) < 2 for v in rel.values()):
         return ""
     parts, met = [], True
@@ -450,22 +459,20 @@ Procgen: `--env-id procgen/<game>-v0` with `scripts/collect.py`'s expert and dat
 def _rows(args: Args, expert: dict, results: list[dict], lapo: dict[int, float], raw_se: bool = True) -> list[list]:
     """The table's rows: per agent and label count, relative return ± standard error over seeds, raw return (± its
     standard error with ``raw_se``), perplexity, mean seconds per stage, and the reference figure."""
-    span = (expert["expert"] - expert["random"]) or float("nan")  # nan: an expert no better than random
     rows = []
     for method in NAMES:
         for n in args.labels:
             mine = [r for r in results if r["method"] == method and r["labels"] == n]
             if not mine:
                 continue
-            rel = np.array([(r["return"] - expert["random"]) / span for r in mine])
             ret = np.array([r["return"] for r in mine])
-            se = float(rel.std(ddof=1) / np.sqrt(len(rel))) if len(rel) > 1 else float("nan")
-            ret_se = float(ret.std(ddof=1) / np.sqrt(len(ret))) if len(ret) > 1 else float("nan")
+            rel = _relative(ret, expert)
             stage_times = {k: np.mean([r["times"].get(k, np.nan) for r in mine]) for k in mine[0]["times"]}
             times = ", ".join(f"{k} {v:.0f}" for k, v in stage_times.items())
             perp = f"{np.mean([r['perplexity'] for r in mine]):.1f}" if "perplexity" in mine[0] else "-"
-            raw = f"{ret.mean():.2f} ± {ret_se:.2f}" if raw_se else f"{ret.mean():.0f}"
-            rows.append([NAMES[method], n, len(mine), f"{rel.mean():.3f} ± {se:.3f}", raw, perp, times, f"{lapo[n]:.2f}" if method == "latent" and n in lapo else "-"])
+            raw = f"{ret.mean():.2f} ± {_stderr(ret):.2f}" if raw_se else f"{ret.mean():.0f}"
+            ref = f"{lapo[n]:.2f}" if method == "latent" and n in lapo else "-"
+            rows.append([NAMES[method], n, len(mine), f"{rel.mean():.3f} ± {_stderr(rel):.3f}", raw, perp, times, ref])
     return rows
 
 
