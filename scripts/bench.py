@@ -33,7 +33,7 @@ def sections() -> dict[str, Any]:
     return out
 
 
-def print_only(name: str, title: str, body: str, path: Path = _common.BENCHMARKS_MD) -> None:
+def print_only(name: str, title: str, body: str, path: Path | None = None) -> None:
     """The section ``write_section`` would write (markers, command, machine, date), printed; benchmarks.md is not
     touched."""
     import datetime

@@ -20,6 +20,24 @@ def _minari_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path_factory.mktemp("minari")))
 
 
+@pytest.fixture(autouse=True)
+def _benchmarks_md(tmp_path_factory, monkeypatch):
+    """Never write a test's tiny benchmark run into the repo's benchmarks.md (scripts/benches/_common.py)."""
+    monkeypatch.setenv("TT_AGENTS_BENCHMARKS_MD", str(tmp_path_factory.mktemp("bench") / "benchmarks.md"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _benchmarks_md_untouched():
+    """The recorded figures are the same after the test session as before it (an error at teardown otherwise)."""
+    path = REPO / "benchmarks.md"
+    before = path.read_bytes() if path.exists() else None
+    yield
+    after = path.read_bytes() if path.exists() else None
+    if after != before:
+        pytest.fail("a test changed the repo's benchmarks.md: benchmark sections from tests belong in "
+                    "$TT_AGENTS_BENCHMARKS_MD (the _benchmarks_md fixture)")
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return REPO

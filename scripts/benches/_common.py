@@ -17,6 +17,14 @@ import torch
 from tt_agents.utils import atomic_write_bytes
 
 BENCHMARKS_MD = Path(__file__).resolve().parents[2] / "benchmarks.md"
+BENCHMARKS_MD_ENV = "TT_AGENTS_BENCHMARKS_MD"
+"""Where ``write_section`` writes instead of the repo's benchmarks.md, when set (the tests set it: a test's tiny
+run never lands in the recorded figures)."""
+
+
+def benchmarks_md() -> Path:
+    """The file sections are written into: ``$TT_AGENTS_BENCHMARKS_MD``, else the repo's benchmarks.md."""
+    return Path(os.environ.get(BENCHMARKS_MD_ENV) or BENCHMARKS_MD)
 
 
 def machine() -> str:
@@ -97,8 +105,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     return "\n".join(lines)
 
 
-def write_section(name: str, title: str, body: str, path: Path = BENCHMARKS_MD) -> None:
-    """Replace (or append) the section ``name`` of benchmarks.md, stamped with command, machine, date.
+def write_section(name: str, title: str, body: str, path: Path | None = None) -> None:
+    """Replace (or append) the section ``name`` of benchmarks.md (``path``, default :func:`benchmarks_md`), stamped
+    with command, machine, date.
 
     A section lives between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` markers, so each
     run rewrites only its own figures.
@@ -109,6 +118,7 @@ def write_section(name: str, title: str, body: str, path: Path = BENCHMARKS_MD) 
         f"- date: {_dt.datetime.now(_dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}\n"
     )
     block = f"<!-- bench:{name} -->\n## {title}\n\n{stamp}\n{body.strip()}\n<!-- /bench:{name} -->"
+    path = benchmarks_md() if path is None else path
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
     if pattern.search(text):

@@ -49,7 +49,7 @@ from tt_agents import BCConfig, BCPolicy, TrainConfig, load_agent
 from tt_agents.data import Episode, EpisodeDataset, load_dataset
 from tt_agents.data.minari_io import EpisodeRecord, MinariWriter
 from tt_agents.evaluation import evaluate
-from tt_agents.latent import LatentActionPolicy, VPTConfig, VPTPolicy
+from tt_agents.latent import LAMConfig, LatentActionPolicy, VPTConfig, VPTPolicy
 
 # LAPO's offline decoding figure (averaged over 16 Procgen games, relative return) for reference
 LAPO_PROCGEN = {16: 0.05, 32: 0.15, 64: 0.23, 128: 0.33, 256: 0.50, 1024: 0.57}
@@ -100,6 +100,11 @@ class Args:
     joint_decoder: bool = False
     """Train LatentActionPolicy's LAM and decoder jointly on the N labels (``LatentConfig.joint_decoder``), one LAM
     per label count, instead of the LAM on observations alone. Use another ``--work-dir`` (agents are cached)."""
+    quantizer: str | None = None
+    """LatentActionPolicy's quantizer instead of the preset's EMA VQ: ``vq``, ``rvq``, ``fsq`` or ``none`` (a
+    continuous latent). Use another ``--work-dir`` for each choice (its agents are cached there)."""
+    latent_shape: tuple[int, int] | None = None
+    """LatentActionPolicy's latent as ``TOKENS DIMS`` (``n_latents``, ``code_dim``) instead of the preset's."""
     dataset: str | None = None
     """A Minari id or folder of the expert's data (e.g. ``scripts/collect.py``'s ``procgen/bigfish/expert-v0``)
     instead of rolling ``--episodes`` episodes of the expert out here; needed for Procgen."""
@@ -285,8 +290,31 @@ def _latent_config(args: Args, ds: EpisodeDataset, n: int):
     if image:
         cfg = dataclasses.replace(cfg, lam=dataclasses.replace(cfg.lam, cnn_channels=tuple(args.cnn_channels),
                                                                unet_channels=tuple(args.unet_channels)))
-    return dataclasses.replace(cfg, decoder_uses_obs=args.decoder_uses_obs, decoder_hidden=_decoder_hidden(args),
-                               joint_decoder=args.joint_decoder, labels=n if args.joint_decoder else cfg.labels)
+    return dataclasses.replace(cfg, lam=_lam_config(args, cfg.lam), decoder_uses_obs=args.decoder_uses_obs,
+                               decoder_hidden=_decoder_hidden(args), joint_decoder=args.joint_decoder,
+                               labels=n if args.joint_decoder else cfg.labels)
+
+
+def _lam_config(args: Args, lam: LAMConfig | None = None) -> LAMConfig:
+    """The LAM's settings: ``lam`` (default: the ``mujoco`` preset's) with ``--quantizer`` and ``--latent-shape``."""
+    lam = lam or LatentActionPolicy.presets["mujoco"].config.lam
+    if args.quantizer is not None:
+        lam = dataclasses.replace(lam, quantizer=args.quantizer)
+    if args.latent_shape is not None:
+        lam = dataclasses.replace(lam, n_latents=args.latent_shape[0], code_dim=args.latent_shape[1])
+    lam.check()
+    return lam
+
+
+def _lam_words(lam: LAMConfig) -> str:
+    """The LAM's latent in words, as the tables' text gives it."""
+    shape = f"{lam.n_latents} tokens x {lam.code_dim} dims"
+    if lam.quantizer == "none":
+        return f"{shape}, continuous (no quantizer)"
+    if lam.quantizer == "fsq":
+        return f"{shape}, FSQ levels {'/'.join(map(str, lam.fsq_levels))}"
+    kind = "EMA VQ" if lam.quantizer == "vq" else f"residual VQ, {lam.rvq_quantizers} levels"
+    return f"{shape}, {lam.codebook_size} codes, {kind}, EMA decay {lam.vq_decay}, commitment {lam.commitment}"
 
 
 def _decoder_hidden(args: Args) -> tuple[int, ...]:
@@ -326,8 +354,9 @@ def _run(args: Args, work: Path, ds: EpisodeDataset, method: str, n: int, seed: 
                 times[stage] = r.seconds
                 if stage == "relabel":
                     _, labels = agent._relabeled(ds)
-                    extra["perplexity"] = float(labels["metric_perplexity"])
-                    extra["codes_used"] = float(labels["metric_codes_used"])
+                    if "metric_perplexity" in labels:  # a quantizer's codes (a continuous latent has none)
+                        extra["perplexity"] = float(labels["metric_perplexity"])
+                        extra["codes_used"] = float(labels["metric_codes_used"])
             base.parent.mkdir(parents=True, exist_ok=True)
             agent.save(base)
             (base.with_suffix(".json")).write_text(json.dumps({"times": times, **extra}))
@@ -430,7 +459,7 @@ actions (SAC samples; TD3's are its deterministic actions). Expert return {exper
 {args.eval_episodes} episodes), uniform random {expert['random']:.0f}; relative return is
 (R - random) / (expert - random), mean ± standard error over seeds, each seed's return the mean of
 {args.eval_episodes} episodes. Labels: the first N transitions of the dataset. LatentActionPolicy: preset
-`mujoco` (MLP LAM, 2 tokens x 4 dims, 64 codes, EMA decay 0.999, commitment 0.05{", decoder sees o_t" if args.decoder_uses_obs else ""}){"" if args.decoder_uses_obs else ", but its decoder reads the latent alone (LAPO's)"}{", its LAM trained jointly with the decoder on the N labels" if args.joint_decoder else ""},
+`mujoco` (MLP LAM, {_lam_words(_lam_config(args))}{", decoder sees o_t" if args.decoder_uses_obs else ""}){"" if args.decoder_uses_obs else ", but its decoder reads the latent alone (LAPO's)"}{", its LAM trained jointly with the decoder on the N labels" if args.joint_decoder else ""},
 decoder hidden widths {" x ".join(map(str, _decoder_hidden(args)))}, lam {args.lam_steps} / latent_bc {args.latent_bc_steps} / decoder {args.decoder_steps} steps; VPTPolicy: IDM
 {args.idm_steps} steps on the N labels, BC {args.bc_steps} steps on the relabeled data; BCPolicy {args.bc_steps}
 steps on the N labels. Training seconds per stage on this shared CPU. LAPO's column: its Procgen figure
@@ -451,7 +480,9 @@ Procgen: `--env-id procgen/<game>-v0` with `scripts/collect.py`'s expert and dat
                                ("LAM and decoder trained jointly", args.joint_decoder),
                                (f"decoder {' x '.join(map(str, _decoder_hidden(args)))}",
                                 _decoder_hidden(args) != _decoder_hidden(Args())),
-                               (f"LAM {args.lam_steps} steps", args.lam_steps != Args.lam_steps)) if on]
+                               (f"LAM {args.lam_steps} steps", args.lam_steps != Args.lam_steps),
+                               (f"latent {_lam_words(_lam_config(args))}",
+                                _lam_config(args) != LatentActionPolicy.presets["mujoco"].config.lam)) if on]
     title = ", ".join(["Latent actions: HalfCheetah-v5, few labels", *([source] if args.expert_run else []), *variant])
     write_section(args.section, title, body)
 
@@ -483,6 +514,11 @@ def _write_procgen(args: Args, expert: dict, results: list[dict], ds: EpisodeDat
             if ds is not None else "the dataset")
     sampled = "sampling their actions" if not _deterministic(args) else "with their most likely actions"
     widths = "/".join(map(str, args.cnn_channels))
+    default_lam = LatentActionPolicy.presets["default"].config.lam
+    lam = _lam_config(args, default_lam)
+    lapo_lam = (lam.quantizer, lam.n_latents, lam.code_dim) == (default_lam.quantizer, default_lam.n_latents,
+                                                                default_lam.code_dim)
+    who = "LAPO's" if lapo_lam else "a"
     lapo = ("bigfish alone, read off its figure (relative return with its expert 36.3 and random 0.87; its "
             "16-game averages are 0.05 / 0.33 / 0.57 at 16 / 128 / 1024 labels)" if game == "bigfish"
             else "its 16-game average (other games), for scale only")
@@ -496,8 +532,8 @@ def _write_procgen(args: Args, expert: dict, results: list[dict], ds: EpisodeDat
         f"return {expert['expert']:.2f}, random {expert['random']:.2f}; relative return is (R - random) / (expert - "
         f"random), mean ± standard error over seeds (the return column: raw, the same). Labels: the first N "
         f"transitions of the dataset.",
-        f"LatentActionPolicy: LAPO's LAM (IMPALA CNN IDM over (o_t-1, o_t, o_t+1), UNet FDM, 8 tokens x 16 dims, 64 "
-        f"codes, EMA decay 0.999, commitment 0.05) at the widths this CPU allows (IDM and latent policy CNN {widths}, "
+        f"LatentActionPolicy: {who} LAM (IMPALA CNN IDM over (o_t-1, o_t, o_t+1), UNet FDM, "
+        f"{_lam_words(lam)}) at the widths this CPU allows (IDM and latent policy CNN {widths}, "
         f"UNet {'/'.join(map(str, args.unet_channels))}; LAPO: 64/128/128), decoder "
         f"{'on o_t and the latent' if args.decoder_uses_obs else 'on the latent alone, as LAPO'}, hidden widths "
         f"{' x '.join(map(str, _decoder_hidden(args)))}; lam {args.lam_steps} / latent_bc {args.latent_bc_steps} / "

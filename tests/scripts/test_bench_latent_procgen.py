@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
 from tests.scripts._helpers import REPO, run_script
 
 
-def test_latent_actions_bench_on_procgen_from_collect_py(tmp_path, monkeypatch, capsys):
+def test_latent_actions_bench_on_procgen_from_collect_py(tmp_path, monkeypatch):
     store = tmp_path / "store"
     out = run_script("collect.py", "--env-id", "procgen/bigfish-v0", "--datasets", "expert", "--expert-steps", "300",
                      "--dataset-steps", "400", "--num-envs", "2", "--train-envs", "2", "--eval-episodes", "2",
@@ -17,14 +19,17 @@ def test_latent_actions_bench_on_procgen_from_collect_py(tmp_path, monkeypatch, 
     assert out.returncode == 0, out.stderr[-3000:]
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(store))
     monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    from benches import _common
     from benches import latent_actions as bench
+
+    monkeypatch.setattr(bench, "write_section", _common.write_section)  # whatever an earlier cli() call set it to
 
     tiny = dict(lam_steps=2, latent_bc_steps=2, decoder_steps=2, idm_steps=2, bc_steps=2, batch_size=4)
     args = bench.Args(env_id="procgen/bigfish-v0", expert_run=str(tmp_path / "expert"), dataset="procgen/bigfish/expert-v0",
                       transitions=300, work_dir=str(tmp_path / "work"), labels=(16, 128), seeds=(0, 1), eval_episodes=2,
                       cnn_channels=(4, 8), unet_channels=(4, 8), decoder_uses_obs=False, section="t", **tiny)
     bench.main(args)
-    printed = capsys.readouterr().out.split("<!-- bench:t -->")[-1]  # the section as the last finished run wrote it
+    printed = Path(os.environ["TT_AGENTS_BENCHMARKS_MD"]).read_text().split("<!-- bench:t -->")[-1]  # tests' own file
     assert "## Latent actions: Procgen bigfish, few labels" in printed
     assert "300 transitions, its first" in printed  # --transitions cut the data
     for name in ("LatentActionPolicy", "VPTPolicy", "BCPolicy"):
