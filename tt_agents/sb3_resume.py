@@ -40,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -227,6 +228,7 @@ def save_training_state(model: Any, folder: str | os.PathLike, extra: dict[str, 
         state = rec.pop("state", None)
         if state is not None:
             arrays[f"env{i}_state"] = np.frombuffer(state, np.uint8)
+            rec["state_sha256"] = hashlib.sha256(state).hexdigest()  # checked before the env parses it
         records.append(rec)
         arrays[f"env{i}_actions"] = acts
     np_state = np.random.get_state()
@@ -324,8 +326,14 @@ def load_training_state(model: Any, folder: str | os.PathLike) -> dict[str, Any]
     if len(envs) != len(state["envs"]):
         raise ResumeError(f"{path} was saved with {len(state['envs'])} envs, the model has {len(envs)}")
     for i, (env, rec) in enumerate(zip(envs, state["envs"])):
-        if f"env{i}_state" in arrays:
-            rec = {**rec, "state": arrays[f"env{i}_state"].tobytes()}
+        if f"env{i}_state" in arrays or "state_sha256" in rec:
+            saved = arrays[f"env{i}_state"].tobytes() if f"env{i}_state" in arrays else b""
+            # the env's own parser (Procgen's C++) gets only the bytes that were saved: a damaged file stops here
+            # (checkpoints from before the hash was recorded have none to check)
+            if "state_sha256" in rec and hashlib.sha256(saved).hexdigest() != rec["state_sha256"]:
+                raise ResumeError(f"{path}: env {i}'s saved state is damaged or missing (its SHA-256 differs from "
+                                  f"the one recorded); resume from an intact copy or start without --resume")
+            rec = {**rec, "state": saved}
         obs = env.restore(rec, arrays[f"env{i}_actions"])
         if not np.array_equal(_as_the_model_sees_it(model.env, np.asarray(obs)), arrays["last_obs"][i]):
             raise ResumeError(f"env {i} did not come back to the saved observation after replaying its "

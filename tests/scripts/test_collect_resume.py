@@ -163,3 +163,19 @@ def test_collect_killed_mid_training_resumes_to_the_same_datasets(tmp_path, monk
     assert not (tmp_path / "out-b" / "resume").exists()  # the training state goes once the run is done
     with pytest.raises(collect.UsageError, match="nothing to resume"):
         collect.main(tyro.cli(collect.Args, args=[*TINY, *out_b, "--resume"]))
+
+
+def test_a_damaged_env_state_is_refused_before_the_env_reads_it(tmp_path):
+    cls, kw = CASES["ppo-procgen-bigfish"]
+    torch.set_num_threads(1)
+    _build(cls, **kw).learn(70, callback=ResumeCheckpoints(tmp_path, every=64))
+    step = next(tmp_path.glob("step_*"))
+    with np.load(step / "arrays.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    assert arrays["env0_state"].size > 1000  # Procgen's own serialization of the game
+    arrays["env0_state"] = arrays["env0_state"].copy()
+    arrays["env0_state"][100] ^= 1  # one bit, as a disk error would
+    with open(step / "arrays.npz", "wb") as fh:
+        np.savez(fh, **arrays)
+    with pytest.raises(ResumeError, match="env 0's saved state is damaged"):
+        load_training_state(_build(cls, **kw), tmp_path)
