@@ -85,6 +85,14 @@ def test_weights_changed_between_steps_are_seen():
     with torch.inference_mode():
         x = inputs(net, 2, 3, rng)
         torch.testing.assert_close(fused.step(*x), ref.step(*x), atol=1e-5, rtol=0)
+    with torch.no_grad():  # tensors the step reads where they are (not packed copies): seen without a repack
+        net.gpt.h[0].ln_1.weight.mul_(-2.0)
+        net.gpt.h[2].attn.c_attn.bias.add_(0.5)
+        net.embed_timestep.weight.mul_(3.0)
+    with torch.inference_mode():
+        x = inputs(net, 2, 4, rng)
+        out = fused.step(*x)
+        torch.testing.assert_close(out, ref.step(*x), atol=1e-5, rtol=0)
 
 
 @needs_compiler

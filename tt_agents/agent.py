@@ -284,7 +284,7 @@ class Agent:
         if check_finite:
             _check_finite(batch, reward)
         if episode_start is None:
-            starts = np.full(n, state is None, dtype=bool)
+            starts = np.ones(n, bool) if state is None else np.zeros(n, bool)
         else:
             starts = np.asarray(episode_start, dtype=bool).reshape(-1)
             if starts.shape != (n,):
@@ -304,7 +304,7 @@ class Agent:
     def _postprocess_actions(self, actions: np.ndarray) -> np.ndarray:
         space = self.action_space
         if isinstance(space, gym.spaces.Box):
-            return np.clip(np.asarray(actions, dtype=space.dtype), space.low, space.high)
+            return np.minimum(np.maximum(np.asarray(actions, dtype=space.dtype), space.low), space.high)
         if isinstance(space, gym.spaces.Discrete):
             return np.asarray(actions, dtype=np.int64).reshape(-1)
         return np.asarray(actions)
@@ -519,6 +519,10 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path 
 
 
 def _check_finite(observation: np.ndarray, reward: np.ndarray | None) -> None:
+    if (observation.dtype.kind != "f" or np.isfinite(observation).all()) and (
+        reward is None or np.isfinite(reward).all()
+    ):
+        return  # the common case, in one pass: rows are named only when something is wrong
     bad: dict[str, np.ndarray] = {}
     if np.issubdtype(observation.dtype, np.floating):
         finite = np.isfinite(observation.reshape(len(observation), -1)).all(axis=1)

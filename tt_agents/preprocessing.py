@@ -53,6 +53,12 @@ class ObservationNormalizer:
         self.std = np.asarray(state["obs_std"], np.float32).reshape(self.shape)
         self._cache = None
 
+    def numpy(self, obs: np.ndarray) -> np.ndarray:
+        """:meth:`__call__` on an array, in NumPy (the same float32 operations: bit for bit the same values; a
+        CPU agent's per-step path, where torch's per-op cost is larger than the work)."""
+        x = np.asarray(obs, np.float32)
+        return (x - self.mean) / self.std if self.enabled else x
+
     def __call__(self, obs: torch.Tensor) -> torch.Tensor:
         x = obs.float()
         if not self.enabled:
@@ -76,6 +82,7 @@ class ActionScaler:
         self.low = np.asarray(space.low, np.float32).reshape(-1)
         self.high = np.asarray(space.high, np.float32).reshape(-1)
         self.shape = space.shape
+        self._half_span = 0.5 * (self.high - self.low)  # exact (a power of two): unscale's values are unchanged
 
     def scale(self, a: torch.Tensor) -> torch.Tensor:
         """Actions ``(..., A)`` to [-1, 1], clamped."""
@@ -85,7 +92,7 @@ class ActionScaler:
 
     def unscale(self, a: np.ndarray) -> np.ndarray:
         """Network outputs in [-1, 1], ``(..., A)``, back to the action space."""
-        return self.low + (np.asarray(a, np.float32) + 1.0) * 0.5 * (self.high - self.low)
+        return self.low + (np.asarray(a, np.float32) + 1.0) * self._half_span
 
 
 class Preprocessing(NamedTuple):

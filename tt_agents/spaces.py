@@ -233,6 +233,12 @@ def check_observation(observation: Any, space: gym.Space) -> tuple[np.ndarray, b
         >>> batch.shape, vectorized
         ((1, 3), False)
     """
+    if type(observation) is np.ndarray and type(space) is gym.spaces.Box and observation.dtype == space.dtype:
+        shape = space.shape  # the common case (an array of the space's dtype), checked without the general path
+        if observation.shape == shape:
+            return observation[None], False
+        if observation.shape[1:] == shape and observation.ndim == len(shape) + 1:
+            return observation, True
     if isinstance(space, gym.spaces.Dict):
         raise SpaceMismatchError(
             "Dict observation spaces are not supported by this agent; flatten them with "

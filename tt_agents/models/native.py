@@ -167,6 +167,11 @@ def _params(net: Any) -> list[torch.Tensor]:
 _version = operator.attrgetter("_version")
 
 
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` as a contiguous ``dtype`` tensor the C step can read (itself when it already is one)."""
+    return t if t.dtype == dtype and t.is_contiguous() else t.to(dtype).contiguous()
+
+
 class PackedParams:
     """The addresses of a network's tensors, in the order a C step reads them (``pointers``), with the linear
     layers' weights as packed copies (``packers``: index -> packing function, :func:`pack` for nn.Linear).
@@ -177,6 +182,9 @@ class PackedParams:
 
     def __init__(self, params: list[torch.Tensor], packers: dict[int, Any], what: str) -> None:
         self.params, self.packers, self.what = params, packers, what
+        # in-place changes matter only to the tensors read as copies (the packed ones, and any that are not
+        # contiguous): the others are read where they are. Every address is watched.
+        self._copied = [p for i, p in enumerate(params) if i in packers or not p.is_contiguous()]
         self._tensors: list[torch.Tensor] = []  # what the pointers point at (packed copies, or the parameters)
         self._key: tuple[int, ...] | None = None
         self.pointers = np.zeros(len(params), np.int64)
@@ -199,10 +207,10 @@ class PackedParams:
         """The pointer array and the tensors it points at, current. A caller that keeps both may read them
         while another thread repacks (the repack makes a new array and new tensors; these stay alive)."""
         try:  # map over the bound descriptors: a per-step check, half the cost of a generator expression
-            key = (*map(torch.Tensor.data_ptr, self.params), *map(_version, self.params))
+            key = (*map(torch.Tensor.data_ptr, self.params), *map(_version, self._copied))
         except RuntimeError:  # tensors made under inference mode keep no version counter (nothing trains them)
             key = (*map(torch.Tensor.data_ptr, self.params),
-                   *(0 if p.is_inference() else p._version for p in self.params))
+                   *(0 if p.is_inference() else p._version for p in self._copied))
         with self._lock:
             if key != self._key:
                 for p in self.params:
@@ -213,6 +221,7 @@ class PackedParams:
                 with torch.no_grad():
                     tensors = [self.packers[i](p.detach()) if i in self.packers else p.detach().contiguous()
                                for i, p in enumerate(self.params)]
+                self._copied = [p for i, p in enumerate(self.params) if i in self.packers or not p.is_contiguous()]
                 self._tensors, self._key = tensors, key
                 self.pointers = np.array([t.data_ptr() for t in tensors], np.int64)
             return self.pointers, self._tensors
@@ -256,14 +265,12 @@ class NativeDTStep:
         B = self.n_envs
         P = self.weights.sync()
         if self.net.discrete:
-            prev = prev_action.reshape(B).to(torch.int64).contiguous()
+            prev = _as(prev_action.reshape(B), torch.int64)
         else:
-            prev = prev_action.reshape(B, self.action_dim).to(torch.float32).contiguous()
-        has_prev = has_prev.to(torch.bool).contiguous()
-        rtg = rtg.to(torch.float32).contiguous()
-        obs = obs.reshape(B, self.obs_dim).to(torch.float32).contiguous()
-        timestep = timestep.to(torch.int64).contiguous()
-        starts = starts.to(torch.bool).contiguous()
+            prev = _as(prev_action.reshape(B, self.action_dim), torch.float32)
+        has_prev, rtg, timestep, starts = (_as(has_prev, torch.bool), _as(rtg, torch.float32),
+                                           _as(timestep, torch.int64), _as(starts, torch.bool))
+        obs = _as(obs.reshape(B, self.obs_dim), torch.float32)
         out = torch.empty(B, self.action_dim)
         c = self.cache
         self.io[:] = (prev.data_ptr(), has_prev.data_ptr(), rtg.data_ptr(), obs.data_ptr(), timestep.data_ptr(),
