@@ -15,7 +15,8 @@ store (``$MINARI_DATASETS_PATH``), with ids ``{namespace}/{kind}-v{version}``:
 Every dataset's metadata records ``ref_min_score`` (the random policy's mean return) and
 ``ref_max_score`` (the expert's), the collecting policy, the seeds and these arguments. The
 expert (``expert.zip``: the final policy, ``final.zip``, or with ``--expert-checkpoint best`` the
-best-evaluated policy of the training) and the medium policy (``medium.zip``) are saved in ``--out-dir``.
+best-evaluated policy of the training) and the medium policy (``medium.zip``) are saved in ``--out-dir``, and
+SB3's training statistics in ``--out-dir/tensorboard`` (``tensorboard --logdir OUT/tensorboard``).
 
 The expert's training, the long part, checkpoints its whole state in ``--out-dir/resume`` every
 ``--checkpoint-every`` env steps and on Ctrl-C/SIGTERM; after a crash, the same command with ``--resume``
@@ -350,6 +351,7 @@ def train_expert(
     run continues from it to the same expert, checkpoints and training log as an uninterrupted run.
     """
     from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+    from stable_baselines3.common.logger import configure
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -375,6 +377,10 @@ def train_expert(
     venv = DummyVecEnv([thunk for _ in range(hp["n_envs"])])
     venv.seed(args.seed)
     model = build_model(algo, hp, venv, args)
+    # SB3's training statistics (losses, fps, episode returns) as TensorBoard events in the run's folder; a resumed
+    # run adds an events file beside the first. (Without a logger of its own SB3 makes an empty /tmp/SB3-* folder
+    # at every learn().)
+    model.set_logger(configure(str(out_dir / "tensorboard"), ["tensorboard"]))
     ckpt_dir = out_dir / "checkpoints"
     resume_dir = out_dir / "resume"
     ckpt_dir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,9 @@ TINY = ["--expert-steps", "300", "--dataset-steps", "200", "--num-envs", "2", "-
 
 
 def collect(tmp_path: Path, *args: str, expect_ok: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MINARI_DATASETS_PATH": str(tmp_path / "store"), "OMP_NUM_THREADS": "1"}
+    (tmp_path / "tmp").mkdir(exist_ok=True)  # the script's temporary folder, to see what it leaves there
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(tmp_path / "store"), "OMP_NUM_THREADS": "1",
+           "TMPDIR": str(tmp_path / "tmp")}
     out = subprocess.run(
         [sys.executable, "scripts/collect.py", *args],
         cwd=REPO,
@@ -72,6 +74,9 @@ def test_mujoco_hopper_all_datasets_then_reuse_the_expert_zip(tmp_path):
     assert ds["medium-replay"].total_steps <= max(medium["trained_steps"], len(ds["medium-replay"][0]))
     assert (out_dir / "expert.zip").exists() and (out_dir / "medium.zip").exists()
     assert not (out_dir / "checkpoints").exists()
+    # SB3's training statistics as TensorBoard events in the run's folder, and no empty /tmp/SB3-* folder per learn()
+    assert any(f.stat().st_size > 0 for f in (out_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert not list((tmp_path / "tmp").glob("SB3-*"))
 
     res = collect(
         tmp_path, "--env-id", "Hopper-v5", *TINY, "--max-episode-steps", "50", "--datasets", "expert",

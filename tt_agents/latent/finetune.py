@@ -142,6 +142,7 @@ def finetune_ppo(
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.logger import Logger
 
     from tt_agents.evaluation import evaluate
     from tt_agents.latent.agents import LatentActionPolicy
@@ -187,6 +188,8 @@ def finetune_ppo(
     point(0)
     model = PPO(LatentActorCritic, venv, policy_kwargs=policy_kwargs, seed=seed, device=agent.device, verbose=0,
                 tensorboard_log=tensorboard_log, **kwargs)
+    if tensorboard_log is None:  # no output: otherwise SB3 makes an empty /tmp/SB3-* folder at every learn()
+        model.set_logger(Logger(None, []))
     was = [m.training for m in (agent.model.policy, agent.model.decoder)]
     model.learn(steps, callback=Curve(), progress_bar=progress)
     agent.model.policy.train(was[0])
