@@ -18,6 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 def _minari_home(tmp_path_factory, monkeypatch):
     """Never write into the user's Minari store from a test."""
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path_factory.mktemp("minari")))
+    # SB3 models the tests build log (to nowhere) under the test's own folder, not a new /tmp/SB3-* per learn()
+    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path_factory.mktemp("sb3")))
 
 
 @pytest.fixture(autouse=True)
