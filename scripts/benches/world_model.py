@@ -367,12 +367,13 @@ class Bench:
             f"rollouts of {a.rollout_steps} steps ({frames or '?'} frames, 64x64); V {a.vae_steps} steps of batch 32"
             f"{epochs(a.vae_steps, 32)}; each M {a.memory_steps} steps of batch 16 sequences of 32"
             f"{epochs(a.memory_steps, 16 * 32)}; the `cpu` preset's sizes (V widths 16/32/64/128, latent 32; MDN-RNN "
-            f"64 units x 5 Gaussians; transformer kinds d_model 32, 8 heads, 3 layers). Evaluation: "
-            f"{a.eval_episodes} episodes of up to {a.eval_steps} steps"
-            f"{' (full CarRacing episodes)' if a.eval_steps >= 1000 else ' (cut before the full 1000)'}, "
-            f"{a.eval_envs} sub-envs, deterministic (V's mean). C reads "
-            + ("`[z, h]` standardized per dimension over the dataset (`controller_input_norm=True`, set when each "
-               "controller's search starts)." if a.input_norm else "the raw `[z, h]` (the paper's)."),
+            f"64 units x 5 Gaussians; transformer kinds d_model 32, 8 heads, 3 layers)."
+            + ("" if a.speed_only else
+               f" Evaluation: {a.eval_episodes} episodes of up to {a.eval_steps} steps"
+               f"{' (full CarRacing episodes)' if a.eval_steps >= 1000 else ' (cut before the full 1000)'}, "
+               f"{a.eval_envs} sub-envs, deterministic (V's mean). C reads "
+               + ("`[z, h]` standardized per dimension over the dataset (`controller_input_norm=True`, set when each "
+                  "controller's search starts)." if a.input_norm else "the raw `[z, h]` (the paper's).")),
             "",
         ]
         if r.get("reused_from"):
