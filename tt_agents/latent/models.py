@@ -175,7 +175,10 @@ class Quantizer(nn.Module):
             self.vq = ResidualVQ(num_quantizers=cfg.rvq_quantizers, **vq_args)
             self.codebook_size = cfg.codebook_size
         elif cfg.quantizer == "fsq":
-            self.vq = FSQ(levels=list(cfg.fsq_levels), dim=cfg.code_dim)
+            # built on the CPU whatever device is the default: FSQ reads its levels' product with .item(), which a
+            # meta tensor (load_agent's shape check builds the model on "meta") cannot give
+            with torch.device("cpu"):
+                self.vq = FSQ(levels=list(cfg.fsq_levels), dim=cfg.code_dim)
             self.codebook_size = math.prod(cfg.fsq_levels)
         else:
             self.codebook_size = 0
