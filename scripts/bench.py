@@ -49,13 +49,7 @@ def cli(argv: list[str] | None = None) -> None:
     write = WRITE_FLAG in argv
     argv = [a for a in argv if a != WRITE_FLAG]
 
-    def go() -> None:
-        mods = sections()
-        if not mods:
-            raise SystemExit("error: no benchmark sections found in scripts/benches/")
-        for m in mods.values():  # each section writes through its module's write_section
-            if hasattr(m, "write_section"):
-                m.write_section = _common.write_section if write else print_only
+    def _run_section(mods: dict[str, Any], argv: list[str]) -> None:
         union = Union[  # type: ignore[valid-type]
             tuple(
                 Annotated[m.Args, tyro.conf.subcommand(name, description=(m.__doc__ or "").strip().splitlines()[0])]
@@ -69,6 +63,21 @@ def cli(argv: list[str] | None = None) -> None:
             if isinstance(args, m.Args):
                 m.main(args)
                 break
+
+    def go() -> None:
+        mods = sections()
+        if not mods:
+            raise SystemExit("error: no benchmark sections found in scripts/benches/")
+        # each section writes through its module's write_section: pointed at the file or at stdout for this call only
+        # (a caller in the same process, a test, finds the modules as they were)
+        saved = {m: m.write_section for m in mods.values() if hasattr(m, "write_section")}
+        for m in saved:
+            m.write_section = _common.write_section if write else print_only
+        try:
+            _run_section(mods, argv)
+        finally:
+            for m, fn in saved.items():
+                m.write_section = fn
 
     run(go, argv)
 

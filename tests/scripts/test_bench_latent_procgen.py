@@ -19,10 +19,7 @@ def test_latent_actions_bench_on_procgen_from_collect_py(tmp_path, monkeypatch):
     assert out.returncode == 0, out.stderr[-3000:]
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(store))
     monkeypatch.syspath_prepend(str(REPO / "scripts"))
-    from benches import _common
     from benches import latent_actions as bench
-
-    monkeypatch.setattr(bench, "write_section", _common.write_section)  # whatever an earlier cli() call set it to
 
     tiny = dict(lam_steps=2, latent_bc_steps=2, decoder_steps=2, idm_steps=2, bc_steps=2, batch_size=4)
     args = bench.Args(env_id="procgen/bigfish-v0", expert_run=str(tmp_path / "expert"), dataset="procgen/bigfish/expert-v0",

@@ -18,10 +18,7 @@ def test_latent_actions_bench_with_a_continuous_latent(tmp_path, monkeypatch):
     TD3("MlpPolicy", gym.make("Pendulum-v1"), learning_starts=10, policy_kwargs={"net_arch": [8]}, seed=0,
         device="cpu").learn(20).save(expert_dir / "expert.zip")
     monkeypatch.syspath_prepend(str(REPO / "scripts"))
-    from benches import _common
     from benches import latent_actions as bench
-
-    monkeypatch.setattr(bench, "write_section", _common.write_section)  # whatever an earlier cli() call set it to
 
     repo_md = (REPO / "benchmarks.md").read_bytes()
     tiny = dict(lam_steps=2, latent_bc_steps=2, decoder_steps=2, idm_steps=2, bc_steps=2, batch_size=8)

@@ -18,10 +18,7 @@ if "WorldModelFakeImage-v0" not in gym.registry:
 
 def test_world_model_speed_only_times_the_batched_generation_sync_and_async(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "scripts"))
-    from benches import _common
     from benches import world_model as bench
-
-    monkeypatch.setattr(bench, "write_section", _common.write_section)  # whatever an earlier cli() call set it to
     args = bench.Args(env_id="WorldModelFakeImage-v0", work_dir=str(tmp_path / "work"), episodes=2, rollout_steps=6,
                       num_envs=2, vae_steps=2, memory_steps=2, kinds=("mdnrnn",), real_pop_size=3, speed_steps=5,
                       pop_size=2, n_samples=1, dream_horizon=4, vectorization="async", speed_only=True, section="t-wm")

@@ -149,6 +149,8 @@ def test_bench_writes_benchmarks_md_only_with_write(monkeypatch, tmp_path):
     from tests.scripts._helpers import REPO
 
     bench = load_script("bench")
+    presets = bench.sections()["presets"]
+    own = presets.write_section
     recorded = []
     monkeypatch.setattr(bench._common, "write_section", lambda name, title, body, **kw: recorded.append(name))
     before = (REPO / "benchmarks.md").read_bytes()
@@ -161,3 +163,4 @@ def test_bench_writes_benchmarks_md_only_with_write(monkeypatch, tmp_path):
     with contextlib.redirect_stdout(io.StringIO()):
         bench.cli([*tiny, "--write"])
     assert recorded == ["presets"]
+    assert presets.write_section is own  # cli's redirect lasts for its call only: later callers see the module as it was
