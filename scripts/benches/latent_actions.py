@@ -453,13 +453,14 @@ def _write(args: Args, expert: dict, results: list[dict], finetuned: list[dict] 
     if _procgen(args):
         return _write_procgen(args, expert, results, ds)
     rows = _rows(args, expert, results, LAPO_PROCGEN, raw_se=False)
+    lam = _lam_config(args)
     source = expert.get("source", f"SB3 SAC expert trained for {expert['expert_steps']} env steps (this script's own)")
     body = f"""Data: {args.episodes} episodes (1000 steps each) of the {source}, its `predict(deterministic=False)`
 actions (SAC samples; TD3's are its deterministic actions). Expert return {expert['expert']:.0f} (deterministic,
 {args.eval_episodes} episodes), uniform random {expert['random']:.0f}; relative return is
 (R - random) / (expert - random), mean ± standard error over seeds, each seed's return the mean of
 {args.eval_episodes} episodes. Labels: the first N transitions of the dataset. LatentActionPolicy: preset
-`mujoco` (MLP LAM, {_lam_words(_lam_config(args))}{", decoder sees o_t" if args.decoder_uses_obs else ""}){"" if args.decoder_uses_obs else ", but its decoder reads the latent alone (LAPO's)"}{", its LAM trained jointly with the decoder on the N labels" if args.joint_decoder else ""},
+`mujoco` (MLP LAM, {_lam_words(lam)}{", decoder sees o_t" if args.decoder_uses_obs else ""}){"" if args.decoder_uses_obs else ", but its decoder reads the latent alone (LAPO's)"}{", its LAM trained jointly with the decoder on the N labels" if args.joint_decoder else ""},
 decoder hidden widths {" x ".join(map(str, _decoder_hidden(args)))}, lam {args.lam_steps} / latent_bc {args.latent_bc_steps} / decoder {args.decoder_steps} steps; VPTPolicy: IDM
 {args.idm_steps} steps on the N labels, BC {args.bc_steps} steps on the relabeled data; BCPolicy {args.bc_steps}
 steps on the N labels. Training seconds per stage on this shared CPU. LAPO's column: its Procgen figure
@@ -481,8 +482,8 @@ Procgen: `--env-id procgen/<game>-v0` with `scripts/collect.py`'s expert and dat
                                (f"decoder {' x '.join(map(str, _decoder_hidden(args)))}",
                                 _decoder_hidden(args) != _decoder_hidden(Args())),
                                (f"LAM {args.lam_steps} steps", args.lam_steps != Args.lam_steps),
-                               (f"latent {_lam_words(_lam_config(args))}",
-                                _lam_config(args) != LatentActionPolicy.presets["mujoco"].config.lam)) if on]
+                               (f"latent {_lam_words(lam)}", lam != LatentActionPolicy.presets["mujoco"].config.lam))
+               if on]
     title = ", ".join(["Latent actions: HalfCheetah-v5, few labels", *([source] if args.expert_run else []), *variant])
     write_section(args.section, title, body)
 
@@ -516,9 +517,7 @@ def _write_procgen(args: Args, expert: dict, results: list[dict], ds: EpisodeDat
     widths = "/".join(map(str, args.cnn_channels))
     default_lam = LatentActionPolicy.presets["default"].config.lam
     lam = _lam_config(args, default_lam)
-    lapo_lam = (lam.quantizer, lam.n_latents, lam.code_dim) == (default_lam.quantizer, default_lam.n_latents,
-                                                                default_lam.code_dim)
-    who = "LAPO's" if lapo_lam else "a"
+    who = "LAPO's" if lam == default_lam else "a"  # the latent unchanged by --quantizer / --latent-shape
     lapo = ("bigfish alone, read off its figure (relative return with its expert 36.3 and random 0.87; its "
             "16-game averages are 0.05 / 0.33 / 0.57 at 16 / 128 / 1024 labels)" if game == "bigfish"
             else "its 16-game average (other games), for scale only")

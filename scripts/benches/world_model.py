@@ -410,10 +410,11 @@ class Bench:
         sp = r.get("speed")
         if sp:
             b, o, d = sp["batched"], sp["one_at_a_time"], sp["dream"]
+            processes = {k.removeprefix("batched_"): x for k, x in sp.items() if k.startswith("batched_")}  # async
             rows = []
             timed = [(f"real, batched ({a.real_pop_size} sub-envs in this process, one V+C+M forward per step)", b)]
-            timed += [(f"real, batched ({a.real_pop_size} sub-envs, each in its own process ({k[8:]}), one V+C+M "
-                       f"forward per step)", x) for k, x in sp.items() if k.startswith("batched_")]
+            timed += [(f"real, batched ({a.real_pop_size} sub-envs, each in its own process ({mode}), one V+C+M "
+                       f"forward per step)", x) for mode, x in processes.items()]
             timed += [("real, one candidate at a time (1 sub-env)", o)]
             for label, x in timed:
                 prof = [f"{1e3 * x[k] / x['env_steps']:.2f}" if k in x else "" for k in ("env_seconds", "model_seconds")]
@@ -427,8 +428,8 @@ class Bench:
                 markdown_table(["evaluation", "seconds", "steps", "steps/s", "env ms / step", "V+C+M ms / step"], rows),
                 "",
                 f"Batched / one at a time: {o['seconds'] / b['seconds']:.2f}x in one process"
-                + "".join(f", {o['seconds'] / x['seconds']:.2f}x with the sub-envs in their own processes ({k[8:]}, "
-                          f"{os.cpu_count()} cores)" for k, x in sp.items() if k.startswith("batched_"))
+                + "".join(f", {o['seconds'] / x['seconds']:.2f}x with the sub-envs in their own processes ({mode}, "
+                          f"{os.cpu_count()} cores)" for mode, x in processes.items())
                 + f" (goal 4x); dream / real steps per second: {d['steps_per_s'] / b['steps_per_s']:.0f}x against the "
                 f"batched real env, {d['steps_per_s'] / o['steps_per_s']:.0f}x against one at a time (goal 20x).", "",
             ]
@@ -445,8 +446,7 @@ class Bench:
                     f"one process: even with V+C+M free the batched generation could be at most {bound:.2f}x faster "
                     f"than one at a time here. More needs the sub-envs in several processes (`--vectorization "
                     f"async`): at most one core's worth of env steps per core"
-                    + (", which this run measures above." if any(k.startswith("batched_") for k in sp)
-                       else "."), ""]
+                    + (", which this run measures above." if processes else "."), ""]
         if a.notes:
             lines += [a.notes, ""]
         title = "World Models on CarRacing-v3 (V, M kinds, CMA-ES in dreams and real env)"

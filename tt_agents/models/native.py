@@ -182,9 +182,7 @@ class PackedParams:
 
     def __init__(self, params: list[torch.Tensor], packers: dict[int, Any], what: str) -> None:
         self.params, self.packers, self.what = params, packers, what
-        # in-place changes matter only to the tensors read as copies (the packed ones, and any that are not
-        # contiguous): the others are read where they are. Every address is watched.
-        self._copied = [p for i, p in enumerate(params) if i in packers or not p.is_contiguous()]
+        self._copied = self._read_as_copies()
         self._tensors: list[torch.Tensor] = []  # what the pointers point at (packed copies, or the parameters)
         self._key: tuple[int, ...] | None = None
         self.pointers = np.zeros(len(params), np.int64)
@@ -198,6 +196,11 @@ class PackedParams:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+
+    def _read_as_copies(self) -> list[torch.Tensor]:
+        """The parameters the step reads as copies (the packed ones, and any that are not contiguous): only their
+        in-place changes need a repack, the others are read where they are. Every address is watched."""
+        return [p for i, p in enumerate(self.params) if i in self.packers or not p.is_contiguous()]
 
     def sync(self) -> int:
         """The address of the pointer array, its tensors current."""
@@ -221,7 +224,7 @@ class PackedParams:
                 with torch.no_grad():
                     tensors = [self.packers[i](p.detach()) if i in self.packers else p.detach().contiguous()
                                for i, p in enumerate(self.params)]
-                self._copied = [p for i, p in enumerate(self.params) if i in self.packers or not p.is_contiguous()]
+                self._copied = self._read_as_copies()
                 self._tensors, self._key = tensors, key
                 self.pointers = np.array([t.data_ptr() for t in tensors], np.int64)
             return self.pointers, self._tensors
