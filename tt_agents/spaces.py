@@ -234,11 +234,22 @@ def check_observation(observation: Any, space: gym.Space) -> tuple[np.ndarray, b
         ((1, 3), False)
     """
     if type(observation) is np.ndarray and type(space) is gym.spaces.Box and observation.dtype == space.dtype:
-        shape = space.shape  # the common case (an array of the space's dtype), checked without the general path
-        if observation.shape == shape:
-            return observation[None], False
-        if observation.shape[1:] == shape and observation.ndim == len(shape) + 1:
-            return observation, True
+        obs, shape, dtype = observation, space.shape, space.dtype  # the common case: nothing to read or refuse
+    else:
+        obs, shape, dtype = _readable_observation(observation, space)
+    if obs.shape == shape:
+        return obs[None].astype(dtype, copy=False), False
+    if obs.ndim == len(shape) + 1 and obs.shape[1:] == shape:
+        return obs.astype(dtype, copy=False), True
+    raise SpaceMismatchError(
+        f"observation has shape {obs.shape}, but the agent's observation space is {space}: expected {shape} "
+        f"for one observation or (n_envs, {', '.join(map(str, shape))}) for a batch"
+    )
+
+
+def _readable_observation(observation: Any, space: gym.Space) -> tuple[np.ndarray, tuple[int, ...], np.dtype]:
+    """``observation`` as an array, with the space's shape and dtype; refused (``SpaceMismatchError``) where it
+    cannot be read or its dtype does not fit."""
     if isinstance(space, gym.spaces.Dict):
         raise SpaceMismatchError(
             "Dict observation spaces are not supported by this agent; flatten them with "
@@ -257,14 +268,7 @@ def check_observation(observation: Any, space: gym.Space) -> tuple[np.ndarray, b
             f"observation has dtype {obs.dtype}, which does not fit the agent's observation space {space} "
             f"(dtype {dtype}); convert the observation or wrap the env so it matches"
         )
-    if obs.shape == shape:
-        return obs[None].astype(dtype, copy=False), False
-    if obs.ndim == len(shape) + 1 and obs.shape[1:] == shape:
-        return obs.astype(dtype, copy=False), True
-    raise SpaceMismatchError(
-        f"observation has shape {obs.shape}, but the agent's observation space is {space}: expected {shape} "
-        f"for one observation or (n_envs, {', '.join(map(str, shape))}) for a batch"
-    )
+    return obs, shape, dtype
 
 
 def is_image_space(space: gym.Space) -> bool:
