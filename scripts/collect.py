@@ -72,6 +72,10 @@ class Args:
     """expert training budget in env steps (RL Zoo: 1M for MuJoCo SAC); tiny values make test runs"""
     expert_zip: str | None = None
     """load the expert from this SB3 .zip instead of training one"""
+    continue_from: str | None = None
+    """train the expert on from this SB3 .zip (its weights, optimizer state and step count) up to --expert-steps,
+    e.g. a finished run's final.zip trained further; as SB3's load + learn(reset_num_timesteps=False), read without
+    unpickling anything. The hyperparameters are this run's (pass the arguments the zip was trained with)"""
     medium_zip: str | None = None
     """load the medium policy from this SB3 .zip (needed for 'medium' when --expert-zip is given)"""
     dataset_steps: int = 1_000_000
@@ -335,6 +339,27 @@ def build_model(algo: str, hp: dict[str, Any], venv: Any, args: Args) -> Any:
     return _algo_class(algo)(policy, venv, seed=args.seed, device=args.device, verbose=0, **kw)
 
 
+def continue_training_from(model: Any, path: str, expert_steps: int) -> None:
+    """Load an SB3 .zip's policy and optimizer state (``set_parameters``: ``torch.load(weights_only=True)``) and its
+    step and update counts (plain JSON) into ``model``, so that ``learn(reset_num_timesteps=False)`` trains on from
+    it as SB3's ``load`` + ``learn`` would; nothing in the zip is unpickled."""
+    with zipfile.ZipFile(path) as z:
+        data = json.loads(z.read("data"))
+    steps = int(data.get("num_timesteps", 0))
+    if steps >= expert_steps:
+        raise UsageError(
+            f"--continue-from {path} was trained for {steps} env steps already; pass --expert-steps above {steps} "
+            "(the total budget, counted from the start of its training)"
+        )
+    try:
+        model.set_parameters(path, exact_match=True, device=model.device)
+    except (RuntimeError, ValueError) as e:
+        raise UsageError(f"--continue-from {path} does not fit this run's {type(model).__name__} ({e}); pass the "
+                         "hyperparameters (--net-arch, --train-envs) the zip was trained with") from None
+    model.num_timesteps = steps
+    model._n_updates = int(data.get("_n_updates", 0))
+
+
 def train_expert(
     args: Args,
     algo: str,
@@ -377,6 +402,8 @@ def train_expert(
     venv = DummyVecEnv([thunk for _ in range(hp["n_envs"])])
     venv.seed(args.seed)
     model = build_model(algo, hp, venv, args)
+    if args.continue_from:
+        continue_training_from(model, args.continue_from, args.expert_steps)
     # SB3's training statistics (losses, fps, episode returns) as TensorBoard events in the run's folder; a resumed
     # run adds an events file beside the first. (Without a logger of its own SB3 makes an empty /tmp/SB3-* folder
     # at every learn().)
@@ -385,7 +412,7 @@ def train_expert(
     resume_dir = out_dir / "resume"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     every = max(1, args.expert_steps // max(1, args.n_checkpoints))
-    run: dict[str, Any] = {"saved": [], "curve": [], "next": every}
+    run: dict[str, Any] = {"saved": [], "curve": [], "next": (model.num_timesteps // every + 1) * every}
     if args.resume and latest_checkpoint(resume_dir) is not None:
         state = load_training_state(model, resume_dir)
         run = state["extra"]["collect"]
@@ -547,6 +574,13 @@ def main(args: Args) -> dict[str, Any]:
         )
     if args.expert_zip and "medium" in kinds and not args.medium_zip:
         raise UsageError("with --expert-zip, 'medium' needs --medium-zip (no training checkpoints exist)")
+    if args.continue_from and args.expert_zip:
+        raise UsageError("--continue-from trains an expert and --expert-zip loads one: pass one of them")
+    if args.continue_from and "medium-replay" in kinds:
+        raise UsageError(
+            "medium-replay is the whole training log, and --continue-from's run logs only the steps after the zip's: "
+            "drop medium-replay from --datasets (or train from scratch)"
+        )
     if is_procgen(args.env_id) and args.max_episode_steps is not None:
         warnings.warn("--max-episode-steps is ignored for Procgen (each game has its own time limit)", stacklevel=1)
     namespace = args.namespace or default_namespace(args.env_id)
@@ -569,8 +603,8 @@ def main(args: Args) -> dict[str, Any]:
     image = len(getattr(obs_space, "shape", ()) or ()) == 3
     algo = args.algo
     if algo == "auto":
-        if args.expert_zip:
-            algo = algo_of_zip(args.expert_zip)
+        if args.expert_zip or args.continue_from:
+            algo = algo_of_zip(args.expert_zip or args.continue_from)
         else:
             algo = "ppo" if image or not isinstance(act_space, gym.spaces.Box) else "sac"
     if algo in ("sac", "td3") and not isinstance(act_space, gym.spaces.Box):
@@ -683,6 +717,7 @@ def main(args: Args) -> dict[str, Any]:
             "algorithm": algo.upper(),
             "trained_steps": args.expert_steps,
             "hyperparameters": {k: (v if not callable(v) else repr(v)) for k, v in hp.items()},
+            **({"continued_from": str(args.continue_from)} if args.continue_from else {}),
             "zip": str(out_dir / "expert.zip"),
             **choose_expert(args, algo, out_dir, checkpoints, curve, evaluate),
         }

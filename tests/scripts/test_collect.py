@@ -145,3 +145,46 @@ def test_expert_checkpoint_best_and_switching_it_on_resume(tmp_path):
     res = collect(tmp_path, *args, "--datasets", "random", "expert", "--expert-checkpoint", "final", "--resume",
                   expect_ok=False)
     assert res.returncode == 2 and "--expert-checkpoint best -> final: the expert dataset(s)" in res.stderr
+
+
+def _zip_counts(path: Path) -> tuple[int, int, int]:
+    """(num_timesteps, _n_updates, the actor optimizer's Adam step) of an SB3 SAC .zip, read without unpickling."""
+    import io
+    import zipfile
+
+    import torch
+
+    with zipfile.ZipFile(path) as z:
+        data = json.loads(z.read("data"))
+        state = torch.load(io.BytesIO(z.read("actor.optimizer.pth")), weights_only=True)
+    adam_steps = {int(s["step"]) for s in state["state"].values()}
+    assert len(adam_steps) == 1
+    return int(data["num_timesteps"]), int(data["_n_updates"]), adam_steps.pop()
+
+
+def test_continue_from_trains_a_finished_expert_further(tmp_path):
+    """``--continue-from``: a finished run's final.zip trained on, its step count, update count and optimizer state
+    carried over (as SB3's load + learn(reset_num_timesteps=False)); the candidates lie after the zip's steps."""
+    first = tmp_path / "first"
+    collect(tmp_path, "--env-id", "Hopper-v5", *TINY, "--max-episode-steps", "50", "--datasets", "expert",
+            "--out-dir", str(first))  # fmt: skip
+    steps0, updates0, adam0 = _zip_counts(first / "final.zip")
+    assert steps0 == 300 and updates0 > 0 and adam0 == updates0
+    more = [a if a != "300" else "600" for a in TINY]  # --expert-steps 600: the total, counted from the start
+    second = tmp_path / "second"
+    collect(tmp_path, "--env-id", "Hopper-v5", *more, "--max-episode-steps", "50", "--datasets", "expert",
+            "--continue-from", str(first / "final.zip"), "--version", "1", "--n-checkpoints", "4",
+            "--out-dir", str(second))  # fmt: skip
+    steps1, updates1, adam1 = _zip_counts(second / "final.zip")
+    assert steps1 == 600 and updates1 == updates0 + 300 and adam1 == adam0 + 300  # one update per step here
+    summary = json.loads((second / "summary.json").read_text())
+    assert [p["step"] for p in summary["expert_return_curve"]] == [450]  # every 150 steps, after 300 and before 600
+    policy = load_dataset("hopper/expert-v1").metadata["policy"]
+    assert policy["continued_from"] == str(first / "final.zip") and policy["trained_steps"] == 600
+
+    res = collect(tmp_path, "--env-id", "Hopper-v5", *TINY, "--datasets", "expert", "--continue-from",
+                  str(second / "final.zip"), "--version", "2", expect_ok=False)  # fmt: skip
+    assert res.returncode == 2 and "trained for 600 env steps already; pass --expert-steps above 600" in res.stderr
+    res = collect(tmp_path, "--env-id", "Hopper-v5", *more, "--datasets", "expert", "medium-replay",
+                  "--continue-from", str(first / "final.zip"), "--version", "2", expect_ok=False)  # fmt: skip
+    assert res.returncode == 2 and "drop medium-replay" in res.stderr
