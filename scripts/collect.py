@@ -840,6 +840,7 @@ def main(args: Args) -> dict[str, Any]:
         "expert_zip": expert_info.get("zip"),
         "expert_checkpoint": expert_info.get("checkpoint"),
         "expert_step": expert_info.get("step"),
+        "continued_from": expert_info.get("continued_from"),
         "expert_return_curve": curve,
         "train_seconds": round(t_train, 2),
         # training (across resumed processes) and every dataset phase, each timed where it ran

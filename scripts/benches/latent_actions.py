@@ -39,6 +39,7 @@ import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -211,14 +212,29 @@ def _expert(args: Args, work: Path) -> dict[str, float]:
     return info
 
 
-def _expert_budget(args: Args) -> dict[str, float | None]:
+def _expert_budget(args: Args) -> dict[str, Any]:
     """The expert's training steps and wall seconds, from ``--expert-run``'s summary (``None`` where it does not
-    say)."""
-    try:
-        summary = json.loads((Path(args.expert_run) / "summary.json").read_text())
-    except (OSError, ValueError):
-        summary = {}
-    return {"expert_steps": summary.get("expert_step"), "train_seconds": summary.get("train_seconds")}
+    say); for an expert trained on from an earlier run's zip (collect.py ``--continue-from``), also that run's."""
+
+    def read(run: Path) -> dict[str, Any]:
+        try:
+            summary = json.loads((run / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = {}
+        if "continued_from" not in summary:  # runs from before summary.json said so: the training's own record
+            try:
+                info = json.loads((run / "progress.json").read_text())["done"]["train"]["expert_info"]
+                summary["continued_from"] = info.get("continued_from")
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        return summary
+
+    summary = read(Path(args.expert_run))
+    out = {"expert_steps": summary.get("expert_step"), "train_seconds": summary.get("train_seconds")}
+    if summary.get("continued_from"):
+        first = read(Path(summary["continued_from"]).parent)
+        out["first_run"] = {"expert_steps": first.get("expert_step"), "train_seconds": first.get("train_seconds")}
+    return out
 
 
 def _dataset(args: Args, work: Path) -> EpisodeDataset:
@@ -508,6 +524,17 @@ def _rows(args: Args, expert: dict, results: list[dict], lapo: dict[int, float],
     return rows
 
 
+def _budget_text(expert: dict, secs: float | None) -> str:
+    """`` (about N min ...)``: the expert's training time, and a first run's for one trained on from its zip."""
+    first = expert.get("first_run")
+    if not first:
+        return f" (about {secs / 60:.0f} min to its last evaluation)" if secs else ""
+    then = f"about {secs / 60:.0f} min to its last evaluation" if secs else "its time not recorded"
+    before = (f"{first['expert_steps']} steps in a first run (about {first['train_seconds'] / 60:.0f} min)"
+              if first.get("expert_steps") and first.get("train_seconds") else "a first run")
+    return f" ({before}, then trained on from that run's final.zip with --continue-from: {then})"
+
+
 def _write_procgen(args: Args, expert: dict, results: list[dict], ds: EpisodeDataset | None) -> None:
     game = args.env_id.split("/")[1].split("-")[0]
     steps, secs = expert.get("expert_steps"), expert.get("train_seconds")
@@ -524,7 +551,7 @@ def _write_procgen(args: Args, expert: dict, results: list[dict], ds: EpisodeDat
     paragraphs = [
         f"Data: `{args.dataset}` from `scripts/collect.py` ({data}; {args.procgen_distribution_mode} mode, "
         f"{args.procgen_num_levels} levels): the {expert['source']}{f' for {steps} env steps' if steps else ''}"
-        f"{f' (about {secs / 60:.0f} min to its last evaluation)' if secs else ''} (the Procgen paper's PPO "
+        f"{_budget_text(expert, secs)} (the Procgen paper's PPO "
         f"hyperparameters; the paper trains 25M steps), its sampled actions. Every policy, the expert and a uniform "
         f"random policy included, is evaluated the same way: {args.eval_episodes} episodes on the data's levels "
         f"({args.eval_envs or args.eval_episodes} sub-envs of one batched Procgen env, seed 10000), {sampled}. Expert "

@@ -41,3 +41,26 @@ def test_latent_actions_bench_on_procgen_from_collect_py(tmp_path, monkeypatch):
     assert not agent.config.decoder_uses_obs
     with pytest.raises(ValueError, match="Procgen needs --dataset"):
         bench._dataset(bench.Args(env_id="procgen/bigfish-v0"), tmp_path)
+
+
+def test_an_expert_trained_on_with_continue_from_reports_both_runs(tmp_path, monkeypatch):
+    """An expert that collect.py --continue-from trained on from an earlier run's final.zip: the table's text gives
+    the total steps, the first run's steps and time, and the continued training's time."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    from benches import latent_actions as bench
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    (first / "summary.json").write_text(json.dumps({"expert_step": 2500, "train_seconds": 600.0}))
+    # the continued run's summary from before summary.json named the zip: read from its training record
+    (second / "summary.json").write_text(json.dumps({"expert_step": 7000, "train_seconds": 1800.0}))
+    (second / "progress.json").write_text(json.dumps(
+        {"done": {"train": {"expert_info": {"continued_from": str(first / "final.zip")}}}}))
+    budget = bench._expert_budget(bench.Args(expert_run=str(second)))
+    assert budget == {"expert_steps": 7000, "train_seconds": 1800.0,
+                      "first_run": {"expert_steps": 2500, "train_seconds": 600.0}}
+    text = bench._budget_text(budget, budget["train_seconds"])
+    assert text == (" (2500 steps in a first run (about 10 min), then trained on from that run's final.zip with "
+                    "--continue-from: about 30 min to its last evaluation)")
+    assert bench._budget_text(bench._expert_budget(bench.Args(expert_run=str(first))), 600.0) == (
+        " (about 10 min to its last evaluation)")
