@@ -27,14 +27,15 @@ rebuilt as well.
 Example:
     >>> import tempfile, gymnasium as gym
     >>> from stable_baselines3 import TD3
+    >>> from stable_baselines3.common.logger import Logger
     >>> from stable_baselines3.common.vec_env import DummyVecEnv
     >>> make = lambda: DummyVecEnv([lambda: ReplayableEnv(gym.make("Pendulum-v1"))])
     >>> model = TD3("MlpPolicy", make(), learning_starts=50, seed=0)
-    >>> folder = tempfile.mkdtemp()
-    >>> model.learn(250, callback=ResumeCheckpoints(folder, every=100))  # checkpoints at steps 100 and 200
-    <...>
-    >>> model2 = TD3("MlpPolicy", make(), learning_starts=50, seed=0)
-    >>> load_training_state(model2, folder)["num_timesteps"]
+    >>> model.set_logger(Logger(None, []))  # no statistics written (SB3's default logger makes a /tmp/SB3-* folder)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     _ = model.learn(250, callback=ResumeCheckpoints(folder, every=100))  # checkpoints at steps 100 and 200
+    ...     model2 = TD3("MlpPolicy", make(), learning_starts=50, seed=0)
+    ...     load_training_state(model2, folder)["num_timesteps"]
     200
 """
 
