@@ -573,7 +573,11 @@ def _write_procgen(args: Args, expert: dict, results: list[dict], ds: EpisodeDat
                            _rows(args, expert, results, LAPO_BIGFISH if game == "bigfish" else LAPO_PROCGEN))
     body = "\n\n".join([*(textwrap.fill(p, 115) for p in paragraphs), table])
     body += _goal_note(args, expert, results)
-    write_section(args.section, f"Latent actions: Procgen {game}, few labels", body)
+    title = f"Latent actions: Procgen {game}, few labels"
+    if steps:  # the expert's budget, so that sections with different experts are told apart
+        amount = f"{steps / 1e6:.1f}M" if steps >= 1e6 else f"{steps / 1e3:.0f}k" if steps >= 1e4 else str(steps)
+        title += f", expert of {amount} env steps"
+    write_section(args.section, title, body)
 
 
 def main(args: Args) -> None:

@@ -27,7 +27,7 @@ def test_latent_actions_bench_on_procgen_from_collect_py(tmp_path, monkeypatch):
                       cnn_channels=(4, 8), unet_channels=(4, 8), decoder_uses_obs=False, section="t", **tiny)
     bench.main(args)
     printed = Path(os.environ["TT_AGENTS_BENCHMARKS_MD"]).read_text().split("<!-- bench:t -->")[-1]  # tests' own file
-    assert "## Latent actions: Procgen bigfish, few labels" in printed
+    assert "## Latent actions: Procgen bigfish, few labels, expert of 300 env steps" in printed
     assert "300 transitions, its first" in printed  # --transitions cut the data
     for name in ("LatentActionPolicy", "VPTPolicy", "BCPolicy"):
         assert printed.count(f"| {name} | 16 | 2 |") == 1 and printed.count(f"| {name} | 128 | 2 |") == 1
