@@ -3,9 +3,9 @@
 The policy is World Models' *brownian* random policy: each sub-env's action starts as a uniform
 sample and then moves by ``sqrt(dt) * sigma * N(0, 1)`` per step, clipped to the action space,
 so the car drives smooth random paths instead of jittering in place (Discrete actions: a uniform
-action held for a geometric number of steps, mean ``1 / dt``). Sub-envs of a sync vector env
-step together and every finished episode is written by :class:`wrappers.VectorActionLogger` as
-it ends; frames are resized to ``--size`` (64x64 for V) before they are logged. Nothing needs a
+action held for a geometric number of steps, mean ``1 / dt``). Sub-envs of a vector env step
+together (in this process, or each in its own: ``--vectorization async``) and every finished episode
+is written by :class:`wrappers.VectorActionLogger` as it ends; frames are resized to ``--size`` (64x64 for V) before they are logged. Nothing needs a
 display or ``PYTHONPATH``: run it from anywhere.
 
 Example (the README's CPU-sized pipeline starts with this):
@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -40,6 +41,9 @@ class Args:
     """Episodes to record (at least; sub-envs finishing together may add a few)."""
     num_envs: int = 4
     """Sub-envs of the vector env."""
+    vectorization: Literal["sync", "async"] = "sync"
+    """``async``: each sub-env in its own process (one per core on a many-core machine); the same dataset as
+    ``sync``, since each sub-env is seeded alike."""
     max_episode_steps: int | None = None
     """Cut episodes at this many steps (default: the env's own limit, 1000 for CarRacing)."""
     size: int = 64
@@ -100,7 +104,8 @@ def main(args: Args) -> str:
         raise SystemExit(f"{args.env_id} has observations {space}, not uint8 (H, W, C) frames")
     wrappers = [lambda e: ResizeFrames(e, args.size, args.size)] if args.size and space.shape[:2] != (
         args.size, args.size) else []
-    envs = gym.make_vec(args.env_id, num_envs=args.num_envs, vectorization_mode="sync", wrappers=wrappers, **kwargs)
+    envs = gym.make_vec(args.env_id, num_envs=args.num_envs, vectorization_mode=args.vectorization, wrappers=wrappers,
+                        **kwargs)
     meta = {"env_id": args.env_id, "algorithm_name": "brownian random policy", "rollouts": asdict(args)}
     logger = VectorActionLogger(envs, dataset_id, path=args.path, metadata=meta, overwrite=args.overwrite)
     policy = BrownianPolicy(envs.single_action_space, args.num_envs, args.sigma, args.dt, args.seed)

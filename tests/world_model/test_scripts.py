@@ -52,3 +52,22 @@ def test_rollouts_then_train_stage_by_stage(tmp_path):
     agent = load_agent(run / "final.zip", device="cpu")
     assert type(agent).__name__ == "WorldModelController" and agent.config.pop_size == 4
     assert (run / "fitness_curve.png").exists()
+
+
+def test_rollouts_async_write_the_same_dataset_as_sync(tmp_path):
+    """``--vectorization async`` (a process per sub-env, for many cores) records what sync records."""
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(tmp_path / "store"), "OMP_NUM_THREADS": "1"}
+    for mode in ("sync", "async"):
+        _run([str(REPO / "scripts" / "rollouts.py"), "--episodes", "3", "--num-envs", "2", "--max-episode-steps", "5",
+              "--vectorization", mode, "--dataset-id", f"carracing/{mode}-v0"], env, tmp_path)
+    os.environ["MINARI_DATASETS_PATH"] = env["MINARI_DATASETS_PATH"]
+    try:
+        sync, asyn = load_dataset("carracing/sync-v0"), load_dataset("carracing/async-v0")
+    finally:
+        del os.environ["MINARI_DATASETS_PATH"]
+    assert len(sync) == len(asyn) >= 3
+    for a, b in zip(sync, asyn):
+        np.testing.assert_array_equal(a.observations, b.observations)
+        np.testing.assert_array_equal(a.actions, b.actions)
+        np.testing.assert_array_equal(a.rewards, b.rewards)
+    assert asyn.metadata["rollouts"]["vectorization"] == "async"
