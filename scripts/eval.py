@@ -20,8 +20,9 @@ import inspect
 import sys
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import gymnasium as gym
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -46,6 +47,9 @@ class Args:
     """Episodes in total, spread over the sub-envs."""
     n_envs: int = DEFAULT_N_ENVS
     """Sub-envs of the vector env."""
+    vectorization: Literal["sync", "async"] = "sync"
+    """``async``: each sub-env in its own process (many cores, costly envs such as CarRacing); the same episodes
+    as ``sync``. ``--video`` needs ``sync`` (only sub-env 0 renders, in this process)."""
     seed: int = 0
     """Sub-env i is reset with seed + i."""
     deterministic: bool = True
@@ -101,6 +105,9 @@ def check_options(args: Args) -> None:
         raise UsageError(f"--n-envs must be >= 1, got {args.n_envs}")
     if args.video is not None and Path(args.video).suffix.lower() not in VIDEO_SUFFIXES:
         raise UsageError(f"--video {args.video}: the file must end in one of {', '.join(VIDEO_SUFFIXES)}")
+    if args.video is not None and args.vectorization != "sync":
+        raise UsageError(f"--video needs --vectorization sync (only sub-env 0 renders, in this process); got "
+                         f"--vectorization {args.vectorization}")
     if args.reconstruction_video is not None and Path(args.reconstruction_video).suffix.lower() not in VIDEO_SUFFIXES:
         raise UsageError(f"--reconstruction-video {args.reconstruction_video}: the file must end in one of "
                          f"{', '.join(VIDEO_SUFFIXES)}")
@@ -117,10 +124,10 @@ def main(args: Args) -> None:
                          f"{type(agent).__name__}")
     env: Any = env_id
     if hasattr(agent, "make_env"):  # an agent that adapts the env to itself (a world model resizes the frames)
-        from tt_agents.evaluation import DEFAULT_N_ENVS
-
-        env = agent.make_env(env_id, args.n_envs or DEFAULT_N_ENVS,
+        env = agent.make_env(env_id, args.n_envs, args.vectorization,
                              **({"render_mode": "rgb_array"} if args.video is not None else {}))
+    elif args.vectorization != "sync":
+        env = gym.make_vec(env_id, num_envs=args.n_envs, vectorization_mode=args.vectorization)
     res = evaluate(agent, env, n_episodes=args.n_episodes, n_envs=args.n_envs, seed=args.seed,
                    deterministic=args.deterministic, ref_min_score=args.ref_min_score,
                    ref_max_score=args.ref_max_score, video_path=args.video, json_path=args.json_out,

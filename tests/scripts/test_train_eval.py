@@ -113,3 +113,25 @@ def test_eval_act_options_change_a_loaded_tts_search_and_not_the_checkpoint(tmp_
                           capture_output=True, text=True, cwd=REPO, timeout=300)
     assert "--act.beam-width" in proc.stdout and "--act.horizon" in proc.stdout
     assert path.read_bytes() == before
+
+
+def test_eval_async_runs_the_same_episodes_as_sync(tmp_path):
+    """``--vectorization async`` (a process per sub-env) gives the episodes sync gives; with ``--video`` it is refused."""
+    import gymnasium as gym
+
+    from tt_agents import BCPolicy
+
+    env = gym.make("CartPole-v1")
+    path = BCPolicy(env.observation_space, env.action_space, device="cpu", seed=3).save(tmp_path / "a")
+    returns = {}
+    for mode in ("sync", "async"):
+        out = tmp_path / f"{mode}.json"
+        _run(["scripts/eval.py", "--checkpoint", str(path), "--env-id", "CartPole-v1", "--n-episodes", "4",
+              "--n-envs", "2", "--vectorization", mode, "--device", "cpu", "--no-progress", "--json-out", str(out)],
+             tmp_path)
+        returns[mode] = json.loads(out.read_text())["returns"]
+    assert len(returns["sync"]) == 4 and returns["async"] == returns["sync"]
+    proc = subprocess.run([sys.executable, "scripts/eval.py", "--checkpoint", str(path), "--env-id", "CartPole-v1",
+                           "--vectorization", "async", "--video", str(tmp_path / "v.mp4")], capture_output=True,
+                          text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 2 and "--video needs --vectorization sync" in proc.stderr
