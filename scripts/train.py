@@ -212,14 +212,16 @@ def main(name: str, agent_cls: type, args: Any, argv: list[str]) -> None:
     run_dir = args.run_dir or default_run_dir(name, args.dataset)
     configs = check_options(agent_cls, args, run_dir)
     progress = next(iter(configs.values())).progress if isinstance(configs, dict) else configs.progress
+    rank0 = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for the run (and evaluates)
     dataset = load_dataset(args.dataset)
-    print(dataset)
+    if rank0:
+        print(dataset)
     agent = agent_cls(dataset.observation_space, dataset.action_space, undocumented(args.agent), device=args.device,
                       seed=args.seed, act=act_of(args))
     try:
         result = agent.fit(dataset, configs, stage=args.stage)
     except TrainingInterrupted as e:
-        if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the run
+        if not rank0:
             raise SystemExit(e.exit_code) from None
         if e.checkpoint is None:
             print(f"{e}", file=sys.stderr)
@@ -228,6 +230,8 @@ def main(name: str, agent_cls: type, args: Any, argv: list[str]) -> None:
                 agent_cls.stage_names) > 1 else "") + f"; checkpoint {e.checkpoint}; resume with: "
                   f"{resume_command(argv)}", file=sys.stderr)
         raise SystemExit(e.exit_code) from None
+    if not rank0:
+        return
     final = Path(run_dir) / "final.zip"
     if not result.losses:
         steps_option = "--train.steps" if len(agent_cls.stage_names) == 1 else f"--train.{result.stage}.steps"

@@ -31,3 +31,32 @@ def test_world_model_speed_only_times_the_batched_generation_sync_and_async(tmp_
     text = Path(os.environ["TT_AGENTS_BENCHMARKS_MD"]).read_text().split("<!-- bench:t-wm -->")[1]
     assert "3 sub-envs, each in its own process (async)" in text
     assert "with the sub-envs in their own processes (async" in text and "which this run measures above" in text
+
+
+def test_world_model_cores_runs_the_pipeline_in_one_command_over_torchrun_ranks(tmp_path, monkeypatch, capfd):
+    """scripts/bench.py world-model-cores at a tiny size on CarRacing-v3 with 2 processes: async rollouts, V, M,
+    C searched over 2 torchrun ranks, an async evaluation, the section; a second call finds every phase done."""
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    from benches import world_model_cores as bench
+    args = bench.Args(work_dir=str(tmp_path / "work"), cores=2, preset="world-model-tiny", episodes=2,
+                      rollout_steps=5, vae_steps=2, memory_steps=2, generations=2, pop_size=4, n_samples=1,
+                      search_steps=5, eval_episodes=2, device="cpu")
+    results = bench.main(args)
+    assert list(results["seconds"]) == ["rollouts", "vae", "memory", "controller", "eval"]
+    out = capfd.readouterr().out
+    # one line per stage: under torchrun only rank 0 reports (and would evaluate)
+    assert out.count("trained WorldModelController") == 3 and out.count("EpisodeDataset(") == 3
+    rows = [json.loads(line) for line in (tmp_path / "work" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["stage"] == "controller"] == [1, 2]  # every generation, once
+    assert json.loads((tmp_path / "work" / "eval.json").read_text())["n_episodes"] == 2
+    text = Path(os.environ["TT_AGENTS_BENCHMARKS_MD"]).read_text().split("<!-- bench:world-model-cores -->")[1]
+    assert "| real, V + trained M (mdnrnn), 2 ranks |" in text and "2 gen x 4 x 1 rollouts of <= 5 steps" in text
+    assert "| C: CMA-ES, torchrun ranks | 2 |" in text and "on cpu" in text
+
+    again = bench.main(args)  # every phase finished: nothing reruns
+    assert again["seconds"] == results["seconds"]
+    assert not [line for line in capfd.readouterr().out.splitlines() if line.startswith("+ ")]  # no phase's command
+    import pytest
+
+    with pytest.raises(SystemExit, match="holds a run with other settings"):
+        bench.main(bench.Args(**{**vars(args), "generations": 3}))
