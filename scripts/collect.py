@@ -576,6 +576,8 @@ def main(args: Args) -> dict[str, Any]:
         raise UsageError("with --expert-zip, 'medium' needs --medium-zip (no training checkpoints exist)")
     if args.continue_from and args.expert_zip:
         raise UsageError("--continue-from trains an expert and --expert-zip loads one: pass one of them")
+    if args.continue_from and not Path(args.continue_from).is_file():
+        raise UsageError(f"--continue-from {args.continue_from} does not exist: pass an SB3 .zip (a run's final.zip)")
     if args.continue_from and "medium-replay" in kinds:
         raise UsageError(
             "medium-replay is the whole training log, and --continue-from's run logs only the steps after the zip's: "

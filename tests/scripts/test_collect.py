@@ -188,3 +188,6 @@ def test_continue_from_trains_a_finished_expert_further(tmp_path):
     res = collect(tmp_path, "--env-id", "Hopper-v5", *more, "--datasets", "expert", "medium-replay",
                   "--continue-from", str(first / "final.zip"), "--version", "2", expect_ok=False)  # fmt: skip
     assert res.returncode == 2 and "drop medium-replay" in res.stderr
+    res = collect(tmp_path, "--env-id", "Hopper-v5", *more, "--datasets", "expert", "--algo", "sac",
+                  "--continue-from", str(tmp_path / "missing.zip"), "--version", "2", expect_ok=False)  # fmt: skip
+    assert res.returncode == 2 and "missing.zip does not exist" in res.stderr
