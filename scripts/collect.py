@@ -297,27 +297,36 @@ def _algo_class(algo: str) -> Any:
 
 def algo_of_zip(path: str) -> str:
     """The SB3 algorithm a .zip was saved by, read from its JSON ``data`` entry (nothing unpickled)."""
+    from tt_agents.sb3_zip import SB3ZipError, sb3_algo_of_zip
+
     try:
-        with zipfile.ZipFile(path) as z:
-            data = json.loads(z.read("data"))
-    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
-        raise UsageError(f"{path} is not an SB3 model .zip ({e}); pass a file saved by model.save()") from None
-    module = str(data.get("policy_class", {}).get("__module__", ""))
-    for algo in ("sac", "td3", "ppo"):
-        if f"stable_baselines3.{algo}." in module or module.endswith(f".{algo}.policies"):
-            return algo
-    if module == "stable_baselines3.common.policies" and "clip_range" in data:  # PPO's CNN policies live there
-        return "ppo"
-    raise UsageError(f"cannot tell which algorithm saved {path} (policy module {module!r}); pass --algo")
+        algo = sb3_algo_of_zip(path)
+    except SB3ZipError as e:
+        raise UsageError(f"{e}; pass --algo") from None
+    if algo not in ("sac", "td3", "ppo"):
+        raise UsageError(f"{path} was saved by {algo.upper()}; this script's experts are SAC, TD3 or PPO")
+    return algo
 
 
-def load_model(path: str, algo: str, venv: gym.vector.VectorEnv, device: str) -> Any:
-    model = _algo_class(algo).load(path, device=device)
-    if model.action_space != venv.single_action_space:
-        raise UsageError(
-            f"the policy in {path} acts in {model.action_space}, but {venv.single_action_space} is needed"
-        )
-    return model
+def policy_kwargs_of(hp: dict[str, Any]) -> dict[str, Any]:
+    """The SB3 ``policy_kwargs`` of these hyperparameters (``"gelu"`` as the class)."""
+    pk = dict(hp.get("policy_kwargs") or {})
+    if pk.get("activation_fn") == "gelu":
+        pk["activation_fn"] = torch.nn.GELU
+    return pk
+
+
+def load_model(path: str | Path, algo: str, observation_space: gym.Space, action_space: gym.Space,
+               hp: dict[str, Any], device: str) -> Any:
+    """An SB3 policy from its .zip with nothing in it unpickled (:func:`tt_agents.sb3_zip.load_sb3_zip`), for an env
+    with these spaces; ``hp`` gives the ``policy_kwargs`` where the zip holds them pickled (CarRacing's GELU)."""
+    from tt_agents.sb3_zip import SB3ZipError, load_sb3_zip
+
+    try:
+        return load_sb3_zip(path, observation_space, action_space, algo, policy_kwargs=policy_kwargs_of(hp),
+                            device=device)
+    except SB3ZipError as e:
+        raise UsageError(str(e)) from None
 
 
 def build_model(algo: str, hp: dict[str, Any], venv: Any, args: Args) -> Any:
@@ -329,9 +338,7 @@ def build_model(algo: str, hp: dict[str, Any], venv: Any, args: Args) -> Any:
     if "action_noise_std" in hp:
         dim = venv.action_space.shape[-1]
         kw["action_noise"] = NormalActionNoise(np.zeros(dim), hp["action_noise_std"] * np.ones(dim))
-    pk = dict(kw.get("policy_kwargs") or {})
-    if pk.get("activation_fn") == "gelu":
-        pk["activation_fn"] = torch.nn.GELU
+    pk = policy_kwargs_of(hp)
     if pk:
         kw["policy_kwargs"] = pk
     image = len(venv.observation_space.shape) == 3
@@ -466,7 +473,7 @@ def train_expert(
     return model, [(int(s), Path(p)) for s, p in run["saved"]], run["curve"]
 
 
-def choose_expert(args: Args, algo: str, out_dir: Path, checkpoints: list[tuple[int, Path]],
+def choose_expert(args: Args, load: Callable[[Path], Any], out_dir: Path, checkpoints: list[tuple[int, Path]],
                   curve: list[dict[str, Any]], evaluate: Callable[[Any, int, str], float]) -> dict[str, Any]:
     """Copy the expert that ``--expert-checkpoint`` names to ``out_dir/expert.zip`` (the final policy is
     ``out_dir/final.zip``); what was chosen, for the expert's metadata. ``best`` evaluates the final policy like
@@ -475,7 +482,7 @@ def choose_expert(args: Args, algo: str, out_dir: Path, checkpoints: list[tuple[
     if args.expert_checkpoint == "final":
         shutil.copyfile(final, out_dir / "expert.zip")
         return {"checkpoint": "final", "step": args.expert_steps}
-    final_return = evaluate(_algo_class(algo).load(final, device=args.device),
+    final_return = evaluate(load(final),
                             args.seed + 4000 + len(checkpoints), "evaluate final policy")
     returns = {int(point["step"]): float(point["return"]) for point in curve}  # each checkpoint's evaluation
     step, path, ret = args.expert_steps, final, final_return
@@ -616,6 +623,9 @@ def main(args: Args) -> dict[str, Any]:
     hp = fit_budget(algo, zoo_hyperparameters(algo, args.env_id), args.expert_steps, args.train_envs)
     if args.net_arch:
         hp["policy_kwargs"] = {**hp.get("policy_kwargs", {}), "net_arch": list(args.net_arch)}
+
+    def load(path: str | Path, which: str = algo) -> Any:  # an SB3 zip, nothing in it unpickled
+        return load_model(path, which, obs_space, act_space, hp, args.device)
     common = {
         "author": ["tt-agents scripts/collect.py"],
         "code_permalink": "scripts/collect.py",
@@ -682,16 +692,14 @@ def main(args: Args) -> dict[str, Any]:
                 )
             if not (out_dir / "final.zip").exists():  # runs from before --expert-checkpoint: expert.zip is the final
                 shutil.copyfile(out_dir / "expert.zip", out_dir / "final.zip")
-            expert_info.update(choose_expert(args, algo, out_dir, checkpoints, curve, evaluate))
+            expert_info.update(choose_expert(args, load, out_dir, checkpoints, curve, evaluate))
             progress.done["train"]["expert_info"] = expert_info
             progress.save()
         elif chosen == "final" and (out_dir / "final.zip").exists():  # a stop between a switch's copy and its save
             shutil.copyfile(out_dir / "final.zip", out_dir / "expert.zip")
-        expert = _algo_class(algo).load(out_dir / "expert.zip", device=args.device)
+        expert = load(out_dir / "expert.zip")
     elif args.expert_zip:
-        vec = make_vec(args, 1)
-        expert = load_model(args.expert_zip, algo, vec, args.device)
-        vec.close()
+        expert = load(args.expert_zip)
         expert_info = {"name": f"{algo.upper()}-expert", "algorithm": algo.upper(), "zip": str(args.expert_zip)}
     else:
         train_log = None
@@ -721,11 +729,11 @@ def main(args: Args) -> dict[str, Any]:
             "hyperparameters": {k: (v if not callable(v) else repr(v)) for k, v in hp.items()},
             **({"continued_from": str(args.continue_from)} if args.continue_from else {}),
             "zip": str(out_dir / "expert.zip"),
-            **choose_expert(args, algo, out_dir, checkpoints, curve, evaluate),
+            **choose_expert(args, load, out_dir, checkpoints, curve, evaluate),
         }
         # the model in hand is the final policy; a checkpoint saved at the last step holds the same weights
         if expert_info["step"] != args.expert_steps:
-            expert = _algo_class(algo).load(out_dir / "expert.zip", device=args.device)
+            expert = load(out_dir / "expert.zip")
         progress.finish("train", {"checkpoints": [[st, str(p)] for st, p in checkpoints], "curve": curve,
                                   "seconds": t_train, "expert_info": expert_info})
     expert_info["deterministic"] = args.deterministic
@@ -746,11 +754,7 @@ def main(args: Args) -> dict[str, Any]:
     medium_step = None
     if "medium" in kinds or "medium-replay" in kinds:
         if args.medium_zip:
-            vec = make_vec(args, 1)
-            medium = load_model(
-                args.medium_zip, algo_of_zip(args.medium_zip) if args.algo == "auto" else algo, vec, args.device
-            )
-            vec.close()
+            medium = load(args.medium_zip, algo_of_zip(args.medium_zip) if args.algo == "auto" else algo)
             medium_info = {"name": "medium", "zip": str(args.medium_zip)}
         else:
             if not checkpoints:
@@ -761,7 +765,7 @@ def main(args: Args) -> dict[str, Any]:
             scores = [float(c["return"]) for c in curve]  # each checkpoint was evaluated as it was saved
             best = int(np.argmin([abs(s - target) for s in scores]))
             medium_step, medium_path = checkpoints[best]
-            medium = _algo_class(algo).load(medium_path, device=args.device)
+            medium = load(medium_path)
             shutil.copyfile(medium_path, out_dir / "medium.zip")
             medium_info = {
                 "name": f"{algo.upper()}-medium",

@@ -153,7 +153,7 @@ def _log(msg: str) -> None:
 
 def _expert_model(args: Args, work: Path):
     """The expert as an SB3 model, and where it came from: ``--expert-run``'s, or this script's SAC."""
-    from collect import _algo_class, algo_of_zip  # scripts/collect.py (bench.py puts scripts/ on the path)
+    from collect import algo_of_zip, load_model, zoo_hyperparameters  # scripts/collect.py (on bench.py's path)
 
     if args.expert_run is not None:
         path = Path(args.expert_run) / "expert.zip"
@@ -164,7 +164,13 @@ def _expert_model(args: Args, work: Path):
     else:
         path, algo = work / "expert_sac.zip", "sac"
         source = f"SB3 SAC expert trained for {args.expert_steps} env steps (this script's own)"
-    return _algo_class(algo).load(path, device="cpu"), source
+    if _procgen(args):
+        import tt_agents.envs.procgen  # noqa: F401  (registers procgen/* ids)
+    env = gym.make(args.env_id)
+    spaces = env.observation_space, env.action_space
+    env.close()
+    # nothing in the zip is unpickled; the policy settings where it holds them pickled are collect.py's for the env
+    return load_model(path, algo, *spaces, zoo_hyperparameters(algo, args.env_id), "cpu"), source
 
 
 def _expert(args: Args, work: Path) -> dict[str, float]:
