@@ -167,7 +167,7 @@ def zoo_hyperparameters(algo: str, env_id: str) -> dict[str, Any]:
             policy_kwargs=dict(net_arch=[400, 300]),
             action_noise_std=0.1,
         )
-    if env_id.startswith("procgen/"):  # the Procgen paper's PPO
+    if env_id.startswith("procgen/"):  # the Procgen paper's PPO settings (not its reward normalization or IMPALA CNN)
         return dict(
             n_envs=64,
             n_steps=256,
