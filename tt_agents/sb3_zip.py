@@ -170,10 +170,9 @@ def load_sb3_zip(path: str | Path, observation_space: gym.Space, action_space: g
         "rollout_buffer_class": RolloutBuffer,
         "replay_buffer_class": ReplayBuffer,
         "lr_schedule": _constant(data.get("lr_schedule")),
-        "learning_rate": data["learning_rate"] if isinstance(data.get("learning_rate"), float) else
-        _constant(data.get("learning_rate")),
+        "learning_rate": _constant(data.get("learning_rate")),
         "clip_range": _constant(data.get("clip_range")),
-        "clip_range_vf": None if data.get("clip_range_vf") is None else _constant(data.get("clip_range_vf")),
+        "clip_range_vf": _constant(data.get("clip_range_vf")),
         "train_freq": TrainFreq(1, TrainFrequencyUnit.STEP),  # off-policy training's; acting does not use it
         "env": None,
     }
@@ -184,12 +183,15 @@ def load_sb3_zip(path: str | Path, observation_space: gym.Space, action_space: g
                               "them); pass the policy_kwargs the model was built with")
         safe["policy_kwargs"] = dict(policy_kwargs)
     pickled = {k for k, v in data.items() if isinstance(v, dict) and ":serialized:" in v}
-    unknown = sorted(pickled - set(safe) - {"policy_kwargs"})
+    unknown = sorted(pickled - set(safe))
     if unknown:
         raise SB3ZipError(f"{path}: its {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} pickled, which "
                           "this loader does not read (nothing in a zip is unpickled here)")
+    # SB3 takes these instead of unpickling its own; settings stored as plain JSON are kept as they are
+    custom = {k: v for k, v in safe.items() if k in pickled or k in ("policy_class", "observation_space",
+                                                                      "action_space")}
     try:
-        return cls.load(path, device=device, custom_objects=safe)  # SB3 takes these instead of unpickling its own
+        return cls.load(path, device=device, custom_objects=custom)
     except RuntimeError as e:  # the weights do not fit the policy built for these spaces and settings
         raise SB3ZipError(f"{path}: its weights do not fit a {algo.upper()} {alias} for {observation_space} -> "
                           f"{action_space} ({str(e).splitlines()[0]}); pass the env and policy_kwargs it was "
