@@ -66,8 +66,9 @@ class Args:
     """ids are {namespace}/{kind}-v{version}; default from env_id: hopper, bipedalwalker, procgen/coinrun, ..."""
     version: int = 0
     """dataset version (the -vN of the ids)"""
-    algo: Literal["auto", "sac", "td3", "ppo"] = "auto"
-    """expert algorithm; auto: SAC for Box actions on vectors, PPO for discrete actions or images (or --expert-zip's)"""
+    algo: Literal["auto", "sac", "td3", "ppo", "scripted"] = "auto"
+    """expert algorithm; auto: SAC for Box actions on vectors, PPO for discrete actions or images (or --expert-zip's);
+    Meta-World tasks (``metaworld/<task>-v3``): its V3 scripted policy (``scripted``), trained nothing"""
     expert_steps: int = 1_000_000
     """expert training budget in env steps (RL Zoo: 1M for MuJoCo SAC); tiny values make test runs"""
     expert_zip: str | None = None
@@ -244,8 +245,26 @@ def _procgen_kwargs(args: Args) -> dict[str, Any]:
     return dict(distribution_mode=args.procgen_distribution_mode, num_levels=args.procgen_num_levels)
 
 
+def is_metaworld(env_id: str) -> bool:
+    return env_id.startswith("metaworld/")
+
+
+def _metaworld_env(args: Args, index: int = 0) -> gym.Env:
+    """``metaworld/reach-v3`` -> Meta-World's MT1 env of that task; it draws a goal at every reset from its own
+    sampler, seeded with ``--seed`` + ``index`` (each sub-env its own goals)."""
+    try:
+        import metaworld  # noqa: F401  (registers Meta-World/*)
+    except ImportError:
+        raise UsageError(f"{args.env_id} needs Meta-World, which pins mujoco 3.3.0: install it in its own "
+                         "environment (bash scripts/install.sh --metaworld)") from None
+    kw = {} if args.max_episode_steps is None else {"max_episode_steps": args.max_episode_steps}
+    return gym.make("Meta-World/MT1", env_name=args.env_id.split("/", 1)[1], seed=args.seed + index, **kw)
+
+
 def make_env(args: Args) -> gym.Env:
     """One env, for SB3 training."""
+    if is_metaworld(args.env_id):
+        return _metaworld_env(args)
     if is_procgen(args.env_id):
         import tt_agents.envs.procgen  # noqa: F401  (registers procgen/* ids)
 
@@ -265,6 +284,9 @@ def make_vec(args: Args, num_envs: int) -> gym.vector.VectorEnv:
             num_threads=0,
             **_procgen_kwargs(args),
         )
+    if is_metaworld(args.env_id):
+        vec = gym.vector.AsyncVectorEnv if args.vectorization == "async" else gym.vector.SyncVectorEnv
+        return vec([lambda i=i: _metaworld_env(args, i) for i in range(num_envs)])
     return gym.make_vec(
         args.env_id, num_envs=num_envs, vectorization_mode=args.vectorization, max_episode_steps=args.max_episode_steps
     )
@@ -283,6 +305,21 @@ class RandomPolicy:
 
     def predict(self, obs: Any, state: Any = None, episode_start: Any = None, deterministic: bool = False):
         return self.space.sample(), state
+
+
+class ScriptedPolicy:
+    """Meta-World's V3 scripted policy of a task, with SB3's ``predict`` (one row per sub-env)."""
+
+    def __init__(self, task: str) -> None:
+        from metaworld.policies import ENV_POLICY_MAP
+
+        if task not in ENV_POLICY_MAP:
+            raise UsageError(f"Meta-World has no scripted policy for {task!r}; its tasks: {sorted(ENV_POLICY_MAP)}")
+        self.name = type(ENV_POLICY_MAP[task]()).__name__
+        self.policy = ENV_POLICY_MAP[task]()
+
+    def predict(self, obs: Any, state: Any = None, episode_start: Any = None, deterministic: bool = False):
+        return np.stack([self.policy.get_action(o) for o in np.asarray(obs)]).astype(np.float32), state
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,6 +387,18 @@ def continue_training_from(model: Any, path: str, expert_steps: int) -> None:
     """Load an SB3 .zip's policy and optimizer state (``set_parameters``: ``torch.load(weights_only=True)``) and its
     step and update counts (plain JSON) into ``model``, so that ``learn(reset_num_timesteps=False)`` trains on from
     it as SB3's ``load`` + ``learn`` would; nothing in the zip is unpickled."""
+    data = _zip_data(path, expert_steps)
+    try:
+        model.set_parameters(path, exact_match=True, device=model.device)
+    except (RuntimeError, ValueError) as e:
+        raise UsageError(f"--continue-from {path} does not fit this run's {type(model).__name__} ({e}); pass the "
+                         "hyperparameters (--net-arch, --train-envs) the zip was trained with") from None
+    model.num_timesteps = int(data.get("num_timesteps", 0))
+    model._n_updates = int(data.get("_n_updates", 0))
+
+
+def _zip_data(path: str, expert_steps: int) -> dict[str, Any]:
+    """``--continue-from``'s zip's JSON data, refused where its step count leaves nothing to train."""
     with zipfile.ZipFile(path) as z:
         data = json.loads(z.read("data"))
     steps = int(data.get("num_timesteps", 0))
@@ -358,13 +407,7 @@ def continue_training_from(model: Any, path: str, expert_steps: int) -> None:
             f"--continue-from {path} was trained for {steps} env steps already; pass --expert-steps above {steps} "
             "(the total budget, counted from the start of its training)"
         )
-    try:
-        model.set_parameters(path, exact_match=True, device=model.device)
-    except (RuntimeError, ValueError) as e:
-        raise UsageError(f"--continue-from {path} does not fit this run's {type(model).__name__} ({e}); pass the "
-                         "hyperparameters (--net-arch, --train-envs) the zip was trained with") from None
-    model.num_timesteps = steps
-    model._n_updates = int(data.get("_n_updates", 0))
+    return data
 
 
 def train_expert(
@@ -581,10 +624,22 @@ def main(args: Args) -> dict[str, Any]:
         )
     if args.expert_zip and "medium" in kinds and not args.medium_zip:
         raise UsageError("with --expert-zip, 'medium' needs --medium-zip (no training checkpoints exist)")
+    if (args.algo == "scripted") != is_metaworld(args.env_id) and not (args.algo == "auto"
+                                                                      and is_metaworld(args.env_id)):
+        raise UsageError(f"--algo {args.algo} with {args.env_id}: the scripted experts are Meta-World's "
+                         "(metaworld/<task>), and Meta-World's experts are its scripted policies (--algo scripted or "
+                         "auto)")
+    if is_metaworld(args.env_id):
+        trained = [k for k in kinds if k in ("medium", "medium-replay")]
+        if trained or args.expert_zip or args.continue_from:
+            raise UsageError(f"Meta-World's expert is its scripted policy (nothing is trained): make random and "
+                             f"expert only (not {trained}), without --expert-zip or --continue-from")
     if args.continue_from and args.expert_zip:
         raise UsageError("--continue-from trains an expert and --expert-zip loads one: pass one of them")
     if args.continue_from and not Path(args.continue_from).is_file():
         raise UsageError(f"--continue-from {args.continue_from} does not exist: pass an SB3 .zip (a run's final.zip)")
+    if args.continue_from:
+        _zip_data(args.continue_from, args.expert_steps)  # before anything is written
     if args.continue_from and "medium-replay" in kinds:
         raise UsageError(
             "medium-replay is the whole training log, and --continue-from's run logs only the steps after the zip's: "
@@ -611,7 +666,9 @@ def main(args: Args) -> dict[str, Any]:
     probe.close()
     image = len(getattr(obs_space, "shape", ()) or ()) == 3
     algo = args.algo
-    if algo == "auto":
+    if is_metaworld(args.env_id):
+        algo = "scripted"
+    elif algo == "auto":
         if args.expert_zip or args.continue_from:
             algo = algo_of_zip(args.expert_zip or args.continue_from)
         else:
@@ -620,7 +677,8 @@ def main(args: Args) -> dict[str, Any]:
         raise UsageError(
             f"{algo.upper()} needs continuous (Box) actions, {args.env_id} has {act_space}; use --algo ppo"
         )
-    hp = fit_budget(algo, zoo_hyperparameters(algo, args.env_id), args.expert_steps, args.train_envs)
+    hp = {} if algo == "scripted" else fit_budget(algo, zoo_hyperparameters(algo, args.env_id), args.expert_steps,
+                                                   args.train_envs)
     if args.net_arch:
         hp["policy_kwargs"] = {**hp.get("policy_kwargs", {}), "net_arch": list(args.net_arch)}
 
@@ -698,6 +756,9 @@ def main(args: Args) -> dict[str, Any]:
         elif chosen == "final" and (out_dir / "final.zip").exists():  # a stop between a switch's copy and its save
             shutil.copyfile(out_dir / "final.zip", out_dir / "expert.zip")
         expert = load(out_dir / "expert.zip")
+    elif algo == "scripted":
+        expert = ScriptedPolicy(args.env_id.split("/", 1)[1])
+        expert_info = {"name": f"Meta-World {expert.name}", "algorithm": "scripted", "policy_class": expert.name}
     elif args.expert_zip:
         expert = load(args.expert_zip)
         expert_info = {"name": f"{algo.upper()}-expert", "algorithm": algo.upper(), "zip": str(args.expert_zip)}

@@ -13,6 +13,11 @@ torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 
+try:  # Meta-World pins mujoco 3.3.0, so its tests run in its own environment (.ci/run: .venv-metaworld)
+    import metaworld  # noqa: F401
+except ImportError:
+    collect_ignore = ["metaworld"]
+
 
 @pytest.fixture(autouse=True)
 def _minari_home(tmp_path_factory, monkeypatch):

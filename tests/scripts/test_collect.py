@@ -183,11 +183,28 @@ def test_continue_from_trains_a_finished_expert_further(tmp_path):
     assert policy["continued_from"] == str(first / "final.zip") and policy["trained_steps"] == 600
 
     res = collect(tmp_path, "--env-id", "Hopper-v5", *TINY, "--datasets", "expert", "--continue-from",
-                  str(second / "final.zip"), "--version", "2", expect_ok=False)  # fmt: skip
+                  str(second / "final.zip"), "--version", "2", "--out-dir", str(tmp_path / "o3"),
+                  expect_ok=False)  # fmt: skip
     assert res.returncode == 2 and "trained for 600 env steps already; pass --expert-steps above 600" in res.stderr
     res = collect(tmp_path, "--env-id", "Hopper-v5", *more, "--datasets", "expert", "medium-replay",
-                  "--continue-from", str(first / "final.zip"), "--version", "2", expect_ok=False)  # fmt: skip
+                  "--continue-from", str(first / "final.zip"), "--version", "2", "--out-dir", str(tmp_path / "o4"),
+                  expect_ok=False)  # fmt: skip
     assert res.returncode == 2 and "drop medium-replay" in res.stderr
     res = collect(tmp_path, "--env-id", "Hopper-v5", *more, "--datasets", "expert", "--algo", "sac",
-                  "--continue-from", str(tmp_path / "missing.zip"), "--version", "2", expect_ok=False)  # fmt: skip
+                  "--continue-from", str(tmp_path / "missing.zip"), "--version", "2", "--out-dir",
+                  str(tmp_path / "o5"), expect_ok=False)  # fmt: skip
     assert res.returncode == 2 and "missing.zip does not exist" in res.stderr
+    assert not any((tmp_path / o).exists() for o in ("o3", "o4", "o5"))  # refused before anything was written
+
+
+def test_meta_world_without_its_environment_names_the_install(monkeypatch):
+    """Meta-World is not in the main environment (it pins mujoco 3.3.0): asking for a task says how to get it."""
+    import sys
+
+    collect_mod = load_script("collect")
+    monkeypatch.setitem(sys.modules, "metaworld", None)  # as if not installed
+    args = collect_mod.Args(env_id="metaworld/reach-v3")
+    with pytest.raises(collect_mod.UsageError, match=r"install.sh --metaworld"):
+        collect_mod.make_env(args)
+    with pytest.raises(collect_mod.UsageError, match="scripted experts are Meta-World's"):
+        collect_mod.main(collect_mod.Args(env_id="Hopper-v5", algo="scripted", out_dir=None))
