@@ -37,7 +37,6 @@ import signal
 import sys
 import time
 import warnings
-import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -315,8 +314,8 @@ class ScriptedPolicy:
 
         if task not in ENV_POLICY_MAP:
             raise UsageError(f"Meta-World has no scripted policy for {task!r}; its tasks: {sorted(ENV_POLICY_MAP)}")
-        self.name = type(ENV_POLICY_MAP[task]()).__name__
         self.policy = ENV_POLICY_MAP[task]()
+        self.name = type(self.policy).__name__
 
     def predict(self, obs: Any, state: Any = None, episode_start: Any = None, deterministic: bool = False):
         return np.stack([self.policy.get_action(o) for o in np.asarray(obs)]).astype(np.float32), state
@@ -383,11 +382,11 @@ def build_model(algo: str, hp: dict[str, Any], venv: Any, args: Args) -> Any:
     return _algo_class(algo)(policy, venv, seed=args.seed, device=args.device, verbose=0, **kw)
 
 
-def continue_training_from(model: Any, path: str, expert_steps: int) -> None:
+def continue_training_from(model: Any, path: str) -> None:
     """Load an SB3 .zip's policy and optimizer state (``set_parameters``: ``torch.load(weights_only=True)``) and its
     step and update counts (plain JSON) into ``model``, so that ``learn(reset_num_timesteps=False)`` trains on from
-    it as SB3's ``load`` + ``learn`` would; nothing in the zip is unpickled."""
-    data = _zip_data(path, expert_steps)
+    it as SB3's ``load`` + ``learn`` would; nothing in the zip is unpickled. (``main`` checked its budget.)"""
+    data = _zip_data(path)
     try:
         model.set_parameters(path, exact_match=True, device=model.device)
     except (RuntimeError, ValueError) as e:
@@ -397,17 +396,14 @@ def continue_training_from(model: Any, path: str, expert_steps: int) -> None:
     model._n_updates = int(data.get("_n_updates", 0))
 
 
-def _zip_data(path: str, expert_steps: int) -> dict[str, Any]:
-    """``--continue-from``'s zip's JSON data, refused where its step count leaves nothing to train."""
-    with zipfile.ZipFile(path) as z:
-        data = json.loads(z.read("data"))
-    steps = int(data.get("num_timesteps", 0))
-    if steps >= expert_steps:
-        raise UsageError(
-            f"--continue-from {path} was trained for {steps} env steps already; pass --expert-steps above {steps} "
-            "(the total budget, counted from the start of its training)"
-        )
-    return data
+def _zip_data(path: str) -> dict[str, Any]:
+    """An SB3 zip's JSON data (nothing unpickled); not an SB3 zip: a usage error."""
+    from tt_agents.sb3_zip import SB3ZipError, sb3_zip_data
+
+    try:
+        return sb3_zip_data(path)
+    except SB3ZipError as e:
+        raise UsageError(str(e)) from None
 
 
 def train_expert(
@@ -453,7 +449,7 @@ def train_expert(
     venv.seed(args.seed)
     model = build_model(algo, hp, venv, args)
     if args.continue_from:
-        continue_training_from(model, args.continue_from, args.expert_steps)
+        continue_training_from(model, args.continue_from)
     # SB3's training statistics (losses, fps, episode returns) as TensorBoard events in the run's folder; a resumed
     # run adds an events file beside the first. (Without a logger of its own SB3 makes an empty /tmp/SB3-* folder
     # at every learn().)
@@ -624,8 +620,7 @@ def main(args: Args) -> dict[str, Any]:
         )
     if args.expert_zip and "medium" in kinds and not args.medium_zip:
         raise UsageError("with --expert-zip, 'medium' needs --medium-zip (no training checkpoints exist)")
-    if (args.algo == "scripted") != is_metaworld(args.env_id) and not (args.algo == "auto"
-                                                                      and is_metaworld(args.env_id)):
+    if args.algo not in (("auto", "scripted") if is_metaworld(args.env_id) else ("auto", "sac", "td3", "ppo")):
         raise UsageError(f"--algo {args.algo} with {args.env_id}: the scripted experts are Meta-World's "
                          "(metaworld/<task>), and Meta-World's experts are its scripted policies (--algo scripted or "
                          "auto)")
@@ -634,17 +629,23 @@ def main(args: Args) -> dict[str, Any]:
         if trained or args.expert_zip or args.continue_from:
             raise UsageError(f"Meta-World's expert is its scripted policy (nothing is trained): make random and "
                              f"expert only (not {trained}), without --expert-zip or --continue-from")
-    if args.continue_from and args.expert_zip:
-        raise UsageError("--continue-from trains an expert and --expert-zip loads one: pass one of them")
-    if args.continue_from and not Path(args.continue_from).is_file():
-        raise UsageError(f"--continue-from {args.continue_from} does not exist: pass an SB3 .zip (a run's final.zip)")
-    if args.continue_from:
-        _zip_data(args.continue_from, args.expert_steps)  # before anything is written
-    if args.continue_from and "medium-replay" in kinds:
-        raise UsageError(
-            "medium-replay is the whole training log, and --continue-from's run logs only the steps after the zip's: "
-            "drop medium-replay from --datasets (or train from scratch)"
-        )
+    if args.continue_from:  # all checked before anything is written
+        if args.expert_zip:
+            raise UsageError("--continue-from trains an expert and --expert-zip loads one: pass one of them")
+        if not Path(args.continue_from).is_file():
+            raise UsageError(f"--continue-from {args.continue_from} does not exist: pass an SB3 .zip (a run's "
+                             "final.zip)")
+        steps = int(_zip_data(args.continue_from).get("num_timesteps", 0))
+        if steps >= args.expert_steps:
+            raise UsageError(
+                f"--continue-from {args.continue_from} was trained for {steps} env steps already; pass --expert-steps "
+                f"above {steps} (the total budget, counted from the start of its training)"
+            )
+        if "medium-replay" in kinds:
+            raise UsageError(
+                "medium-replay is the whole training log, and --continue-from's run logs only the steps after the "
+                "zip's: drop medium-replay from --datasets (or train from scratch)"
+            )
     if is_procgen(args.env_id) and args.max_episode_steps is not None:
         warnings.warn("--max-episode-steps is ignored for Procgen (each game has its own time limit)", stacklevel=1)
     namespace = args.namespace or default_namespace(args.env_id)

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import gymnasium as gym
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -126,13 +125,11 @@ def main(args: Args) -> None:
     if hasattr(agent, "make_env"):  # an agent that adapts the env to itself (a world model resizes the frames)
         env = agent.make_env(env_id, args.n_envs, args.vectorization,
                              **({"render_mode": "rgb_array"} if args.video is not None else {}))
-    elif args.vectorization != "sync":
-        env = gym.make_vec(env_id, num_envs=args.n_envs, vectorization_mode=args.vectorization)
     res = evaluate(agent, env, n_episodes=args.n_episodes, n_envs=args.n_envs, seed=args.seed,
                    deterministic=args.deterministic, ref_min_score=args.ref_min_score,
                    ref_max_score=args.ref_max_score, video_path=args.video, json_path=args.json_out,
                    act=undocumented(args.act) if getattr(args, "act", None) is not None else None,
-                   progress=args.progress)
+                   progress=args.progress, vectorization_mode=args.vectorization)
     if env is not env_id:
         env.close()
     print(f"{type(agent).__name__} on {env_id}: {res}")

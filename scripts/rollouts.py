@@ -5,8 +5,8 @@ sample and then moves by ``sqrt(dt) * sigma * N(0, 1)`` per step, clipped to the
 so the car drives smooth random paths instead of jittering in place (Discrete actions: a uniform
 action held for a geometric number of steps, mean ``1 / dt``). Sub-envs of a vector env step
 together (in this process, or each in its own: ``--vectorization async``) and every finished episode
-is written by :class:`wrappers.VectorActionLogger` as it ends; frames are resized to ``--size`` (64x64 for V) before they are logged. Nothing needs a
-display or ``PYTHONPATH``: run it from anywhere.
+is written by :class:`wrappers.VectorActionLogger` as it ends; frames are resized to ``--size``
+(64x64 for V) before they are logged. Nothing needs a display or ``PYTHONPATH``: run it from anywhere.
 
 Example (the README's CPU-sized pipeline starts with this):
     python scripts/rollouts.py --env-id CarRacing-v3 --episodes 16 --num-envs 4 --max-episode-steps 300

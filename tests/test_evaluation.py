@@ -142,3 +142,17 @@ def test_hopper_video_headless(tmp_path, monkeypatch):
     video = iio.imread(tmp_path / "hopper.mp4", plugin="pyav")
     assert video.shape == (res.lengths[0] + 1, 480, 480, 3)  # the first frame, then one per step
     assert video.std() > 5  # a scene, not a blank frame
+
+
+def test_async_sub_envs_need_an_env_id_and_no_video():
+    from tt_agents.evaluation import make_vec_env
+
+    with pytest.raises(ValueError, match="needs an env id and no video"):
+        make_vec_env(lambda: FakeEnv(), n_envs=2, vectorization_mode="async")
+    with pytest.raises(ValueError, match="needs an env id and no video"):
+        make_vec_env("CartPole-v1", n_envs=2, render=True, vectorization_mode="async")
+    with pytest.raises(ValueError, match="'sync' or 'async', got 'threads'"):
+        make_vec_env("CartPole-v1", vectorization_mode="threads")
+    venv = make_vec_env("CartPole-v1", n_envs=2, vectorization_mode="async")
+    assert isinstance(venv, gym.vector.AsyncVectorEnv)
+    venv.close()

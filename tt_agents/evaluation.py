@@ -96,22 +96,29 @@ def use_egl_when_headless() -> None:
 
 
 def make_vec_env(
-    env: str | gym.Env | VectorEnv | Callable[[], gym.Env], n_envs: int = 1, render: bool = False
+    env: str | gym.Env | VectorEnv | Callable[[], gym.Env], n_envs: int = 1, render: bool = False,
+    vectorization_mode: str = "sync",
 ) -> VectorEnv:
     """A vector env from an env id, an env, a factory, or a vector env (returned as it is).
 
     With ``render``, an env id's sub-env 0 alone is made with ``render_mode="rgb_array"`` (the video's;
-    the others never render).
+    the others never render), in this process. ``vectorization_mode="async"`` makes an env id's sub-envs each
+    in its own process (many cores, costly envs); it cannot render.
     """
     if isinstance(env, VectorEnv):
         return env
+    if vectorization_mode not in ("sync", "async"):
+        raise ValueError(f"vectorization_mode must be 'sync' or 'async', got {vectorization_mode!r}")
+    if vectorization_mode != "sync" and (render or not isinstance(env, str)):
+        raise ValueError("vectorization_mode='async' needs an env id and no video (only sub-env 0 renders, in this "
+                         f"process); got {'a video' if render else type(env).__name__}")
     if render:
         use_egl_when_headless()
     if isinstance(env, str):
         if render:
             return gym.vector.SyncVectorEnv([lambda: gym.make(env, render_mode="rgb_array")]
                                             + [lambda: gym.make(env)] * (n_envs - 1))
-        return gym.make_vec(env, num_envs=n_envs, vectorization_mode="sync")
+        return gym.make_vec(env, num_envs=n_envs, vectorization_mode=vectorization_mode)
     if isinstance(env, gym.Env):
         if n_envs != 1:
             raise ValueError(f"got one env instance but n_envs={n_envs}; pass an env id or a factory to run several")
@@ -135,6 +142,7 @@ def evaluate(
     max_steps: int = 1_000_000,
     progress: bool = True,
     act: Any = None,
+    vectorization_mode: str = "sync",
 ) -> EvalResult:
     """Run ``n_episodes`` episodes of ``agent`` on a vector env and summarise the returns.
 
@@ -155,6 +163,8 @@ def evaluate(
         max_steps: a bound on vector steps, so that a never-ending env cannot hang the run.
         act: the agent's act-time settings for this evaluation (``None``: ``agent.act``), given
             to ``agent.initial_state(n_envs, act=act)``.
+        vectorization_mode: ``"async"``: an env id's sub-envs each in its own process (the same episodes as
+            ``"sync"``; no video).
 
     Example:
         >>> from tt_agents import BCPolicy
@@ -174,7 +184,7 @@ def evaluate(
     if n_envs < 1:
         raise ValueError(f"n_envs must be >= 1, got {n_envs}")
     env_id = env if isinstance(env, str) else None
-    venv = make_vec_env(env, n_envs, render=video_path is not None)
+    venv = make_vec_env(env, n_envs, render=video_path is not None, vectorization_mode=vectorization_mode)
     try:
         _check_spaces(agent, venv, env_id)
         first = (getattr(venv, "envs", None) or [None])[0]

@@ -34,7 +34,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["load_sb3_zip", "sb3_algo_of_zip", "SB3ZipError"]
+__all__ = ["load_sb3_zip", "sb3_algo_of_zip", "sb3_zip_data", "SB3ZipError"]
 
 
 class SB3ZipError(ValueError):
@@ -50,7 +50,8 @@ def _algo_class(algo: str) -> Any:
     return getattr(sb3, algo.upper())
 
 
-def _data(path: str | Path) -> dict[str, Any]:
+def sb3_zip_data(path: str | Path) -> dict[str, Any]:
+    """An SB3 zip's ``data`` entry as JSON, as it is (its pickled settings left as base64 text, never unpickled)."""
     try:
         with zipfile.ZipFile(path) as z:
             return json.loads(z.read("data"))
@@ -60,7 +61,10 @@ def _data(path: str | Path) -> dict[str, Any]:
 
 def sb3_algo_of_zip(path: str | Path) -> str:
     """The SB3 algorithm a .zip was saved by (``"ppo"``, ``"sac"``, ...), from the policy module its JSON names."""
-    data = _data(path)
+    return _algo_of(sb3_zip_data(path), path)
+
+
+def _algo_of(data: dict[str, Any], path: str | Path) -> str:
     module = str((data.get("policy_class") or {}).get("__module__", ""))
     for algo in _ALGOS:
         if f"stable_baselines3.{algo}." in module or module.endswith(f".{algo}.policies"):
@@ -72,20 +76,14 @@ def sb3_algo_of_zip(path: str | Path) -> str:
 
 def _model_observation_space(space: gym.Space) -> gym.Space:
     """The space SB3's model sees: images channels first (its ``VecTransposeImage``)."""
-    from stable_baselines3.common.preprocessing import is_image_space
+    from stable_baselines3.common.preprocessing import is_image_space, is_image_space_channels_first
     from stable_baselines3.common.vec_env import VecTransposeImage
 
     if isinstance(space, gym.spaces.Dict):
         return gym.spaces.Dict({k: _model_observation_space(v) for k, v in space.spaces.items()})
-    if is_image_space(space, check_channels=False) and not _channels_first(space):
+    if is_image_space(space, check_channels=False) and not is_image_space_channels_first(space):  # type: ignore
         return VecTransposeImage.transpose_space(space)
     return space
-
-
-def _channels_first(space: gym.Space) -> bool:
-    from stable_baselines3.common.preprocessing import is_image_space_channels_first
-
-    return is_image_space_channels_first(space)  # type: ignore[arg-type]
 
 
 def _shape_of(entry: dict[str, Any]) -> list[int] | None:
@@ -112,8 +110,8 @@ def _check_space(path: str | Path, what: str, entry: Any, space: gym.Space) -> N
 
 
 def _constant(entry: Any) -> Any:
-    """A constant schedule with the value the JSON shows in plain text (``ConstantSchedule(val=0.0005)``), or
-    ``None`` when it shows none (a schedule that varies: it only matters to training)."""
+    """A constant schedule with the value the JSON shows in plain text (``ConstantSchedule(val=0.0005)``), or 0
+    when it shows none (a schedule that varies: it only matters to training)."""
     from stable_baselines3.common.utils import ConstantSchedule
 
     text = json.dumps(entry)
@@ -140,8 +138,8 @@ def load_sb3_zip(path: str | Path, observation_space: gym.Space, action_space: g
     from stable_baselines3.common.buffers import ReplayBuffer, RolloutBuffer
     from stable_baselines3.common.type_aliases import TrainFreq, TrainFrequencyUnit
 
-    data = _data(path)
-    algo = algo or sb3_algo_of_zip(path)
+    data = sb3_zip_data(path)
+    algo = algo or _algo_of(data, path)
     cls = _algo_class(algo)
     obs_space = _model_observation_space(observation_space)
     _check_space(path, "observation", data.get("observation_space"), obs_space)
