@@ -14,6 +14,7 @@ Agents (all follow :class:`Agent`: ``predict``, ``save``, ``load``, ``fit``):
 Functions: :func:`load_agent` (any checkpoint), :func:`evaluate` (episodes on a vector env).
 """
 
+import tt_agents.envs  # noqa: F401  (registers tt_agents/CarRacing-v3)
 from tt_agents._version import __version__
 from tt_agents.agent import AGENT_REGISTRY, Agent, NonFiniteInputError, Preset, load_agent
 from tt_agents.autoencoder import TAEConfig, TrajectoryAutoencoder

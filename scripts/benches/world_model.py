@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -52,7 +53,9 @@ import rollouts  # noqa: E402
 class Args:
     work_dir: str = "runs/bench-world-model"
     """Where the dataset, agents and evaluations are cached (delete it to start over)."""
-    env_id: str = "CarRacing-v3"
+    env_id: str = "tt_agents/CarRacing-v3"
+    """The env (default: gymnasium's CarRacing-v3 with its road drawn by numpy, the same frames; the speed
+    comparison times both)."""
     episodes: int = 16
     """Random rollouts for V and M."""
     rollout_steps: int = 300
@@ -102,6 +105,27 @@ class Args:
 def _cfg(**kw: Any) -> Any:
     base = WorldModelController.presets["cpu"].config
     return dataclasses.replace(base, **kw)
+
+
+CAR_RACING = ("CarRacing-v3", "tt_agents/CarRacing-v3")
+
+
+def env_step_ms(env_ids: tuple[str, ...], steps: int, rounds: int, seed: int) -> dict[str, float]:
+    """Milliseconds per bare ``step`` of each env (the same smooth actions), interleaved round by round; the
+    fastest round of each."""
+    best = {k: float("inf") for k in env_ids}
+    acts = [np.array([np.sin(i / 10), 0.5, 0.0], np.float32) for i in range(steps)]
+    for _ in range(rounds):
+        for env_id in env_ids:
+            env = gym.make(env_id)
+            env.reset(seed=seed)
+            t0 = time.perf_counter()
+            for act in acts:
+                if any(env.step(act)[2:4]):
+                    env.reset()
+            best[env_id] = min(best[env_id], 1e3 * (time.perf_counter() - t0) / steps)
+            env.close()
+    return best
 
 
 class RandomPolicy:
@@ -266,6 +290,8 @@ class Bench:
                       agent._raw_to_memory)
         dt = time.perf_counter() - t0
         out["dream"] = {"seconds": dt, "steps": Pd * S * a.dream_horizon, "steps_per_s": Pd * S * a.dream_horizon / dt}
+        if a.env_id in CAR_RACING:
+            out["env_ms_per_step"] = env_step_ms(CAR_RACING, a.speed_steps * 4, rounds=3, seed=a.seed)
         self.results["speed"] = out
         self.save()
 
@@ -433,6 +459,14 @@ class Bench:
                 + f" (goal 4x); dream / real steps per second: {d['steps_per_s'] / b['steps_per_s']:.0f}x against the "
                 f"batched real env, {d['steps_per_s'] / o['steps_per_s']:.0f}x against one at a time (goal 20x).", "",
             ]
+            env_ms = sp.get("env_ms_per_step")
+            if env_ms:
+                g, f = env_ms["CarRacing-v3"], env_ms["tt_agents/CarRacing-v3"]
+                lines += [
+                    f"The env alone (bare `step`, the same {4 * a.speed_steps} smooth actions, 3 interleaved rounds, "
+                    f"the fastest of each): gymnasium's CarRacing-v3 {g:.2f} ms per step, `tt_agents/CarRacing-v3` "
+                    f"(its road transformed by numpy, the same frames: tests/envs/test_car_racing.py) {f:.2f} ms: "
+                    f"{g / f:.2f}x faster. The real-env rows above ran on `{a.env_id}`.", ""]
             if "env_seconds" in b:
                 bound = o["seconds"] / b["env_seconds"]
                 lines += [
@@ -442,8 +476,10 @@ class Bench:
                     f"Batching cuts V+C+M from {1e3 * o['model_seconds'] / o['env_steps']:.2f} to "
                     f"{1e3 * b['model_seconds'] / b['env_steps']:.2f} ms per env step, but the env's own "
                     f"{1e3 * b['env_seconds'] / b['env_steps']:.1f} ms per step (CarRacing draws its track at "
-                    f"1000x800 with pygame and scales it to 96x96 on every step) is not ours and does not shrink in "
-                    f"one process: even with V+C+M free the batched generation could be at most {bound:.2f}x faster "
+                    f"1000x800 with pygame and scales it to 96x96 on every step"
+                    + ("; `tt_agents/CarRacing-v3` only computes the road's corners faster"
+                       if a.env_id == "tt_agents/CarRacing-v3" else "")
+                    + f") does not shrink in one process: even with V+C+M free the batched generation could be at most {bound:.2f}x faster "
                     f"than one at a time here. More needs the sub-envs in several processes (`--vectorization "
                     f"async`): at most one core's worth of env steps per core"
                     + (", which this run measures above." if processes else "."), ""]

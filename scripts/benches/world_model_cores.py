@@ -5,8 +5,8 @@
 runs the whole pipeline at a larger budget than the `world-model` sections, each phase a script a user
 would run, and records it:
 
-1. brownian random rollouts of CarRacing-v3, one process per core (``scripts/rollouts.py --vectorization
-   async``);
+1. brownian random rollouts of CarRacing-v3 (``tt_agents/CarRacing-v3``, rollouts.py's default: the same
+   frames, drawn faster), one process per core (``scripts/rollouts.py --vectorization async``);
 2. V, then M (``scripts/train.py <preset> --stage vae``, ``--stage memory``), on the GPU when there is one;
 3. C: CMA-ES in the real env, the population's rollouts split over one ``torchrun`` rank per core (gloo on
    the CPU; every rank holds the same CMA-ES state and gathers every fitness);
@@ -14,8 +14,8 @@ would run, and records it:
 
 Every phase resumes where it stopped when the command is run again (the rollouts are redone only if they
 did not finish; training resumes from its checkpoints). The defaults are sized for about 10 minutes on 16
-cores: an estimate from this repository's 2-core figures (CarRacing steps at about 150 per second per core),
-not a measurement.
+cores: an estimate from this repository's 2-core figures (gymnasium's CarRacing-v3 steps at about 150 per
+second per core), not a measurement.
 """
 
 from __future__ import annotations

@@ -33,6 +33,13 @@ def test_world_model_speed_only_times_the_batched_generation_sync_and_async(tmp_
     assert "with the sub-envs in their own processes (async" in text and "which this run measures above" in text
 
 
+def test_env_step_ms_times_gymnasiums_car_racing_and_ours(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    from benches import world_model as bench
+    ms = bench.env_step_ms(bench.CAR_RACING, steps=3, rounds=2, seed=0)
+    assert set(ms) == {"CarRacing-v3", "tt_agents/CarRacing-v3"} and all(0 < v < 1e4 for v in ms.values())
+
+
 def test_world_model_cores_runs_the_pipeline_in_one_command_over_torchrun_ranks(tmp_path, monkeypatch, capfd):
     """scripts/bench.py world-model-cores at a tiny size on CarRacing-v3 with 2 processes: async rollouts, V, M,
     C searched over 2 torchrun ranks, an async evaluation, the section; a second call finds every phase done."""

@@ -35,7 +35,7 @@ def test_rollouts_then_train_stage_by_stage(tmp_path):
         ds = load_dataset("carracing/tiny-v0")
     finally:
         del os.environ["MINARI_DATASETS_PATH"]
-    assert len(ds) >= 3 and ds.observation_space.shape == (64, 64, 3) and ds.metadata["env_id"] == "CarRacing-v3"
+    assert len(ds) >= 3 and ds.observation_space.shape == (64, 64, 3) and ds.metadata["env_id"] == "tt_agents/CarRacing-v3"
     actions = np.concatenate([np.asarray(e.actions) for e in ds])
     assert ds.action_space.contains(actions[0]) and np.abs(np.diff(actions[:5], axis=0)).max() < 0.5  # smooth
 
