@@ -407,6 +407,83 @@ def _run(args: Args, work: Path, ds: EpisodeDataset, method: str, n: int, seed: 
 NAMES = {"latent": "LatentActionPolicy", "vpt": "VPTPolicy", "bc": "BCPolicy"}
 
 
+def action_probe(agent: LatentActionPolicy, ds: EpisodeDataset, n_fit: int = 6000, n_test: int = 2000,
+                 steps: int = 3000, seed: int = 0) -> dict[str, float]:
+    """Diagnostics of a trained LAM, with the true actions (which no stage of the agent reads).
+
+    On ``n_fit + n_test`` random transitions: an MLP (256 hidden) fitted on ``n_fit`` IDM latents to their true
+    actions and scored on the other ``n_test``: ``probe_accuracy`` and ``probe_majority`` (the most frequent
+    action's share) for discrete actions, ``probe_r2`` (standardized actions) for continuous ones; and
+    ``latent_from_obs_r2``, how much of the IDM latent the latent policy predicts from o_t alone on the same
+    ``n_test`` (near 1 with a low action probe: the latent describes the frame rather than the transition).
+    """
+    from tt_agents.latent.agents import labelled_actions
+    from tt_agents.latent.transitions import Transitions
+
+    tr = Transitions(ds, agent._history)
+    actions = labelled_actions(ds, len(tr)).reshape(len(tr), -1)
+    rng = np.random.default_rng(seed)
+    n_fit = min(n_fit, len(tr) * 3 // 4)
+    idx = rng.permutation(len(tr))[: n_fit + n_test]
+    z, zhat = [], []
+    for s in range(0, len(idx), 256):
+        frames = tr.frames(idx[s:s + 256])
+        z.append(agent.infer_latents(frames)[0])
+        with torch.inference_mode():
+            obs = agent._obs(frames[:, agent._history])
+            zhat.append(agent.model.policy.head(agent.model.policy.features(obs)).float().cpu().numpy())
+    x, xh = torch.tensor(np.concatenate(z)), np.concatenate(zhat)
+    x = (x - x[:n_fit].mean(0)) / (x[:n_fit].std(0) + 1e-6)
+    discrete = isinstance(agent.action_space, gym.spaces.Discrete)
+    y = torch.tensor(actions[idx])
+    if discrete:
+        y = y.long().reshape(-1)
+        out_dim = int(agent.action_space.n)
+    else:
+        y = y.float()
+        y = (y - y[:n_fit].mean(0)) / (y[:n_fit].std(0) + 1e-6)
+        out_dim = y.shape[1]
+    g = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        mlp = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 256), torch.nn.ReLU(), torch.nn.Linear(256, out_dim))
+    opt = torch.optim.Adam(mlp.parameters(), 1e-3, weight_decay=1e-4)
+    loss_fn = torch.nn.functional.cross_entropy if discrete else torch.nn.functional.mse_loss
+    for _ in range(steps):
+        j = torch.randint(0, n_fit, (256,), generator=g)
+        loss = loss_fn(mlp(x[j]), y[j])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        pred = mlp(x[n_fit:])
+    z_all = np.concatenate(z)
+    zt, zp = z_all[n_fit:], xh[n_fit:]
+    out = {"latent_from_obs_r2": float(1 - ((zp - zt) ** 2).sum() / ((zt - zt.mean(0)) ** 2).sum())}
+    if discrete:
+        major = int(np.bincount(y[:n_fit].numpy()).argmax())
+        out.update(probe_accuracy=float((pred.argmax(-1) == y[n_fit:]).float().mean()),
+                   probe_majority=float((y[n_fit:] == major).float().mean()))
+    else:
+        yt = y[n_fit:]
+        out["probe_r2"] = float(1 - ((pred - yt) ** 2).sum() / ((yt - yt.mean(0)) ** 2).sum())
+    return out
+
+
+def _probe(args: Args, work: Path, ds: EpisodeDataset, n: int, seed: int) -> dict[str, float]:
+    """:func:`action_probe` of the seed's base agent (the LAM and latent policy), computed once and kept beside it
+    (none for a work dir from before the base agents were kept)."""
+    base = work / "agents" / (f"latent_base_{n}_s{seed}.zip" if args.joint_decoder else f"latent_base_s{seed}.zip")
+    meta_path = base.with_suffix(".json")
+    if not (base.exists() and meta_path.exists()):
+        return {}
+    meta = json.loads(meta_path.read_text())
+    if "probe" not in meta:
+        meta["probe"] = action_probe(load_agent(base, device="cpu"), ds, seed=seed)
+        meta_path.write_text(json.dumps(meta))
+    return meta["probe"]
+
+
 def _finetune(args: Args, work: Path, ds: EpisodeDataset, seed: int) -> dict:
     """LatentActionPolicy at ``--finetune-labels`` labels, then PPO in the env on its own networks."""
     from tt_agents.latent import finetune_ppo
@@ -488,8 +565,10 @@ decoder hidden widths {" x ".join(map(str, _decoder_hidden(args)))}, lam {args.l
 steps on the N labels. Training seconds per stage on this shared CPU. LAPO's column: its Procgen figure
 (16-game average, a different domain), for scale only.
 
-{markdown_table(["agent", "labels", "seeds", "relative return", "return", "perplexity", "seconds per stage",
-                 "LAPO (Procgen)"], rows)}
+{markdown_table(["agent", "labels", "seeds", "relative return", "return", "perplexity", *PROBE_HEADERS,
+                 "seconds per stage", "LAPO (Procgen)"], rows)}
+
+{PROBE_TEXT}
 
 Procgen: `--env-id procgen/<game>-v0` with `scripts/collect.py`'s expert and data (its own section)."""
     body += _goal_note(args, expert, results)
@@ -526,8 +605,28 @@ def _rows(args: Args, expert: dict, results: list[dict], lapo: dict[int, float],
             perp = f"{np.mean([r['perplexity'] for r in mine]):.1f}" if "perplexity" in mine[0] else "-"
             raw = f"{ret.mean():.2f} ± {_stderr(ret):.2f}" if raw_se else f"{ret.mean():.0f}"
             ref = f"{lapo[n]:.2f}" if method == "latent" and n in lapo else "-"
-            rows.append([NAMES[method], n, len(mine), f"{rel.mean():.3f} ± {_stderr(rel):.3f}", raw, perp, times, ref])
+            rows.append([NAMES[method], n, len(mine), f"{rel.mean():.3f} ± {_stderr(rel):.3f}", raw, perp,
+                         *_probe_cells(mine), times, ref])
     return rows
+
+
+PROBE_HEADERS = ["action from latent (probe)", "latent from o_t (R²)"]
+PROBE_TEXT = ("Probes (diagnostics with the true actions, which no stage of the agents reads; "
+              "`action_probe`): an MLP fitted on 6000 random transitions' IDM latents to their actions, scored on "
+              "2000 others (accuracy, the most frequent action's share in brackets; R² for continuous actions); and "
+              "how much of the IDM's latent the latent policy predicts from o_t alone on those 2000 (R²; near 1 "
+              "with a weak action probe: the latent describes the frame more than the transition). Means over "
+              "seeds.")
+
+
+def _probe_cells(mine: list[dict]) -> list[str]:
+    """The probe columns of one row (``-`` where the runs have no probe: VPT, BC)."""
+    if "latent_from_obs_r2" not in mine[0]:
+        return ["-", "-"]
+    m = {k: np.mean([r[k] for r in mine]) for k in mine[0] if k.startswith(("probe_", "latent_from"))}
+    action = (f"{m['probe_accuracy']:.3f} ({m['probe_majority']:.3f})" if "probe_accuracy" in m
+              else f"R² {m['probe_r2']:.3f}")
+    return [action, f"{m['latent_from_obs_r2']:.3f}"]
 
 
 def _budget_text(expert: dict, secs: float | None) -> str:
@@ -575,8 +674,9 @@ def _write_procgen(args: Args, expert: dict, results: list[dict], ds: EpisodeDat
         f"relabeled data; BCPolicy (Nature CNN) {args.bc_steps} steps on the N labels. Training seconds per stage on "
         f"this shared 2-core CPU. LAPO's column: {lapo}.",
     ]
-    table = markdown_table(["agent", "labels", "seeds", "relative return", "return", "perplexity", "seconds per stage",
-                            f"LAPO ({game})"],
+    paragraphs.append(PROBE_TEXT)
+    table = markdown_table(["agent", "labels", "seeds", "relative return", "return", "perplexity", *PROBE_HEADERS,
+                            "seconds per stage", f"LAPO ({game})"],
                            _rows(args, expert, results, LAPO_BIGFISH if game == "bigfish" else LAPO_PROCGEN))
     body = "\n\n".join([*(textwrap.fill(p, 115) for p in paragraphs), table])
     body += _goal_note(args, expert, results)
@@ -602,6 +702,8 @@ def main(args: Args) -> None:
         for n in args.labels:
             for method in NAMES:
                 r = _run(args, work, ds, method, n, seed)
+                if method == "latent":
+                    r = {**r, **_probe(args, work, ds, n, seed)}
                 _log(json.dumps(r))
                 results.append(r)
                 _write(args, expert, results, ds=ds)

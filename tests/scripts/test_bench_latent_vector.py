@@ -40,3 +40,72 @@ def test_latent_actions_bench_with_a_continuous_latent(tmp_path, monkeypatch):
 
     agent = load_agent(tmp_path / "work" / "agents" / "latent_base_s0.zip", device="cpu")
     assert agent.config.lam.quantizer == "none" and agent.config.lam.latent_dim == 6
+    # the probe columns: R² of the actions from the latent (continuous actions), and of the latent from o_t
+    meta = json.loads((tmp_path / "work" / "agents" / "latent_base_s0.json").read_text())
+    assert set(meta["probe"]) == {"probe_r2", "latent_from_obs_r2"}
+    row = section.split("| LatentActionPolicy | 16 | 2 |")[1].splitlines()[0]
+    assert "R² " in row and "| action from latent (probe) | latent from o_t (R²) |" in section
+
+
+class _StubLAM:
+    """What action_probe reads of a LatentActionPolicy, with a chosen IDM: ``latent(window) -> (B, d)``."""
+
+    def __init__(self, action_space, latent):
+        self.action_space, self._history, self.latent = action_space, 1, latent
+        self.model = type("M", (), {})()
+        # its latent policy "predicts" the latent as o_t itself: position, where the latent is a step
+        self.model.policy = type("P", (), {"features": staticmethod(lambda o: o), "head": staticmethod(lambda f: f)})()
+
+    def infer_latents(self, frames):
+        return self.latent(frames), None
+
+    def _obs(self, obs):
+        import torch
+
+        return torch.as_tensor(obs, dtype=torch.float32)
+
+
+def _walk_dataset(discrete: bool, n_episodes: int = 8, length: int = 200, seed: int = 0):
+    """Observations that integrate the actions: o_t+1 - o_t is the action (a one-hot of it when discrete)."""
+    import gymnasium as gym
+    import numpy as np
+
+    from tt_agents.data import Episode, EpisodeDataset
+
+    rng = np.random.default_rng(seed)
+    eps = []
+    for _ in range(n_episodes):
+        if discrete:
+            a = rng.integers(0, 4, length)
+            steps = np.eye(4, dtype=np.float32)[a]
+        else:
+            a = rng.uniform(-1, 1, (length, 2)).astype(np.float32)
+            steps = a
+        obs = np.concatenate([np.zeros((1, steps.shape[1]), np.float32), np.cumsum(steps, 0)])
+        eps.append(Episode(obs, a, np.zeros(length, np.float32), np.zeros(length, bool),
+                           np.eye(1, length, length - 1, dtype=bool)[0]))
+    obs_space = gym.spaces.Box(-1e4, 1e4, (steps.shape[1],), np.float32)
+    act_space = gym.spaces.Discrete(4) if discrete else gym.spaces.Box(-1, 1, (2,), np.float32)
+    return EpisodeDataset(eps, obs_space, act_space)
+
+
+def test_action_probe_scores_a_latent_that_is_the_action_and_one_that_is_noise(monkeypatch):
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    from benches import latent_actions as bench
+
+    for discrete in (False, True):
+        ds = _walk_dataset(discrete)
+        diff = _StubLAM(ds.action_space, lambda w: np.asarray(w[:, 2] - w[:, 1], np.float32))  # the action itself
+        rng = np.random.default_rng(1)
+        noise = _StubLAM(ds.action_space, lambda w, rng=rng: rng.normal(size=w[:, 0].shape).astype(np.float32))
+        good = bench.action_probe(diff, ds, n_fit=1000, n_test=400, steps=400)
+        bad = bench.action_probe(noise, ds, n_fit=1000, n_test=400, steps=400)
+        if discrete:
+            assert good["probe_accuracy"] > 0.95 and bad["probe_accuracy"] < 0.4
+            assert 0.15 < bad["probe_majority"] < 0.4  # 4 actions drawn uniformly
+        else:
+            assert good["probe_r2"] > 0.9 and bad["probe_r2"] < 0.1
+        # o_t (a position) predicts none of a step drawn afresh every time
+        assert good["latent_from_obs_r2"] < 0
