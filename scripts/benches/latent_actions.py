@@ -106,6 +106,10 @@ class Args:
     continuous latent). Use another ``--work-dir`` for each choice (its agents are cached there)."""
     latent_shape: tuple[int, int] | None = None
     """LatentActionPolicy's latent as ``TOKENS DIMS`` (``n_latents``, ``code_dim``) instead of the preset's."""
+    reuse_baselines: str | None = None
+    """Another work dir of this bench whose VPTPolicy and BCPolicy results (and expert, and data) to take instead of
+    recomputing them: a LatentActionPolicy variant beside the same baselines. Refused unless that run's data,
+    baseline budgets and evaluation settings are this run's."""
     dataset: str | None = None
     """A Minari id or folder of the expert's data (e.g. ``scripts/collect.py``'s ``procgen/bigfish/expert-v0``)
     instead of rolling ``--episodes`` episodes of the expert out here; needed for Procgen."""
@@ -115,6 +119,8 @@ class Args:
     """Images: IMPALA CNN widths of the IDM, the latent policy and VPT's networks (LAPO: 64 128 128)."""
     unet_channels: tuple[int, ...] = (16, 32)
     """Images: the FDM's UNet widths (the defaults fit a CPU budget)."""
+    unet_residual: bool | None = None
+    """Images: the UNet predicts o_t plus a change (``LAMConfig.unet_residual``); default: the preset's."""
     deterministic: bool | None = None
     """Evaluate with the most likely actions (``None``: yes for MuJoCo, no for Procgen, whose policies are
     evaluated sampling, as PPO's are)."""
@@ -310,8 +316,10 @@ def _latent_config(args: Args, ds: EpisodeDataset, n: int):
     preset = LatentActionPolicy.presets["default" if image else "mujoco"]
     cfg = preset.config
     if image:
+        residual = cfg.lam.unet_residual if args.unet_residual is None else args.unet_residual
         cfg = dataclasses.replace(cfg, lam=dataclasses.replace(cfg.lam, cnn_channels=tuple(args.cnn_channels),
-                                                               unet_channels=tuple(args.unet_channels)))
+                                                               unet_channels=tuple(args.unet_channels),
+                                                               unet_residual=residual))
     return dataclasses.replace(cfg, lam=_lam_config(args, cfg.lam), decoder_uses_obs=args.decoder_uses_obs,
                                decoder_hidden=_decoder_hidden(args), joint_decoder=args.joint_decoder,
                                labels=n if args.joint_decoder else cfg.labels)
@@ -405,6 +413,41 @@ def _run(args: Args, work: Path, ds: EpisodeDataset, method: str, n: int, seed: 
 
 
 NAMES = {"latent": "LatentActionPolicy", "vpt": "VPTPolicy", "bc": "BCPolicy"}
+# what VPTPolicy's and BCPolicy's results depend on: a run reusing another's baselines must agree on these
+BASELINE_FIELDS = ("env_id", "expert_steps", "expert_run", "episodes", "dataset", "transitions", "idm_steps",
+                   "bc_steps", "batch_size", "eval_episodes", "eval_envs", "cnn_channels", "deterministic",
+                   "procgen_num_levels", "procgen_distribution_mode")
+
+
+def _reuse_baselines(args: Args, work: Path) -> None:
+    """Copy ``--reuse-baselines``' expert, data and VPT / BC results into ``work`` (those not already there)."""
+    import shutil
+
+    src = Path(args.reuse_baselines)
+    theirs = json.loads((src / "args.json").read_text())
+    mine = dataclasses.asdict(args)
+    differ = [k for k in BASELINE_FIELDS if json.dumps(theirs.get(k)) != json.dumps(mine[k])]
+    if differ:
+        raise SystemExit(f"--reuse-baselines {src}: its run differs in {', '.join(differ)} "
+                         f"({', '.join(f'{k}={theirs.get(k)!r}' for k in differ)}); its baselines do not fit this run")
+    for name in ("expert.json", "data"):
+        if (src / name).exists() and not (work / name).exists():
+            (shutil.copytree if (src / name).is_dir() else shutil.copy2)(src / name, work / name)
+    (work / "results").mkdir(parents=True, exist_ok=True)
+    for method in ("vpt", "bc"):
+        for f in sorted((src / "results").glob(f"{method}_*_s*.json")):
+            if not (work / "results" / f.name).exists():
+                shutil.copy2(f, work / "results" / f.name)
+    (work / "reused.json").write_text(json.dumps({"baselines_from": str(src.resolve())}))
+
+
+def _reuse_text(args: Args) -> str:
+    path = Path(args.work_dir) / "reused.json"
+    if not path.exists():
+        return ""
+    src = json.loads(path.read_text())["baselines_from"]
+    return (f" VPTPolicy's and BCPolicy's rows (and the expert's and random policy's returns) are those of `{src}`'s "
+            "run: the same data, budgets and evaluation.")
 
 
 def action_probe(agent: LatentActionPolicy, ds: EpisodeDataset, n_fit: int = 6000, n_test: int = 2000,
@@ -563,7 +606,7 @@ actions (SAC samples; TD3's are its deterministic actions). Expert return {exper
 decoder hidden widths {" x ".join(map(str, _decoder_hidden(args)))}, lam {args.lam_steps} / latent_bc {args.latent_bc_steps} / decoder {args.decoder_steps} steps; VPTPolicy: IDM
 {args.idm_steps} steps on the N labels, BC {args.bc_steps} steps on the relabeled data; BCPolicy {args.bc_steps}
 steps on the N labels. Training seconds per stage on this shared CPU. LAPO's column: its Procgen figure
-(16-game average, a different domain), for scale only.
+(16-game average, a different domain), for scale only.{_reuse_text(args)}
 
 {markdown_table(["agent", "labels", "seeds", "relative return", "return", "perplexity", *PROBE_HEADERS,
                  "seconds per stage", "LAPO (Procgen)"], rows)}
@@ -650,6 +693,7 @@ def _write_procgen(args: Args, expert: dict, results: list[dict], ds: EpisodeDat
     default_lam = LatentActionPolicy.presets["default"].config.lam
     lam = _lam_config(args, default_lam)
     who = "LAPO's" if lam == default_lam else "a"  # the latent unchanged by --quantizer / --latent-shape
+    residual = _latent_config(args, ds, 0).lam.unet_residual if ds is not None else bool(args.unet_residual)
     lapo = ("bigfish alone, read off its figure (relative return with its expert 36.3 and random 0.87; its "
             "16-game averages are 0.05 / 0.33 / 0.57 at 16 / 128 / 1024 labels)" if game == "bigfish"
             else "its 16-game average (other games), for scale only")
@@ -664,7 +708,8 @@ def _write_procgen(args: Args, expert: dict, results: list[dict], ds: EpisodeDat
         f"return {expert['expert']:.2f}, random {expert['random']:.2f}; relative return is (R - random) / (expert - "
         f"random), mean ± standard error over seeds (the return column: raw, the same). Labels: the first N "
         f"transitions of the dataset.",
-        f"LatentActionPolicy: {who} LAM (IMPALA CNN IDM over (o_t-1, o_t, o_t+1), UNet FDM, "
+        f"LatentActionPolicy: {who} LAM (IMPALA CNN IDM over (o_t-1, o_t, o_t+1), UNet FDM"
+        f"{' predicting o_t plus a change (unet_residual; LAPO: the frame itself)' if residual else ''}, "
         f"{_lam_words(lam)}) at the widths this CPU allows (IDM and latent policy CNN {widths}, "
         f"UNet {'/'.join(map(str, args.unet_channels))}; LAPO: 64/128/128), decoder "
         f"{'on o_t and the latent' if args.decoder_uses_obs else 'on the latent alone, as LAPO'}, hidden widths "
@@ -672,7 +717,7 @@ def _write_procgen(args: Args, expert: dict, results: list[dict], ds: EpisodeDat
         f"decoder {args.decoder_steps} steps at batch {args.batch_size} (LAPO: 50k LAM steps at batch 128). "
         f"VPTPolicy: IDM (CNN {widths}) {args.idm_steps} steps on the N labels, BC {args.bc_steps} steps on the "
         f"relabeled data; BCPolicy (Nature CNN) {args.bc_steps} steps on the N labels. Training seconds per stage on "
-        f"this shared 2-core CPU. LAPO's column: {lapo}.",
+        f"this shared 2-core CPU. LAPO's column: {lapo}.{_reuse_text(args)}",
     ]
     paragraphs.append(PROBE_TEXT)
     table = markdown_table(["agent", "labels", "seeds", "relative return", "return", "perplexity", *PROBE_HEADERS,
@@ -684,6 +729,8 @@ def _write_procgen(args: Args, expert: dict, results: list[dict], ds: EpisodeDat
     if steps:  # the expert's budget, so that sections with different experts are told apart
         amount = f"{steps / 1e6:.1f}M" if steps >= 1e6 else f"{steps / 1e3:.0f}k" if steps >= 1e4 else str(steps)
         title += f", expert of {amount} env steps"
+    if residual:
+        title += ", residual UNet FDM"
     write_section(args.section, title, body)
 
 
@@ -691,6 +738,8 @@ def main(args: Args) -> None:
     torch.set_num_threads(args.threads)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
+    if args.reuse_baselines:
+        _reuse_baselines(args, work)
     (work / "args.json").write_text(json.dumps(dataclasses.asdict(args)))
     _log("expert")
     expert = _expert(args, work)

@@ -239,6 +239,21 @@ def test_unet_fdm_first_layer_equals_the_tiled_concatenation(hw):
     assert fdm(past, z).shape == (3, 3, h, w)
 
 
+def test_residual_unet_fdm_predicts_o_t_plus_its_output():
+    """``unet_residual``: the prediction is o_t (the newest past frame, in [-0.5, 0.5]) plus the UNet's output; off
+    (old checkpoints' setting), the output alone; the same weights either way."""
+    torch.manual_seed(0)
+    plain, resid = UNetFDM((6, 6, 3), 2, 4, (4, 8)), UNetFDM((6, 6, 3), 2, 4, (4, 8), residual=True)
+    resid.load_state_dict(plain.state_dict())
+    past = torch.randint(0, 256, (2, 6, 6, 6), dtype=torch.uint8)  # o_t-1 channels 0-2, o_t channels 3-5
+    z = torch.randn(2, 4)
+    o_t = past[..., 3:].float().permute(0, 3, 1, 2) / 255.0 - 0.5
+    torch.testing.assert_close(resid(past, z), o_t + plain(past, z))
+    torch.nn.init.zeros_(resid.out.weight), torch.nn.init.zeros_(resid.out.bias)
+    torch.testing.assert_close(resid(past, z), o_t)  # a zero change copies o_t
+    assert not LAMConfig().unet_residual  # a checkpoint saved without the field keeps LAPO's UNet
+
+
 def test_vit_backbone_shapes_and_gradients():
     cfg = LAMConfig(n_latents=2, code_dim=4, codebook_size=8, backbone="vit", vit_patch=4, vit_dim=16, vit_layers=1,
                     vit_heads=2)

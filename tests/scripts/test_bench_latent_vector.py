@@ -46,6 +46,23 @@ def test_latent_actions_bench_with_a_continuous_latent(tmp_path, monkeypatch):
     row = section.split("| LatentActionPolicy | 16 | 2 |")[1].splitlines()[0]
     assert "R² " in row and "| action from latent (probe) | latent from o_t (R²) |" in section
 
+    # a LatentActionPolicy variant beside the same baselines: VPT's and BC's results are taken, not recomputed
+    import dataclasses
+
+    import pytest
+
+    other = dataclasses.replace(args, work_dir=str(tmp_path / "work2"), latent_shape=(2, 3), section="t-reuse",
+                                reuse_baselines=str(tmp_path / "work"))
+    bench.main(other)
+    for name in ("vpt_16_s0.json", "bc_16_s1.json", "expert.json"):
+        a = (tmp_path / "work" / ("results" if name != "expert.json" else "") / name).read_text()
+        assert (tmp_path / "work2" / ("results" if name != "expert.json" else "") / name).read_text() == a
+    assert json.loads((tmp_path / "work2" / "agents" / "latent_base_s0.json").read_text())["probe"]
+    text = open(os.environ["TT_AGENTS_BENCHMARKS_MD"]).read().split("<!-- bench:t-reuse -->")[1]
+    assert f"are those of `{(tmp_path / 'work').resolve()}`'s run" in text
+    with pytest.raises(SystemExit, match="differs in bc_steps"):
+        bench.main(dataclasses.replace(other, work_dir=str(tmp_path / "work3"), bc_steps=3))
+
 
 class _StubLAM:
     """What action_probe reads of a LatentActionPolicy, with a chosen IDM: ``latent(window) -> (B, d)``."""

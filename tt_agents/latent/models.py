@@ -89,6 +89,10 @@ class LAMConfig:
     """Width of the IMPALA CNN's fully connected layer (LAPO)."""
     unet_channels: tuple[int, ...] = (64, 128)
     """Widths of the FDM's UNet levels (images)."""
+    unet_residual: bool = False
+    """The UNet predicts o_{t+1} as o_t plus a change, as the MLP and ViT FDMs do. Off: LAPO's UNet, which predicts
+    the frame itself and must first learn to copy o_t; until it does, the latent pays for describing the frame
+    (on bigfish at this repository's CPU budget its FDM stayed worse than copying o_t: benchmarks.md)."""
     mlp_hidden: tuple[int, ...] = (256, 256)
     """Hidden widths of the MLP IDM, FDM and latent policy (vector observations)."""
     backbone: str = "cnn"
@@ -233,9 +237,11 @@ class UNetFDM(nn.Module):
     about 8x the cost of the IDM; this way its first layer costs what the frames' 6 channels cost.
     """
 
-    def __init__(self, obs_shape: tuple[int, int, int], window: int, latent_dim: int, channels: tuple[int, ...]) -> None:
+    def __init__(self, obs_shape: tuple[int, int, int], window: int, latent_dim: int, channels: tuple[int, ...],
+                 residual: bool = False) -> None:
         super().__init__()
         _, _, c = obs_shape
+        self.residual, self.channels_out = residual, c
         c_in = c * window + latent_dim
         self.downs = nn.ModuleList()
         for ch in channels:
@@ -263,6 +269,7 @@ class UNetFDM(nn.Module):
 
     def forward(self, past: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         x = past.float().permute(0, 3, 1, 2) / 255.0 - 0.5  # (B, C_past, H, W)
+        last = x[:, -self.channels_out:]  # (B, C, H, W): o_t, the newest frame's channels
         skips = []
         for i, down in enumerate(self.downs):
             x = down[1:](self._first_conv(x, z)) if i == 0 else down(x)
@@ -272,7 +279,7 @@ class UNetFDM(nn.Module):
         for up, skip in zip(self.ups, reversed(skips)):
             x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
             x = up(torch.cat([x, skip], 1))
-        return self.out(x)  # (B, C, H, W)
+        return last + self.out(x) if self.residual else self.out(x)  # (B, C, H, W)
 
 
 class PatchTransformer(nn.Module):
@@ -385,7 +392,8 @@ class LatentActionModel(nn.Module):
         if vit:
             self.fdm = ViTFDM(obs_shape, self.window - 1, cfg.latent_dim, cfg)  # type: ignore[arg-type]
         elif image:
-            self.fdm: nn.Module = UNetFDM(obs_shape, self.window - 1, cfg.latent_dim, cfg.unet_channels)  # type: ignore[arg-type]
+            self.fdm: nn.Module = UNetFDM(obs_shape, self.window - 1, cfg.latent_dim, cfg.unet_channels,  # type: ignore[arg-type]
+                                          cfg.unet_residual)
         else:
             self.fdm = MLPFDM(math.prod(obs_shape), self.window - 1, cfg.latent_dim, cfg.mlp_hidden)
 
