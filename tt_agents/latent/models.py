@@ -91,8 +91,10 @@ class LAMConfig:
     """Widths of the FDM's UNet levels (images)."""
     unet_residual: bool = False
     """The UNet predicts o_{t+1} as o_t plus a change, as the MLP and ViT FDMs do. Off: LAPO's UNet, which predicts
-    the frame itself and must first learn to copy o_t; until it does, the latent pays for describing the frame
-    (on bigfish at this repository's CPU budget its FDM stayed worse than copying o_t: benchmarks.md)."""
+    the frame itself and must first learn to copy o_t; until it does, the latent pays for describing the frame.
+    Measured on bigfish (40k transitions of the latent bench, its CPU widths, 1500 steps at batch 32, seed 0):
+    LAPO's UNet ended near 0.0017 training MSE, worse than copying o_t (0.0015), the residual one near 0.0012;
+    an MLP probe from the latents to the true actions scored 0.16 and 0.19 (the most frequent action: 0.09)."""
     mlp_hidden: tuple[int, ...] = (256, 256)
     """Hidden widths of the MLP IDM, FDM and latent policy (vector observations)."""
     backbone: str = "cnn"
