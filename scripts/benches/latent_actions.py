@@ -430,7 +430,7 @@ def _reuse_baselines(args: Args, work: Path) -> None:
     if differ:
         raise SystemExit(f"--reuse-baselines {src}: its run differs in {', '.join(differ)} "
                          f"({', '.join(f'{k}={theirs.get(k)!r}' for k in differ)}); its baselines do not fit this run")
-    for name in ("expert.json", "data"):
+    for name in ("expert.json", "data", "probe_supervised.json"):  # none depends on LatentActionPolicy
         if (src / name).exists() and not (work / name).exists():
             (shutil.copytree if (src / name).is_dir() else shutil.copy2)(src / name, work / name)
     (work / "results").mkdir(parents=True, exist_ok=True)
@@ -511,6 +511,54 @@ def action_probe(agent: LatentActionPolicy, ds: EpisodeDataset, n_fit: int = 600
         yt = y[n_fit:]
         out["probe_r2"] = float(1 - ((pred - yt) ** 2).sum() / ((yt - yt.mean(0)) ** 2).sum())
     return out
+
+
+def supervised_probe(args: Args, ds: EpisodeDataset, n_fit: int = 6000, n_test: int = 2000,
+                     seed: int = 0) -> dict[str, float]:
+    """The action probe's reference: VPT's IDM (the bench's widths) trained with labels on the first ``n_fit``
+    transitions for ``--idm-steps``, scored on ``n_test`` random later ones (``accuracy``, or ``r2``): how much of
+    the action an IDM of this size reads from the frames at this budget."""
+    from tt_agents.latent.agents import labelled_actions
+    from tt_agents.latent.transitions import Transitions
+
+    tr = Transitions(ds, 1)
+    n_fit = min(n_fit, len(tr) * 3 // 4)
+    agent = VPTPolicy(ds.observation_space, ds.action_space,
+                      VPTConfig(labels=n_fit, cnn_channels=tuple(args.cnn_channels)), device="cpu", seed=seed)
+    t0 = time.perf_counter()
+    agent.fit(ds, {"idm": _cfg(args.idm_steps, args.batch_size, 1e-3)}, stage="idm")
+    seconds = time.perf_counter() - t0
+    actions = labelled_actions(ds, len(tr)).reshape(len(tr), -1)
+    rng = np.random.default_rng(seed)
+    test = rng.permutation(np.arange(n_fit, len(tr)))[:n_test]
+    with torch.inference_mode():
+        out = torch.cat([agent.model.squash(agent.model.idm(agent._frames(tr.frames(test[s:s + 250])))).float()
+                         for s in range(0, len(test), 250)])
+    if isinstance(ds.action_space, gym.spaces.Discrete):
+        return {"accuracy": float((out.argmax(-1).numpy() == actions[test, 0]).mean()), "labels": n_fit,
+                "steps": args.idm_steps, "seconds": seconds}
+    y = agent.scaler.scale(torch.as_tensor(actions[test], dtype=torch.float32)).reshape(len(test), -1)
+    r2 = 1 - float(((out.reshape(len(test), -1) - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum())
+    return {"r2": r2, "labels": n_fit, "steps": args.idm_steps, "seconds": seconds}
+
+
+def _supervised(args: Args, work: Path, ds: EpisodeDataset) -> dict[str, float]:
+    """:func:`supervised_probe`, once per work dir."""
+    path = work / "probe_supervised.json"
+    if not path.exists():
+        path.write_text(json.dumps(supervised_probe(args, ds)))
+    return json.loads(path.read_text())
+
+
+def _supervised_text(args: Args) -> str:
+    path = Path(args.work_dir) / "probe_supervised.json"
+    if not path.exists():
+        return ""
+    p = json.loads(path.read_text())
+    score = f"accuracy {p['accuracy']:.3f}" if "accuracy" in p else f"R² {p['r2']:.3f}"
+    return (f" For reference, VPT's IDM (VPTPolicy's network) trained with the labels of the first {p['labels']} "
+            f"transitions for {p['steps']} steps scores {score} on 2000 later ones: what an IDM of this size reads of "
+            f"the action from the frames at this budget.")
 
 
 def _probe(args: Args, work: Path, ds: EpisodeDataset, n: int, seed: int) -> dict[str, float]:
@@ -611,7 +659,7 @@ steps on the N labels. Training seconds per stage on this shared CPU. LAPO's col
 {markdown_table(["agent", "labels", "seeds", "relative return", "return", "perplexity", *PROBE_HEADERS,
                  "seconds per stage", "LAPO (Procgen)"], rows)}
 
-{PROBE_TEXT}
+{PROBE_TEXT}{_supervised_text(args)}
 
 Procgen: `--env-id procgen/<game>-v0` with `scripts/collect.py`'s expert and data (its own section)."""
     body += _goal_note(args, expert, results)
@@ -719,7 +767,7 @@ def _write_procgen(args: Args, expert: dict, results: list[dict], ds: EpisodeDat
         f"relabeled data; BCPolicy (Nature CNN) {args.bc_steps} steps on the N labels. Training seconds per stage on "
         f"this shared 2-core CPU. LAPO's column: {lapo}.{_reuse_text(args)}",
     ]
-    paragraphs.append(PROBE_TEXT)
+    paragraphs.append(PROBE_TEXT + _supervised_text(args))
     table = markdown_table(["agent", "labels", "seeds", "relative return", "return", "perplexity", *PROBE_HEADERS,
                             "seconds per stage", f"LAPO ({game})"],
                            _rows(args, expert, results, LAPO_BIGFISH if game == "bigfish" else LAPO_PROCGEN))
@@ -756,6 +804,9 @@ def main(args: Args) -> None:
                 _log(json.dumps(r))
                 results.append(r)
                 _write(args, expert, results, ds=ds)
+    if results:
+        _supervised(args, work, ds)
+        _write(args, expert, results, ds=ds)
     finetuned = []
     if args.finetune_steps > 0:
         for seed in args.finetune_seeds:

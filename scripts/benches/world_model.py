@@ -54,7 +54,7 @@ class Args:
     work_dir: str = "runs/bench-world-model"
     """Where the dataset, agents and evaluations are cached (delete it to start over)."""
     env_id: str = "tt_agents/CarRacing-v3"
-    """The env (default: gymnasium's CarRacing-v3 with its road drawn by numpy, the same frames; the speed
+    """The env (default: gymnasium's CarRacing-v3 with its road's corners computed by numpy, the same frames; the speed
     comparison times both)."""
     episodes: int = 16
     """Random rollouts for V and M."""

@@ -29,6 +29,11 @@ def test_latent_actions_bench_on_procgen_from_collect_py(tmp_path, monkeypatch):
     printed = Path(os.environ["TT_AGENTS_BENCHMARKS_MD"]).read_text().split("<!-- bench:t -->")[-1]  # tests' own file
     assert "## Latent actions: Procgen bigfish, few labels, expert of 300 env steps" in printed
     assert "300 transitions, its first" in printed  # --transitions cut the data
+    flat = " ".join(printed.split())  # the text is wrapped
+    assert "an MLP fitted on 6000 random transitions' IDM latents" in flat  # the probes' text
+    assert "| LatentActionPolicy | 16 | 2 |" in printed and " (0." in printed.split("| LatentActionPolicy | 16 | 2 |")[1]
+    supervised = json.loads((tmp_path / "work" / "probe_supervised.json").read_text())
+    assert 0 <= supervised["accuracy"] <= 1 and "For reference, VPT's IDM" in flat
     for name in ("LatentActionPolicy", "VPTPolicy", "BCPolicy"):
         assert printed.count(f"| {name} | 16 | 2 |") == 1 and printed.count(f"| {name} | 128 | 2 |") == 1
     expert = json.loads((tmp_path / "work" / "expert.json").read_text())

@@ -45,6 +45,9 @@ def test_latent_actions_bench_with_a_continuous_latent(tmp_path, monkeypatch):
     assert set(meta["probe"]) == {"probe_r2", "latent_from_obs_r2"}
     row = section.split("| LatentActionPolicy | 16 | 2 |")[1].splitlines()[0]
     assert "R² " in row and "| action from latent (probe) | latent from o_t (R²) |" in section
+    supervised = json.loads((tmp_path / "work" / "probe_supervised.json").read_text())
+    assert set(supervised) == {"r2", "labels", "steps", "seconds"} and supervised["steps"] == 2
+    assert f"VPT's IDM (VPTPolicy's network) trained with the labels of the first {supervised['labels']}" in section
 
     # a LatentActionPolicy variant beside the same baselines: VPT's and BC's results are taken, not recomputed
     import dataclasses
