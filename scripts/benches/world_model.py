@@ -148,6 +148,7 @@ class Bench:
         os.environ["MINARI_DATASETS_PATH"] = str(self.store)
         self.results_path = self.work / "results.json"
         self.results: dict[str, Any] = json.loads(self.results_path.read_text()) if self.results_path.exists() else {}
+        self.results["args"] = dataclasses.asdict(args)  # this run's settings (world-model-seeds compares them)
         for src in args.reuse:
             self.reuse(Path(src).resolve())
 

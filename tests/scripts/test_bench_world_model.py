@@ -67,3 +67,40 @@ def test_world_model_cores_runs_the_pipeline_in_one_command_over_torchrun_ranks(
 
     with pytest.raises(SystemExit, match="holds a run with other settings"):
         bench.main(bench.Args(**{**vars(args), "generations": 3}))
+
+
+def _fake_run(path: Path, seed: int, returns: dict[str, float], **changes) -> str:
+    """A finished world-model run's results.json: its settings and its evaluations (mean returns)."""
+    from benches import world_model as bench
+
+    args = {**bench.dataclasses.asdict(bench.Args(work_dir=str(path), seed=seed)), **changes}
+    ev = {k: {"mean": v, "stderr": 1.0, "std": 4.0, "n": 20, "seconds": 1.0, "steps": 1000} for k, v in returns.items()}
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(json.dumps({"args": args, "eval": ev}))
+    return str(path)
+
+
+def test_world_model_seeds_pools_runs_and_refuses_mismatched_ones(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    from benches import world_model_seeds as seeds
+
+    v, u, t, rnd = "real, V only", "real, V + untrained M (mdnrnn)", "real, V + trained M (mdnrnn)", "random policy"
+    dirs = [_fake_run(tmp_path / f"s{s}", s, {v: -30 + s, u: -40 + s, t: 100 + 10 * s, rnd: -33})
+            for s in range(3)]
+    seeds.main(seeds.Args(work_dirs=tuple(dirs), section="t-seeds"))
+    text = Path(os.environ["TT_AGENTS_BENCHMARKS_MD"]).read_text().split("<!-- bench:t-seeds -->")[1]
+    assert "| mean ± se (3 seeds) | -29.0 ± 0.6 | -39.0 ± 0.6 | 110.0 ± 5.8 | -33.0 ± 0.0 | +139.0 ± 5.2 |" in text
+    assert "(higher in 3 of 3 seeds)" in text and "beats both (mean difference above 2 standard errors" in text
+    # a trained M that is sometimes worse: not met
+    bad = [_fake_run(tmp_path / f"b{s}", s, {v: 0.0, u: 0.0, t: (50.0 if s else -60.0), rnd: 0.0}) for s in range(3)]
+    seeds.main(seeds.Args(work_dirs=tuple(bad), section="t-seeds2"))
+    assert "does not beat both" in capsys.readouterr().out
+    other = _fake_run(tmp_path / "other", 7, {v: 0.0, u: 0.0, t: 1.0}, real_generations=99)
+    with pytest.raises(SystemExit, match="real_generations 99 vs"):
+        seeds.main(seeds.Args(work_dirs=(dirs[0], other)))
+    with pytest.raises(SystemExit, match="different seeds"):
+        seeds.main(seeds.Args(work_dirs=(dirs[0], _fake_run(tmp_path / "dup", 0, {v: 0.0, u: 0.0, t: 1.0}))))
+    with pytest.raises(SystemExit, match="no results.json"):
+        seeds.main(seeds.Args(work_dirs=(dirs[0], str(tmp_path / "none"))))
