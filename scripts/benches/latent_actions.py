@@ -106,6 +106,8 @@ class Args:
     continuous latent). Use another ``--work-dir`` for each choice (its agents are cached there)."""
     latent_shape: tuple[int, int] | None = None
     """LatentActionPolicy's latent as ``TOKENS DIMS`` (``n_latents``, ``code_dim``) instead of the preset's."""
+    notes: str = ""
+    """Free text added to the section (e.g. what a re-render added to cached results)."""
     reuse_baselines: str | None = None
     """Another work dir of this bench whose VPTPolicy and BCPolicy results (and expert, and data) to take instead of
     recomputing them: a LatentActionPolicy variant beside the same baselines. Refused unless that run's data,
@@ -663,6 +665,8 @@ steps on the N labels. Training seconds per stage on this shared CPU. LAPO's col
 
 Procgen: `--env-id procgen/<game>-v0` with `scripts/collect.py`'s expert and data (its own section)."""
     body += _goal_note(args, expert, results)
+    if args.notes:
+        body += "\n\n" + args.notes
     if finetuned:
         body += (f"\n\nOnline fine-tuning (LAPO's stage 3, `tt_agents.latent.finetune_ppo`): LatentActionPolicy at "
                  f"{args.finetune_labels} labels, then SB3 PPO on its own latent policy and decoder (4 envs, n_steps "
@@ -773,6 +777,8 @@ def _write_procgen(args: Args, expert: dict, results: list[dict], ds: EpisodeDat
                            _rows(args, expert, results, LAPO_BIGFISH if game == "bigfish" else LAPO_PROCGEN))
     body = "\n\n".join([*(textwrap.fill(p, 115) for p in paragraphs), table])
     body += _goal_note(args, expert, results)
+    if args.notes:
+        body += "\n\n" + args.notes
     title = f"Latent actions: Procgen {game}, few labels"
     if steps:  # the expert's budget, so that sections with different experts are told apart
         amount = f"{steps / 1e6:.1f}M" if steps >= 1e6 else f"{steps / 1e3:.0f}k" if steps >= 1e4 else str(steps)

@@ -55,14 +55,14 @@ def test_latent_actions_bench_with_a_continuous_latent(tmp_path, monkeypatch):
     import pytest
 
     other = dataclasses.replace(args, work_dir=str(tmp_path / "work2"), latent_shape=(2, 3), section="t-reuse",
-                                reuse_baselines=str(tmp_path / "work"))
+                                reuse_baselines=str(tmp_path / "work"), notes="Beside work's baselines.")
     bench.main(other)
     for name in ("vpt_16_s0.json", "bc_16_s1.json", "expert.json"):
         a = (tmp_path / "work" / ("results" if name != "expert.json" else "") / name).read_text()
         assert (tmp_path / "work2" / ("results" if name != "expert.json" else "") / name).read_text() == a
     assert json.loads((tmp_path / "work2" / "agents" / "latent_base_s0.json").read_text())["probe"]
     text = open(os.environ["TT_AGENTS_BENCHMARKS_MD"]).read().split("<!-- bench:t-reuse -->")[1]
-    assert f"are those of `{(tmp_path / 'work').resolve()}`'s run" in text
+    assert f"are those of `{(tmp_path / 'work').resolve()}`'s run" in text and "Beside work's baselines." in text
     with pytest.raises(SystemExit, match="differs in bc_steps"):
         bench.main(dataclasses.replace(other, work_dir=str(tmp_path / "work3"), bc_steps=3))
 
