@@ -318,13 +318,19 @@ def _latent_config(args: Args, ds: EpisodeDataset, n: int):
     preset = LatentActionPolicy.presets["default" if image else "mujoco"]
     cfg = preset.config
     if image:
-        residual = cfg.lam.unet_residual if args.unet_residual is None else args.unet_residual
         cfg = dataclasses.replace(cfg, lam=dataclasses.replace(cfg.lam, cnn_channels=tuple(args.cnn_channels),
                                                                unet_channels=tuple(args.unet_channels),
-                                                               unet_residual=residual))
+                                                               unet_residual=_unet_residual(args)))
     return dataclasses.replace(cfg, lam=_lam_config(args, cfg.lam), decoder_uses_obs=args.decoder_uses_obs,
                                decoder_hidden=_decoder_hidden(args), joint_decoder=args.joint_decoder,
                                labels=n if args.joint_decoder else cfg.labels)
+
+
+def _unet_residual(args: Args) -> bool:
+    """Images: ``--unet-residual``, or the ``default`` preset's setting."""
+    if args.unet_residual is None:
+        return LatentActionPolicy.presets["default"].config.lam.unet_residual
+    return args.unet_residual
 
 
 def _lam_config(args: Args, lam: LAMConfig | None = None) -> LAMConfig:
@@ -366,6 +372,12 @@ def _with_decoder(agent: LatentActionPolicy, hidden: tuple[int, ...], seed: int)
     return out
 
 
+def _base_path(args: Args, work: Path, n: int, seed: int) -> Path:
+    """LatentActionPolicy's stages before the decoder (LAM, latent policy) for ``seed``: one per seed, or per seed and
+    label count when the LAM is trained jointly with the decoder on the labels."""
+    return work / "agents" / (f"latent_base_{n}_s{seed}.zip" if args.joint_decoder else f"latent_base_s{seed}.zip")
+
+
 def _run(args: Args, work: Path, ds: EpisodeDataset, method: str, n: int, seed: int) -> dict:
     out = work / "results" / f"{method}_{n}_s{seed}.json"
     if out.exists():
@@ -375,7 +387,7 @@ def _run(args: Args, work: Path, ds: EpisodeDataset, method: str, n: int, seed: 
     extra: dict[str, float] = {}
     if method == "latent":
         # the stages before the decoder: one run per seed, or per seed and label count when the LAM sees labels
-        base = work / "agents" / (f"latent_base_{n}_s{seed}.zip" if args.joint_decoder else f"latent_base_s{seed}.zip")
+        base = _base_path(args, work, n, seed)
         if not base.exists():
             cfg = _latent_config(args, ds, n)
             agent = LatentActionPolicy(ds.observation_space, ds.action_space, cfg, device="cpu", seed=seed)
@@ -452,6 +464,11 @@ def _reuse_text(args: Args) -> str:
             "run: the same data, budgets and evaluation.")
 
 
+def _r2(pred: Any, true: Any) -> float:
+    """The coefficient of determination of ``pred`` for ``true`` (rows are samples), over all columns together."""
+    return float(1 - ((pred - true) ** 2).sum() / ((true - true.mean(0)) ** 2).sum())
+
+
 def action_probe(agent: LatentActionPolicy, ds: EpisodeDataset, n_fit: int = 6000, n_test: int = 2000,
                  steps: int = 3000, seed: int = 0) -> dict[str, float]:
     """Diagnostics of a trained LAM, with the true actions (which no stage of the agent reads).
@@ -477,7 +494,8 @@ def action_probe(agent: LatentActionPolicy, ds: EpisodeDataset, n_fit: int = 600
         with torch.inference_mode():
             obs = agent._obs(frames[:, agent._history])
             zhat.append(agent.model.policy.head(agent.model.policy.features(obs)).float().cpu().numpy())
-    x, xh = torch.tensor(np.concatenate(z)), np.concatenate(zhat)
+    z_all, zhat_all = np.concatenate(z), np.concatenate(zhat)
+    x = torch.tensor(z_all)
     x = (x - x[:n_fit].mean(0)) / (x[:n_fit].std(0) + 1e-6)
     discrete = isinstance(agent.action_space, gym.spaces.Discrete)
     y = torch.tensor(actions[idx])
@@ -502,16 +520,13 @@ def action_probe(agent: LatentActionPolicy, ds: EpisodeDataset, n_fit: int = 600
         opt.step()
     with torch.no_grad():
         pred = mlp(x[n_fit:])
-    z_all = np.concatenate(z)
-    zt, zp = z_all[n_fit:], xh[n_fit:]
-    out = {"latent_from_obs_r2": float(1 - ((zp - zt) ** 2).sum() / ((zt - zt.mean(0)) ** 2).sum())}
+    out = {"latent_from_obs_r2": _r2(zhat_all[n_fit:], z_all[n_fit:])}
     if discrete:
         major = int(np.bincount(y[:n_fit].numpy()).argmax())
         out.update(probe_accuracy=float((pred.argmax(-1) == y[n_fit:]).float().mean()),
                    probe_majority=float((y[n_fit:] == major).float().mean()))
     else:
-        yt = y[n_fit:]
-        out["probe_r2"] = float(1 - ((pred - yt) ** 2).sum() / ((yt - yt.mean(0)) ** 2).sum())
+        out["probe_r2"] = _r2(pred, y[n_fit:])
     return out
 
 
@@ -540,8 +555,7 @@ def supervised_probe(args: Args, ds: EpisodeDataset, n_fit: int = 6000, n_test: 
         return {"accuracy": float((out.argmax(-1).numpy() == actions[test, 0]).mean()), "labels": n_fit,
                 "steps": args.idm_steps, "seconds": seconds}
     y = agent.scaler.scale(torch.as_tensor(actions[test], dtype=torch.float32)).reshape(len(test), -1)
-    r2 = 1 - float(((out.reshape(len(test), -1) - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum())
-    return {"r2": r2, "labels": n_fit, "steps": args.idm_steps, "seconds": seconds}
+    return {"r2": _r2(out.reshape(len(test), -1), y), "labels": n_fit, "steps": args.idm_steps, "seconds": seconds}
 
 
 def _supervised(args: Args, work: Path, ds: EpisodeDataset) -> dict[str, float]:
@@ -566,7 +580,7 @@ def _supervised_text(args: Args) -> str:
 def _probe(args: Args, work: Path, ds: EpisodeDataset, n: int, seed: int) -> dict[str, float]:
     """:func:`action_probe` of the seed's base agent (the LAM and latent policy), computed once and kept beside it
     (none for a work dir from before the base agents were kept)."""
-    base = work / "agents" / (f"latent_base_{n}_s{seed}.zip" if args.joint_decoder else f"latent_base_s{seed}.zip")
+    base = _base_path(args, work, n, seed)
     meta_path = base.with_suffix(".json")
     if not (base.exists() and meta_path.exists()):
         return {}
@@ -745,7 +759,7 @@ def _write_procgen(args: Args, expert: dict, results: list[dict], ds: EpisodeDat
     default_lam = LatentActionPolicy.presets["default"].config.lam
     lam = _lam_config(args, default_lam)
     who = "LAPO's" if lam == default_lam else "a"  # the latent unchanged by --quantizer / --latent-shape
-    residual = _latent_config(args, ds, 0).lam.unet_residual if ds is not None else bool(args.unet_residual)
+    residual = _unet_residual(args)
     lapo = ("bigfish alone, read off its figure (relative return with its expert 36.3 and random 0.87; its "
             "16-game averages are 0.05 / 0.33 / 0.57 at 16 / 128 / 1024 labels)" if game == "bigfish"
             else "its 16-game average (other games), for scale only")

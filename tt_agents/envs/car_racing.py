@@ -90,31 +90,30 @@ class FastCarRacing(_cr.CarRacing):
 
     _grass: np.ndarray | None = None
     _road: np.ndarray | None = None
-    _road_of: object = None  # the road_poly list that _road was made from
-    _checked_track: object = None  # the road_poly list whose first frame was checked against gymnasium's
+    _road_of: object = None  # the road_poly list (the track) that _road was made from
     _fallback = False  # set when a check failed: draw gymnasium's way
 
     def _render_road(self, zoom: float, translation: tuple[float, float], angle: float) -> None:
         if self._fallback:
             return super()._render_road(zoom, translation, angle)
-        if self._checked_track is not self.road_poly:
-            self._checked_track = self.road_poly
-            before = self.surf.copy()
-            super()._render_road(zoom, translation, angle)
-            reference, self.surf = self.surf, before
+        if self._road_of is self.road_poly:
             self._draw_road(zoom, translation, angle)
-            if pygame.image.tobytes(reference, "RGB") != pygame.image.tobytes(self.surf, "RGB"):
-                warnings.warn(
-                    "FastCarRacing's road differs from gymnasium's CarRacing on this installation (gymnasium "
-                    f"{gym.__version__}, pygame {pygame.version.ver}); drawing it gymnasium's way from now on "
-                    "(the same frames, at gymnasium's speed)",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                self._fallback = True
-                self.surf = reference
             return None
-        self._draw_road(zoom, translation, angle)
+        # a new track: its first frame drawn both ways, and compared
+        before = self.surf.copy()
+        super()._render_road(zoom, translation, angle)
+        reference, self.surf = self.surf, before
+        self._draw_road(zoom, translation, angle)  # makes _road from this track
+        if pygame.image.tobytes(reference, "RGB") != pygame.image.tobytes(self.surf, "RGB"):
+            warnings.warn(
+                "FastCarRacing's road differs from gymnasium's CarRacing on this installation (gymnasium "
+                f"{gym.__version__}, pygame {pygame.version.ver}); drawing it gymnasium's way from now on "
+                "(the same frames, at gymnasium's speed)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._fallback = True
+            self.surf = reference
         return None
 
     def _draw_road(self, zoom: float, translation: tuple[float, float], angle: float) -> None:
