@@ -599,7 +599,7 @@ def _finetune(args: Args, work: Path, ds: EpisodeDataset, seed: int) -> dict:
     if out.exists():
         return json.loads(out.read_text())
     _run(args, work, ds, "latent", args.finetune_labels, seed)  # the base agent (cached)
-    agent = _with_decoder(load_agent(work / "agents" / f"latent_base_s{seed}.zip", device="cpu"),
+    agent = _with_decoder(load_agent(_base_path(args, work, args.finetune_labels, seed), device="cpu"),
                           _decoder_hidden(args), seed)
     agent.config.labels = args.finetune_labels
     torch.manual_seed(seed)
