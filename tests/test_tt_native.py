@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tt_agents import planning
 from tt_agents.models import native, tt_native
 from tt_agents.models.gpt import GPTConfig
 from tt_agents.models.tt import TrajectoryTransformer
@@ -244,3 +245,84 @@ def test_where_the_fused_step_does_not_apply():
     assert not tt_native.tt_step_supported(model.double())
     model.float().train()
     assert not tt_native.tt_step_supported(model)  # dropout: the torch step's
+
+
+def bf16_linear_twin(model: TrajectoryTransformer) -> TrajectoryTransformer:
+    """A torch copy of ``model`` that computes what ``linear_dtype="bfloat16"`` promises: every linear layer's
+    (and the heads') inputs and weights rounded to bfloat16, products summed in float32."""
+    twin = TrajectoryTransformer(model.observation_dim, model.action_dim, model.n_bins, model.gpt.config).eval()
+    twin.load_state_dict(model.state_dict())
+    def rnd(t):
+        return t.bfloat16().float()
+    with torch.no_grad():
+        twin.head.copy_(rnd(twin.head))
+        for m in twin.modules():
+            if isinstance(m, torch.nn.Linear):  # the model calls .forward itself: wrapped, not hooked
+                m.weight.copy_(rnd(m.weight))
+                m.forward = (lambda f: lambda x: f(rnd(x)))(m.forward)
+    f = twin.gpt.ln_f.forward
+    twin.gpt.ln_f.forward = lambda x: rnd(f(x))  # the heads' input
+    return twin
+
+
+@needs_compiler
+@pytest.mark.skipif(not (native.load() and native.load().tt_bf16_linear()), reason="this CPU has no AVX512-BF16: "
+                    "test_bfloat16_linear_layers_fall_back_to_float32 covers that case")
+@pytest.mark.parametrize(("n_head", "n_embd"), [(4, 128), (2, 40)], ids=["paper-width", "partial-tiles"])
+def test_bfloat16_linear_layers_compute_the_rounded_network(n_head, n_embd):
+    """``linear_dtype="bfloat16"``: the fused step's logits equal a torch network whose linear layers round their
+    inputs and weights to bfloat16, and differ from the float32 network's by bfloat16's rounding. One step from
+    the same history at each dimension (the two sum in different orders: an input that lands on a rounding
+    boundary may round the other way, which a longer run would carry on in its cache). Width 40 leaves the
+    output tiles part-filled and odd input pairs."""
+    model = make_model(n_head, n_embd)
+    td, E = model.transition_dim, 2
+    gen = torch.Generator().manual_seed(3)
+    twin = bf16_linear_twin(model)
+    step = tt_native.native_tt_step(model)
+    assert step.bf16_linear
+    dev, off, scale = [], [], 0.0
+    with torch.no_grad():
+        for n in range(2 * td, 3 * td):  # histories ending at each dimension
+            history = torch.randint(0, 11, (E, n), generator=gen)
+            ring = twin.new_cache(E)
+            twin.decode(history, ring, 0)  # keys and values as the rounded network makes them
+            low, ref, exact = step.start(ring, E * 8, linear_bf16=True).fork(8), CachedContext(twin, ring).fork(8, 1), \
+                CachedContext(model, ring).fork(8, 1)
+            tok = torch.randint(0, 11, (E * 8, 1), generator=gen)
+            a, r, x = low.append(tok, n % td), ref.append(tok, n % td), exact.append(tok, n % td)
+            dev.append((a - r).abs().amax(1))
+            off.append((a - x).abs().amax(1))
+            scale = max(scale, float(r.abs().max()))
+    dev, off = torch.cat(dev), torch.cat(off)
+    # the rounded network's function, row by row (about one in ten rows of the paper's width has an input that
+    # rounds the other way: 4 layers x ~900 rounded inputs, float32 sums 1e-7 apart, bfloat16 steps 4e-3 apart)
+    assert (dev < 1e-5 * scale).float().mean() > 0.75
+    assert dev.max() < 1e-2 * scale
+    assert off.median() > 1e-3 * scale  # really rounded: far from float32's
+
+
+@needs_compiler
+def test_bfloat16_linear_layers_fall_back_to_float32(monkeypatch):
+    """Where the CPU has no AVX512-BF16 (here: pretended), ``linear_dtype="bfloat16"`` plans as float32 does,
+    with a warning; the fused step refuses such a search outright."""
+    cfg = TTConfig(n_bins=12, n_layer=2, n_head=2, n_embd=32, dropout=0.0, context_transitions=2)
+    plan = PlanConfig(beam_width=4, horizon=2, n_expand=2)
+    fp32 = TTPlanner(OBS, ACT, cfg, device="cpu", seed=0, act=plan)
+    low = TTPlanner(OBS, ACT, cfg, device="cpu", seed=0, act=dataclasses.replace(plan, linear_dtype="bfloat16"))
+    low.model.load_state_dict(fp32.model.state_dict())
+    low._set_discretizer(fp32.discretizer)
+    step = tt_native.native_tt_step(low.model)
+    monkeypatch.setattr(step, "bf16_linear", False)
+    monkeypatch.setattr(step, "weights_bf16", None)
+    obs = np.random.default_rng(0).uniform(-1, 1, (2, 3)).astype(np.float32)
+    a, s_a = fp32.predict(obs)
+    planning._warn_float32_linear.cache_clear()  # warned once per reason and process
+    with pytest.warns(RuntimeWarning, match="linear layers run in float32"):
+        b, s_b = low.predict(obs)
+    np.testing.assert_array_equal(a, b)
+    torch.testing.assert_close(s_a.last_plan.scores, s_b.last_plan.scores, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="AVX512-BF16"):
+        step.start(warm_ring(low.model, 1), 4, linear_bf16=True)
+    with pytest.raises(ValueError, match="linear_dtype"):
+        PlanConfig(linear_dtype="float16")

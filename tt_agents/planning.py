@@ -37,6 +37,8 @@ an env's plan does not depend on which other envs share the batch.
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -82,6 +84,12 @@ class PlanConfig:
     ``"float16"`` halve the bytes; not exact: plans may differ from float32's; benchmarks.md,
     "planning", has their speed and deviation). The fused step (``native``) keeps float32 or
     bfloat16 entries; the torch step honours it with ``shared_prefix`` only (else float32)."""
+    linear_dtype: str = "float32"
+    """Dtype of the fused step's linear layers (``native``): ``"float32"`` (exact) or ``"bfloat16"``: their
+    inputs and weights rounded to bfloat16, products summed in float32, about twice the float32 rate on CPUs
+    with AVX512-BF16 (AMD Zen 4, Intel Sapphire Rapids and later); not exact (benchmarks.md, "planning", has
+    its speed and deviation). Where the CPU lacks AVX512-BF16, or the torch step runs, the linear layers stay
+    in float32 (warned once)."""
     native: bool = True
     """Decode with the fused C step (:mod:`tt_agents.models.tt_native`: candidates hold indices into one
     key/value buffer instead of rings; forks and pruning copy indices) where it applies: a float32 network
@@ -96,6 +104,8 @@ class PlanConfig:
             raise ValueError("beam_width, horizon and n_expand must be >= 1")
         if self.kv_dtype not in KV_DTYPES:
             raise ValueError(f"kv_dtype must be one of {tuple(KV_DTYPES)}, got {self.kv_dtype!r}")
+        if self.linear_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"linear_dtype must be 'float32' or 'bfloat16', got {self.linear_dtype!r}")
         for name in ("cdf_obs", "cdf_act"):
             v = getattr(self, name)
             if v is not None and not 0.0 <= v < 1.0:
@@ -297,6 +307,12 @@ def sample_tokens(
 
 
 # ----------------------------------------------------------------------------- the search
+@functools.cache
+def _warn_float32_linear(why: str) -> None:
+    warnings.warn(f"PlanConfig(linear_dtype='bfloat16'): {why}, so the linear layers run in float32",
+                  RuntimeWarning, stacklevel=4)
+
+
 def beam_plan(
     model: TrajectoryTransformer,
     context: Context,
@@ -332,9 +348,13 @@ def beam_plan(
     if config.native and isinstance(context, CachedContext) and isinstance(context.cache, RingKVCache):
         if not config.shared_prefix and config.kv_dtype in ("float32", "bfloat16"):
             step = native_tt_step(model)
+    linear_bf16 = config.linear_dtype == "bfloat16"
+    if linear_bf16 and (step is None or not step.bf16_linear):
+        _warn_float32_linear("the torch step runs" if step is None else "this CPU has no AVX512-BF16")
+        linear_bf16 = False
     if step is not None:  # the fused C step: candidates hold indices into one buffer of keys and values
         dtype = torch.bfloat16 if config.kv_dtype == "bfloat16" else torch.float32
-        ctx: Context | NativeContext = step.start(context.cache, E * B * X, dtype).fork(B * X)
+        ctx: Context | NativeContext = step.start(context.cache, E * B * X, dtype, linear_bf16).fork(B * X)
     else:
         ctx = context.fork(B * X, A + 1, config.shared_prefix, kv_dtype)
     logits = logits.repeat_interleave(B * X, dim=0)  # (E * B * X, n_bins)

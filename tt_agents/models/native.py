@@ -106,6 +106,8 @@ def _build() -> ctypes.CDLL:
     lib.dt_step.restype = ctypes.c_int
     lib.tt_step.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     lib.tt_step.restype = ctypes.c_int
+    lib.tt_bf16_linear.argtypes = []
+    lib.tt_bf16_linear.restype = ctypes.c_int
     return lib
 
 

@@ -37,8 +37,97 @@ static inline __attribute__((always_inline)) void tile(const float *restrict x, 
         for (int j = 0; j < nb; j++) y[(int64_t)i * N + n0 + j] = acc[i][j];
 }
 
+// Linear layers in bfloat16 (an opt-in of the TT step: PlanConfig.linear_dtype), where the CPU has AVX512-BF16:
+// the inputs rounded to bfloat16 (nearest even) and the weights packed as bfloat16 (tt_native.py's pack_bf16:
+// tiles of 32 output columns, each (ceil(K / 2), 32, 2), two inputs' weights side by side), products summed in
+// float32 by vdpbf16ps, two products per lane per instruction: twice the float32 FMA's rate (benchmarks.md,
+// "planning"). Set per calling thread, like n_threads: the scratch for the rounded inputs (M x ceil(K / 2)
+// pairs), or null for float32.
+static _Thread_local uint32_t *lin_bf16 = 0;
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#include <immintrin.h>
+#define TT_HAVE_BF16 1
+
+static void to_bf16_pairs(const float *restrict x, int M, int K, uint32_t *restrict xb) {
+    const int K2 = (K + 1) / 2;
+    for (int m = 0; m < M; m++) {
+        const float *xm = x + (int64_t)m * K;
+        uint32_t *out = xb + (int64_t)m * K2;
+        int k = 0;
+        for (; k + 32 <= K; k += 32)  // 32 floats -> 16 pairs, the even input in each pair's low half
+            _mm512_storeu_si512(out + k / 2, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(xm + k + 16),
+                                                                         _mm512_loadu_ps(xm + k)));
+        for (; k < K; k += 2) {
+            const __m128 lo = _mm_set_ss(xm[k]), hi = _mm_set_ss(k + 1 < K ? xm[k + 1] : 0.f);
+            const __m128i b = (__m128i)_mm_cvtne2ps_pbh(hi, lo);  // bf16 of lo at element 0, hi at element 4
+            out[k / 2] = (uint32_t)(uint16_t)_mm_extract_epi16(b, 0) | (uint32_t)(uint16_t)_mm_extract_epi16(b, 4) << 16;
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void tile_bf16(const uint32_t *restrict xb, int K2,
+                                                             const uint16_t *restrict wp, const float *restrict b,
+                                                             int n0, int nb, float *restrict y, int N, const int MB) {
+    const __mmask16 m0 = nb >= 16 ? 0xFFFF : (__mmask16)((1u << nb) - 1);
+    const __mmask16 m1 = nb >= 32 ? 0xFFFF : nb > 16 ? (__mmask16)((1u << (nb - 16)) - 1) : 0;
+    const __m512 b0 = b ? _mm512_maskz_loadu_ps(m0, b + n0) : _mm512_setzero_ps();
+    const __m512 b1 = b ? _mm512_maskz_loadu_ps(m1, b + n0 + 16) : _mm512_setzero_ps();
+    __m512 a0[8], a1[8];
+    for (int i = 0; i < MB; i++) a0[i] = b0, a1[i] = b1;
+    for (int k = 0; k < K2; k++) {
+        const __m512bh w0 = (__m512bh)_mm512_loadu_si512(wp + (int64_t)k * 64);
+        const __m512bh w1 = (__m512bh)_mm512_loadu_si512(wp + (int64_t)k * 64 + 32);
+        for (int i = 0; i < MB; i++) {
+            const __m512bh xv = (__m512bh)_mm512_set1_epi32((int)xb[(int64_t)i * K2 + k]);
+            a0[i] = _mm512_dpbf16_ps(a0[i], xv, w0);
+            a1[i] = _mm512_dpbf16_ps(a1[i], xv, w1);
+        }
+    }
+    for (int i = 0; i < MB; i++) {
+        _mm512_mask_storeu_ps(y + (int64_t)i * N + n0, m0, a0[i]);
+        _mm512_mask_storeu_ps(y + (int64_t)i * N + n0 + 16, m1, a1[i]);
+    }
+}
+
+static void linear_bf16(const float *restrict x, int M, int K, const uint16_t *restrict wp, const float *restrict b,
+                        int N, float *restrict y, uint32_t *restrict xb) {
+    const int K2 = (K + 1) / 2;
+    to_bf16_pairs(x, M, K, xb);
+#pragma omp parallel for collapse(2) schedule(static) num_threads(n_threads) if (n_threads > 1 && M >= 64)
+    for (int m1 = 0; m1 < M; m1 += 64) {
+        for (int n0 = 0; n0 < N; n0 += 32) {
+            const int m2 = M - m1 < 64 ? M : m1 + 64;
+            const int nb = N - n0 < 32 ? N - n0 : 32;
+            const uint16_t *w = wp + (int64_t)(n0 / 32) * K2 * 64;
+            int m0 = m1;
+            for (; m0 + 8 <= m2; m0 += 8) tile_bf16(xb + (int64_t)m0 * K2, K2, w, b, n0, nb, y + (int64_t)m0 * N, N, 8);
+            const uint32_t *xm = xb + (int64_t)m0 * K2;
+            float *ym = y + (int64_t)m0 * N;
+            switch (m2 - m0) {
+                case 7: tile_bf16(xm, K2, w, b, n0, nb, ym, N, 7); break;
+                case 6: tile_bf16(xm, K2, w, b, n0, nb, ym, N, 6); break;
+                case 5: tile_bf16(xm, K2, w, b, n0, nb, ym, N, 5); break;
+                case 4: tile_bf16(xm, K2, w, b, n0, nb, ym, N, 4); break;
+                case 3: tile_bf16(xm, K2, w, b, n0, nb, ym, N, 3); break;
+                case 2: tile_bf16(xm, K2, w, b, n0, nb, ym, N, 2); break;
+                case 1: tile_bf16(xm, K2, w, b, n0, nb, ym, N, 1); break;
+                default: break;
+            }
+        }
+    }
+}
+#else
+#define TT_HAVE_BF16 0
+#endif
+
 static void linear(const float *restrict x, int M, int K, const float *restrict wp, const float *restrict b, int N,
                    float *restrict y) {
+#if TT_HAVE_BF16
+    if (lin_bf16) {  // wp holds bfloat16 weights (the caller set lin_bf16 only with those)
+        linear_bf16(x, M, K, (const uint16_t *)wp, b, N, y, lin_bf16);
+        return;
+    }
+#endif
 #pragma omp parallel for collapse(2) schedule(static) num_threads(n_threads) if (n_threads > 1 && M >= 64)
     for (int m1 = 0; m1 < M; m1 += 64) {  // blocks of 64 rows (their inputs stay in cache across the tiles)
         for (int n0 = 0; n0 < N; n0 += 32) {  // each weight tile read from memory once per block of rows

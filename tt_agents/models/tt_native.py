@@ -39,7 +39,7 @@ from tt_agents.models import native
 from tt_agents.models.gpt import _rope_range
 from tt_agents.models.kv_cache import RingKVCache
 
-__all__ = ["NativeTTStep", "NativeContext", "tt_step_supported", "native_tt_step"]
+__all__ = ["NativeTTStep", "NativeContext", "tt_step_supported", "native_tt_step", "pack_bf16"]
 
 
 def tt_step_supported(model: Any) -> bool:
@@ -55,16 +55,39 @@ def _pack_heads(head: torch.Tensor) -> torch.Tensor:
     return torch.stack([native.pack(h.T) for h in head])
 
 
-def _params(model: Any) -> tuple[list[torch.Tensor], dict[int, Any]]:
-    """The network's tensors in the order ``tt_step.c`` reads them, and which of them it reads packed."""
+def pack_bf16(w: torch.Tensor) -> torch.Tensor:
+    """nn.Linear's weight ``(N, K)`` as ``tt_step.c``'s bfloat16 linear layers read it: ``(ceil(N / 32),
+    ceil(K / 2), 32, 2)`` bfloat16 (rounded to nearest even), tiles of 32 output columns whose two weights for
+    inputs ``2k`` and ``2k + 1`` lie side by side (what one lane of ``vdpbf16ps`` multiplies); zero-padded.
+
+    Example:
+        >>> w = torch.arange(6.0).view(3, 2)  # 3 outputs, 2 inputs
+        >>> pack_bf16(w).shape, pack_bf16(w)[0, 0, :3].tolist()
+        (torch.Size([1, 1, 32, 2]), [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]])
+    """
+    N, K = w.shape
+    tiles, K2 = -(-N // 32), -(-K // 2)
+    out = w.new_zeros(tiles * 32, K2 * 2)
+    out[:N, :K] = w
+    return out.view(tiles, 32, K2, 2).permute(0, 2, 1, 3).contiguous().to(torch.bfloat16)
+
+
+def _pack_heads_bf16(head: torch.Tensor) -> torch.Tensor:
+    """The per-dimension heads ``(td, C, n_bins)`` for the bfloat16 linear layers (:func:`pack_bf16` each)."""
+    return torch.stack([pack_bf16(h.T) for h in head])
+
+
+def _params(model: Any, bf16: bool = False) -> tuple[list[torch.Tensor], dict[int, Any]]:
+    """The network's tensors in the order ``tt_step.c`` reads them, and which of them it reads packed (the linear
+    layers' weights as float32, or as bfloat16 with ``bf16``)."""
     g = model.gpt
     ps = [model.tok_emb.weight, g.ln_f.weight, g.ln_f.bias, model.head]
-    packers: dict[int, Any] = {3: _pack_heads}
+    packers: dict[int, Any] = {3: _pack_heads_bf16 if bf16 else _pack_heads}
     for i, blk in enumerate(g.h):
         ps += [blk.ln_1.weight, blk.ln_1.bias, blk.attn.c_attn.weight, blk.attn.c_attn.bias,
                blk.attn.c_proj.weight, blk.attn.c_proj.bias, blk.ln_2.weight, blk.ln_2.bias,
                blk.mlp.c_fc.weight, blk.mlp.c_fc.bias, blk.mlp.c_proj.weight, blk.mlp.c_proj.bias]
-        packers.update({4 + 12 * i + j: native.pack for j in (2, 4, 8, 10)})
+        packers.update({4 + 12 * i + j: pack_bf16 if bf16 else native.pack for j in (2, 4, 8, 10)})
     return ps, packers
 
 
@@ -78,13 +101,21 @@ class NativeTTStep:
         self.n_bins, self.value_dim, self.rope_base = model.n_bins, model.value_dim, c.rope_base
         self.L, self.H, self.C, self.W = c.n_layer, c.n_head, c.n_embd, int(c.attn_window)
         self.weights = native.PackedParams(*_params(model), "TT")
+        # the linear layers in bfloat16 (PlanConfig.linear_dtype), where this CPU's build has them
+        self.bf16_linear = bool(lib.tt_bf16_linear())
+        self.weights_bf16 = native.PackedParams(*_params(model, bf16=True), "TT") if self.bf16_linear else None
         self._local = threading.local()  # k, v, work: one search at a time per thread
 
-    def start(self, ring: RingKVCache, rows: int, dtype: torch.dtype = torch.float32) -> NativeContext:
+    def start(self, ring: RingKVCache, rows: int, dtype: torch.dtype = torch.float32,
+              linear_bf16: bool = False) -> NativeContext:
         """A search from ``ring``'s rows (one per env: their histories) with room for ``rows`` candidates,
-        keys and values held in ``dtype`` (float32: exact; bfloat16: half the bytes)."""
+        keys and values held in ``dtype`` (float32: exact; bfloat16: half the bytes); ``linear_bf16``: the
+        linear layers' inputs and weights in bfloat16 (where :attr:`bf16_linear`; not exact)."""
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"the fused TT step keeps keys and values in float32 or bfloat16, not {dtype}")
+        if linear_bf16 and self.weights_bf16 is None:
+            raise ValueError("bfloat16 linear layers need a CPU with AVX512-BF16 (and a build for it); this one "
+                             "has none: use float32")
         E = ring.batch_size
         rows = max(rows, E)
         buf = self._local
@@ -93,8 +124,9 @@ class NativeTTStep:
             buf.k = torch.empty(self.L, rows, self.W, self.C, dtype=dtype)  # (n_layer, rows, window, width)
             buf.v = torch.empty_like(buf.k)
         threads = torch.get_num_threads()
-        # x, h, qkv, y, f, tmp; then per thread the scores (2 H W) and 2 W pointers, 64-byte aligned
-        need = 11 * rows * self.C + 16 + threads * ((8 * self.H * self.W + 16 * self.W + 63) // 64 * 16)
+        # x, h, qkv, y, f, tmp, the bfloat16 inputs (2C + 1 per row); then per thread the scores (2 H W) and 2 W
+        # pointers, 64-byte aligned
+        need = 13 * rows * self.C + rows + 16 + threads * ((8 * self.H * self.W + 16 * self.W + 63) // 64 * 16)
         if getattr(buf, "work", None) is None or buf.work.numel() < need:
             buf.work = torch.empty(need)
         L, _, H, W, hd = ring.k.shape
@@ -102,7 +134,8 @@ class NativeTTStep:
         buf.v[:, :E] = ring.v.transpose(2, 3).reshape(L, E, W, H * hd)
         rows_of = torch.arange(E, dtype=torch.int32)[:, None].expand(E, W)
         idx = torch.where(ring.attendable.cpu(), rows_of, torch.tensor(-1, dtype=torch.int32)).contiguous()
-        search = _Search(self, buf.k, buf.v, buf.work, self.weights.snapshot(), threads)
+        weights = self.weights_bf16 if linear_bf16 else self.weights
+        search = _Search(self, buf.k, buf.v, buf.work, weights.snapshot(), threads, linear_bf16)  # type: ignore[union-attr]
         return NativeContext(search, idx, torch.arange(E, dtype=torch.int32), ring.steps)
 
 
@@ -110,13 +143,14 @@ class _Search:
     """One search's buffers and the weights' pointers (synced once: nothing trains during a search)."""
 
     def __init__(self, step: NativeTTStep, k: torch.Tensor, v: torch.Tensor, work: torch.Tensor,
-                 weights: tuple[np.ndarray, list[torch.Tensor]], threads: int) -> None:
+                 weights: tuple[np.ndarray, list[torch.Tensor]], threads: int, linear_bf16: bool = False) -> None:
         self.step, self.k, self.v, self.work = step, k, v, work
         self.weights = weights  # the pointer array and its tensors, kept alive for this search
         self.P = weights[0].ctypes.data
         self.threads = threads  # torch's intra-op threads when the search began (its work buffer has room for them)
+        self.linear_bf16 = linear_bf16
         self.n_bins, self.value_dim, self.rope_base = step.n_bins, step.value_dim, step.rope_base
-        self.dims = np.zeros(12, np.int64)
+        self.dims = np.zeros(13, np.int64)
         self.io = np.zeros(9, np.int64)
 
     def __call__(self, tokens: torch.Tensor, idx: torch.Tensor, order: torch.Tensor, steps: int, dim: int) -> torch.Tensor:
@@ -130,10 +164,13 @@ class _Search:
         cos, sin = _rope_range(steps, 1, s.C // s.H, self.rope_base, torch.float32, torch.device("cpu"))
         logits = torch.empty(N, self.n_bins)
         self.dims[:] = (s.L, s.H, s.C, s.W, self.n_bins, N, R, steps % s.W, dim, int(dim != self.value_dim),
-                        int(self.k.dtype == torch.bfloat16), self.threads)
+                        int(self.k.dtype == torch.bfloat16), self.threads, int(self.linear_bf16))
         self.io[:] = (tokens.data_ptr(), idx.data_ptr(), self.k.data_ptr(), self.v.data_ptr(), cos.data_ptr(),
                       sin.data_ptr(), logits.data_ptr(), self.work.data_ptr(), order.data_ptr())
-        if s.lib.tt_step(self.dims.ctypes.data, self.P, self.io.ctypes.data) != 0:
+        rc = s.lib.tt_step(self.dims.ctypes.data, self.P, self.io.ctypes.data)
+        if rc == -2:
+            raise RuntimeError("this build of the fused TT step has no bfloat16 linear layers")
+        if rc != 0:
             raise ValueError(f"tokens must be in [0, {self.n_bins}), got {tokens.tolist()}")
         return logits
 

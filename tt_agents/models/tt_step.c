@@ -181,7 +181,8 @@ static void attend_row(const float *q, const void *const *kp, const void *const 
 
 // dims: L, H, C, W, V (bins), N (rows now), R (rows of the buffers), slot, d (the new tokens' dimension),
 //       attendable (0: the new tokens are hidden from later ones, as value tokens are), bf16 (the entries' type),
-//       threads (rows split among them: OpenMP, where the library was built with it)
+//       threads (rows split among them: OpenMP, where the library was built with it), linear_bf16 (1: the linear
+//       layers' weights in P are bfloat16, packed by tt_native.pack_bf16; only where tt_bf16_linear() says so)
 // P: tok_emb, ln_f g, b, the heads packed (td, tiles, C, 32), then 12 per layer (tt_native.py's _params)
 // io: tokens (N, int64), idx (N, W, int32; in/out), k, v (L, R, W, C), cos, sin (head_dim / 2), logits (N, V), work,
 //     order (N, int32: the order in which rows attend; any order gives the same outputs)
@@ -190,6 +191,8 @@ int tt_step(const int64_t *dims, const float *const *P, void *const *io) {
     const int N = (int)dims[5], R = (int)dims[6], slot = (int)dims[7], d = (int)dims[8];
     const int attendable = (int)dims[9], bf16 = (int)dims[10];
     n_threads = dims[11] > 1 ? (int)dims[11] : 1;
+    const int linear_bf16 = (int)dims[12];
+    if (linear_bf16 && !TT_HAVE_BF16) return -2;
     const int64_t es = bf16 ? 2 : 4, entry = C * es;  // bytes of an entry's keys (or values)
     const int hd = C / H, half = hd / 2;
     const float *tok_emb = P[0], *lnf_g = P[1], *lnf_b = P[2], *heads = P[3];
@@ -199,11 +202,13 @@ int tt_step(const int64_t *dims, const float *const *P, void *const *io) {
     const float *cs = (const float *)io[4], *sn = (const float *)io[5];
     float *logits = (float *)io[6], *work = (float *)io[7];
     const int32_t *order = (const int32_t *)io[8];
-    // workspace: x (N, C), h (N, C), qkv (N, 3C), y (N, C), f (N, 4C), tmp (N, C), then per thread: sc (2, H, W),
-    // kp, vp (W pointers each), 64-byte aligned (tt_native.py sizes it)
+    // workspace: x (N, C), h (N, C), qkv (N, 3C), y (N, C), f (N, 4C), tmp (N, C), the linear layers' inputs as
+    // bfloat16 pairs (N, 2C + 1; uint32), then per thread: sc (2, H, W), kp, vp (W pointers each), 64-byte aligned
+    // (tt_native.py sizes it)
     float *x = work, *h = x + (int64_t)N * C, *qkv = h + (int64_t)N * C, *y = qkv + (int64_t)N * 3 * C;
     float *f = y + (int64_t)N * C, *tmp = f + (int64_t)N * 4 * C;
-    const uintptr_t scratch0 = ((uintptr_t)(tmp + (int64_t)N * C) + 63) & ~(uintptr_t)63;
+    uint32_t *xb = (uint32_t *)(tmp + (int64_t)N * C);
+    const uintptr_t scratch0 = ((uintptr_t)(xb + (int64_t)N * (2 * C + 1)) + 63) & ~(uintptr_t)63;
     const int64_t scratch = ((int64_t)2 * H * W * 4 + (int64_t)2 * W * 8 + 63) / 64 * 64;  // bytes per thread
     const float scale = 1.0f / sqrtf((float)hd);
 
@@ -214,6 +219,7 @@ int tt_step(const int64_t *dims, const float *const *P, void *const *io) {
         idx[(int64_t)i * W + slot] = attendable ? i : -1;  // the new token's slot (its old token left the window)
     }
 
+    lin_bf16 = linear_bf16 ? xb : 0;  // this thread's linear layers, until the step returns
     for (int l = 0; l < L; l++) {
         const float *const *Q = P + 4 + 12 * l;
         char *kl = kbuf + (int64_t)l * W * R * entry, *vl = vbuf + (int64_t)l * W * R * entry;
@@ -273,6 +279,11 @@ int tt_step(const int64_t *dims, const float *const *P, void *const *io) {
     }
     layer_norm(x, N, C, lnf_g, lnf_b, h);
     const int tiles = (V + 31) / 32;
-    linear(h, N, C, heads + (int64_t)d * tiles * C * 32, 0, V, logits);
+    const int64_t head = linear_bf16 ? (int64_t)tiles * ((C + 1) / 2) * 32 : (int64_t)tiles * C * 32;  // floats
+    linear(h, N, C, heads + d * head, 0, V, logits);
+    lin_bf16 = 0;
     return 0;
 }
+
+// Whether this build has the bfloat16 linear layers (the CPU has AVX512-BF16): 1 or 0.
+int tt_bf16_linear(void) { return TT_HAVE_BF16; }
