@@ -7,7 +7,9 @@ old, new, old, new, ... so that a shared machine's slow moments hit both; the ta
 median of the rounds and the new / old ratio. Shapes are those of the ``planning`` and ``dt``
 sections: the paper's TT on HalfCheetah (17-dim observations, 6-dim actions; 4 layers x 128,
 100 bins, attention over 5 transitions) and the paper's MuJoCo DT (3 layers x 128, K = 20);
-random weights, 1 torch thread, cache modes only. ``DT step ..., compiled`` sets
+random weights, 1 torch thread, cache modes only. ``TT plan ..., bfloat16`` plans with
+``PlanConfig(kv_dtype="bfloat16", linear_dtype="bfloat16")`` where the tree has both (reduced precision, not
+the same plans; the old tree runs its default). ``DT step ..., compiled`` sets
 ``DTActConfig(compile=True)`` where the tree has it (the old tree runs its plain step): its
 compilation happens in the warm-up, outside the timed calls, and its seconds are reported.
 """
@@ -47,6 +49,8 @@ _CHILD = textwrap.dedent(
         obs = gym.spaces.Box(-np.inf, np.inf, (17,), np.float32)
         act = gym.spaces.Box(-1.0, 1.0, (6,), np.float32)
         plan = PlanConfig(beam_width=beam, horizon=horizon)
+        if what == "tt-bf16" and "linear_dtype" in PlanConfig.__dataclass_fields__:  # else the tree's default
+            plan = PlanConfig(beam_width=beam, horizon=horizon, kv_dtype="bfloat16", linear_dtype="bfloat16")
         if "plan" in TTConfig.__dataclass_fields__:  # before act-time settings
             return TTPlanner(obs, act, TTConfig(plan=plan), device="cpu", seed=0)
         return TTPlanner(obs, act, TTConfig(), device="cpu", seed=0, act=plan)
@@ -55,7 +59,7 @@ _CHILD = textwrap.dedent(
         return {{"observation": rng.normal(size=(n_envs, obs_dim)).astype(np.float32),
                  "previous_reward": rng.normal(size=(n_envs, 1)).astype(np.float32)}}
 
-    if what == "tt":
+    if what.startswith("tt"):
         agent = tt_agent(a, b)
         cheap = tt_agent(1, 1)
         cheap.model.load_state_dict(agent.model.state_dict())
@@ -114,6 +118,9 @@ CASES = [  # (label, what, a, b, n_envs, calls per subprocess, unit scale)
     ("TT plan, beam 32 horizon 5, 1 env", "tt", 32, 5, 1, 6, 1.0),
     ("TT plan, beam 32 horizon 5, 8 envs", "tt", 32, 5, 8, 3, 1.0),
     ("TT plan, beam 128 horizon 15, 1 env", "tt", 128, 15, 1, 2, 1.0),
+    ("TT plan, beam 32 horizon 5, 1 env, bfloat16", "tt-bf16", 32, 5, 1, 6, 1.0),
+    ("TT plan, beam 32 horizon 5, 8 envs, bfloat16", "tt-bf16", 32, 5, 8, 3, 1.0),
+    ("TT plan, beam 128 horizon 15, 1 env, bfloat16", "tt-bf16", 128, 15, 1, 2, 1.0),
     ("DT step, K = 20, 1 env", "dt", 20, 200, 1, 3, 1e3),
     ("DT step, K = 20, 16 envs", "dt", 20, 200, 16, 3, 1e3),
     ("DT step, K = 20, 1 env, compiled", "dt-compiled", 20, 200, 1, 3, 1e3),
@@ -156,16 +163,19 @@ def goals(rows: list[list]) -> list[str]:
     by = {r[0]: r for r in rows}
     out = []
     for label, goal in (("DT step, K = 20, 1 env", 1 / 3), ("DT step, K = 20, 1 env, compiled", 1 / 3),
-                        ("TT plan, beam 32 horizon 5, 1 env", 1 / 2), ("TT plan, beam 128 horizon 15, 1 env", 1 / 2)):
+                        ("TT plan, beam 32 horizon 5, 1 env", 1 / 2), ("TT plan, beam 128 horizon 15, 1 env", 1 / 2),
+                        ("TT plan, beam 32 horizon 5, 1 env, bfloat16", 1 / 2),
+                        ("TT plan, beam 128 horizon 15, 1 env, bfloat16", 1 / 2)):
         if label in by:
             r = by[label]
             out.append(f"{label}: new / old {r[3]:.2f} (best), {r[4]:.2f} (median); goal <= {goal:.2f} "
                        f"({1 / goal:.0f}x faster): {'met' if max(r[3], r[4]) <= goal else 'not met'}.")
-    one, eight = by.get("TT plan, beam 32 horizon 5, 1 env"), by.get("TT plan, beam 32 horizon 5, 8 envs")
-    if one and eight:
-        ratio = float(eight[2].split()[0]) / float(one[2].split()[0])
-        out.append(f"TT at (32, 5), 8 envs in one batched search over 1 env, new tree: {ratio:.2f}x (best rounds); goal "
-                   f"<= 3x: {'met' if ratio <= 3 else 'not met'}.")
+    for mode in ("", ", bfloat16"):
+        one, eight = by.get(f"TT plan, beam 32 horizon 5, 1 env{mode}"), by.get(f"TT plan, beam 32 horizon 5, 8 envs{mode}")
+        if one and eight:
+            ratio = float(eight[2].split()[0]) / float(one[2].split()[0])
+            out.append(f"TT at (32, 5){mode}, 8 envs in one batched search over 1 env, new tree: {ratio:.2f}x (best "
+                       f"rounds); goal <= 3x: {'met' if ratio <= 3 else 'not met'}.")
     return out
 
 

@@ -69,12 +69,13 @@ class Args:
     device: str = "auto"
     """Where the agents run: ``"auto"`` is ``cuda`` when a GPU is present (the compiled steps then use CUDA graphs),
     else ``cpu``."""
-    variants: tuple[str, ...] = ("forked-rings", "fused", "fused-bf16", "shared-prefix", "shared-prefix-bf16")
+    variants: tuple[str, ...] = ("forked-rings", "fused", "fused-bf16", "fused-bf16-linear", "fused-bf16-all",
+                                 "shared-prefix", "shared-prefix-bf16")
     """Cache variants of the variants table (same weights, inputs and histories, interleaved): ``forked-rings``
     (the torch step), ``fused`` (the default: the fused C step, ``PlanConfig.native``), ``fused-bf16`` (its keys
-    and values in bfloat16), ``shared-prefix``
-    (``PlanConfig.shared_prefix``, torch), ``shared-prefix-bf16`` / ``-fp16`` (its beams' keys and values in
-    bfloat16 / float16); empty to skip the table."""
+    and values in bfloat16), ``fused-bf16-linear`` (its linear layers in bfloat16, ``linear_dtype``),
+    ``fused-bf16-all`` (both), ``shared-prefix`` (``PlanConfig.shared_prefix``, torch), ``shared-prefix-bf16`` /
+    ``-fp16`` (its beams' keys and values in bfloat16 / float16); empty to skip the table."""
     peak_repeats: int = 20
     """Runs of each matmul of the machine's peak rate (taken at both ends of the run)."""
     variant_rounds: int = 3
@@ -202,6 +203,8 @@ VARIANTS = {
     "forked-rings": {"native": False, "shared_prefix": False},
     "fused": {"native": True},
     "fused-bf16": {"native": True, "kv_dtype": "bfloat16"},
+    "fused-bf16-linear": {"native": True, "linear_dtype": "bfloat16"},
+    "fused-bf16-all": {"native": True, "kv_dtype": "bfloat16", "linear_dtype": "bfloat16"},
     "shared-prefix": {"native": False, "shared_prefix": True},
     "shared-prefix-bf16": {"native": False, "shared_prefix": True, "kv_dtype": "bfloat16"},
     "shared-prefix-fp16": {"native": False, "shared_prefix": True, "kv_dtype": "float16"},
@@ -380,7 +383,9 @@ def main(args: Args) -> None:
             "share their parent's ring, pruning copies the survivors' rings), `fused` (the default, "
             "`PlanConfig(native=True)`: one C function per token; candidates hold indices into one buffer of keys "
             "and values, so forks and pruning copy indices, and rows sharing a past read the same entries), "
-            "`fused-bf16` (the same with its keys and values in bfloat16, `kv_dtype`), "
+            "`fused-bf16` (the same with its keys and values in bfloat16, `kv_dtype`), `fused-bf16-linear` (its linear "
+            "layers' inputs and weights in bfloat16, products summed in float32 by AVX512-BF16, `linear_dtype`), "
+            "`fused-bf16-all` (both), "
             "`shared-prefix` (`PlanConfig("
             "native=False, shared_prefix=True)`: every beam attends over its env's context, held once, and its own suffix; "
             "pruning copies suffixes only), and the same with the beams' keys and values in bfloat16 / float16 "
@@ -390,7 +395,7 @@ def main(args: Args) -> None:
                               "score deviation"], variant_rows)
             + "\n"
         )
-        exact_apart = [r for r in variant_rows if r[6] == "no" and "kv_dtype" not in VARIANTS[str(r[3])]]
+        exact_apart = [r for r in variant_rows if r[6] == "no" and not {"kv_dtype", "linear_dtype"} & set(VARIANTS[str(r[3])])]
         if exact_apart:
             where = "; ".join(f"{r[3]} at {r[0]}x{r[1]}, {r[2]} envs (winning scores {r[7]} apart)" for r in exact_apart)
             body += (
