@@ -214,6 +214,10 @@ def run(args: Args, old: str, commit: str) -> None:
         + f"\n\nIn this run the largest new / old ratio is {worst:.2f} of the best rounds and {worst_median:.2f} of "
         "the medians.\n"
         + "".join(f"\n- {g}" for g in goals(rows)) + "\n"
+        + ("\nThe `bfloat16` figures are the new tree's opt-in reduced precision (keys, values and the linear layers' "
+           "inputs and weights in bfloat16; not exact: its plans differ from float32's, the `planning` section has "
+           "how far); the exact default is the figures without it.\n"
+           if any("bfloat16" in r[0] for r in rows) else "")
         + "".join(f"\n{label}: the first step (compilation, outside the timed calls) took "
                   + ", ".join(f"{x:.1f}" for x in v) + " s in the new tree's rounds (the first compiles from scratch, "
                   "later processes reuse torch's on-disk cache).\n" for label, v in first_steps.items())

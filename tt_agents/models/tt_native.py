@@ -24,6 +24,12 @@ It computes the torch step's function (tests/test_tt_native.py compares the logi
 plans) on float32 CPU networks without reduced-precision caches or shared prefixes
 (``PlanConfig(native=True)``, the default, where those hold); elsewhere, or without a C compiler,
 the torch step runs.
+
+Two opt-ins trade exactness for speed: keys and values in bfloat16 (``kv_dtype``: half the bytes the
+attention reads) and, on CPUs with AVX512-BF16, the linear layers' inputs and weights in bfloat16
+(``linear_dtype``: a second packed copy of the weights, :func:`pack_bf16`; ``vdpbf16ps`` sums two products
+per lane per instruction in float32, twice the float32 kernel's rate). The tests check the latter against a
+torch network whose linear layers round the same way.
 """
 
 from __future__ import annotations
