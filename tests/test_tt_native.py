@@ -19,6 +19,9 @@ torch.set_num_threads(1)
 needs_compiler = pytest.mark.skipif(native._compiler() is None, reason="no C compiler: "
                                     "test_without_a_compiler_plans_run_the_torch_step covers that case")
 
+# the bfloat16 linear layers' tests run where the CPU has AVX512-BF16 (this project's CI machine does);
+# test_bfloat16_linear_layers_fall_back_to_float32 runs everywhere
+HAS_BF16 = bool(native._compiler() is not None and native.load() is not None and native.load().tt_bf16_linear())
 OBS = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
 ACT = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
 
@@ -136,9 +139,11 @@ def warm_ring(model: TrajectoryTransformer, rows: int):
 
 
 @needs_compiler
-def test_the_same_logits_from_any_number_of_threads():
+@pytest.mark.parametrize("linear_bf16", [False, True][:1 + HAS_BF16], ids=["float32", "bfloat16-linear"][:1 + HAS_BF16])
+def test_the_same_logits_from_any_number_of_threads(linear_bf16):
     """With torch's intra-op threads above 1 the fused step splits its rows among threads (OpenMP, where the
-    library has it); every output is computed the same way whatever the split: equal to the last bit."""
+    library has it); every output is computed the same way whatever the split: equal to the last bit (the
+    bfloat16 linear layers too, where the CPU has them)."""
     model = make_model(2, 64)
     ring = warm_ring(model, 2)
     out = {}
@@ -147,7 +152,7 @@ def test_the_same_logits_from_any_number_of_threads():
             torch.set_num_threads(threads)
             gen = torch.Generator().manual_seed(0)
             with torch.no_grad():
-                ctx = tt_native.native_tt_step(model).start(ring, 160).fork(80)
+                ctx = tt_native.native_tt_step(model).start(ring, 160, linear_bf16=linear_bf16).fork(80)
                 assert ctx.search.threads == threads
                 logits = []
                 for j in range(12):
@@ -266,9 +271,7 @@ def bf16_linear_twin(model: TrajectoryTransformer) -> TrajectoryTransformer:
 
 
 @needs_compiler
-@pytest.mark.skipif(not (native.load() and native.load().tt_bf16_linear()), reason="this CPU has no AVX512-BF16: "
-                    "test_bfloat16_linear_layers_fall_back_to_float32 covers that case")
-@pytest.mark.parametrize(("n_head", "n_embd"), [(4, 128), (2, 40)], ids=["paper-width", "partial-tiles"])
+@pytest.mark.parametrize(("n_head", "n_embd"), [(4, 128), (2, 40)][:2 * HAS_BF16], ids=["paper-width", "partial-tiles"][:2 * HAS_BF16])
 def test_bfloat16_linear_layers_compute_the_rounded_network(n_head, n_embd):
     """``linear_dtype="bfloat16"``: the fused step's logits equal a torch network whose linear layers round their
     inputs and weights to bfloat16, and differ from the float32 network's by bfloat16's rounding. One step from
