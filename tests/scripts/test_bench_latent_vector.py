@@ -129,3 +129,29 @@ def test_action_probe_scores_a_latent_that_is_the_action_and_one_that_is_noise(m
             assert good["probe_r2"] > 0.9 and bad["probe_r2"] < 0.1
         # o_t (a position) predicts none of a step drawn afresh every time
         assert good["latent_from_obs_r2"] < 0
+
+
+def test_latent_actions_bench_fine_tunes_the_joint_decoders_agent(tmp_path, monkeypatch):
+    """With ``--joint-decoder`` every label count has its own base agent (``latent_base_{n}_s{seed}.zip``): the
+    online stage fine-tunes the one of ``--finetune-labels`` and the section gains its curve."""
+    import gymnasium as gym
+    from stable_baselines3 import TD3
+
+    expert_dir = tmp_path / "expert"
+    expert_dir.mkdir()
+    TD3("MlpPolicy", gym.make("Pendulum-v1"), learning_starts=10, policy_kwargs={"net_arch": [8]}, seed=0,
+        device="cpu").learn(20).save(expert_dir / "expert.zip")
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    from benches import latent_actions as bench
+
+    tiny = dict(lam_steps=2, latent_bc_steps=2, decoder_steps=2, idm_steps=2, bc_steps=2, batch_size=8)
+    args = bench.Args(env_id="Pendulum-v1", expert_run=str(expert_dir), episodes=2, work_dir=str(tmp_path / "work"),
+                      labels=(16,), seeds=(0,), eval_episodes=2, joint_decoder=True, finetune_steps=64,
+                      finetune_labels=16, finetune_seeds=(0,), finetune_points=1, section="t-finetune", **tiny)
+    bench.main(args)
+    agents = tmp_path / "work" / "agents"
+    assert (agents / "latent_base_16_s0.zip").exists() and not (agents / "latent_base_s0.zip").exists()
+    result = json.loads((tmp_path / "work" / "results" / "finetune_16_64_s0.json").read_text())
+    assert result["curve"][0]["step"] == 0 and result["curve"][-1]["step"] >= 64  # before and after PPO
+    section = open(os.environ["TT_AGENTS_BENCHMARKS_MD"]).read().split("<!-- bench:t-finetune -->")[1]
+    assert "Online fine-tuning (LAPO's stage 3" in section
