@@ -89,68 +89,62 @@ static inline __attribute__((always_inline)) void tile_bf16(const uint32_t *rest
     }
 }
 
-static void linear_bf16(const float *restrict x, int M, int K, const uint16_t *restrict wp, const float *restrict b,
-                        int N, float *restrict y, uint32_t *restrict xb) {
-    const int K2 = (K + 1) / 2;
-    to_bf16_pairs(x, M, K, xb);
-#pragma omp parallel for collapse(2) schedule(static) num_threads(n_threads) if (n_threads > 1 && M >= 64)
-    for (int m1 = 0; m1 < M; m1 += 64) {
-        for (int n0 = 0; n0 < N; n0 += 32) {
-            const int m2 = M - m1 < 64 ? M : m1 + 64;
-            const int nb = N - n0 < 32 ? N - n0 : 32;
-            const uint16_t *w = wp + (int64_t)(n0 / 32) * K2 * 64;
-            int m0 = m1;
-            for (; m0 + 8 <= m2; m0 += 8) tile_bf16(xb + (int64_t)m0 * K2, K2, w, b, n0, nb, y + (int64_t)m0 * N, N, 8);
-            const uint32_t *xm = xb + (int64_t)m0 * K2;
-            float *ym = y + (int64_t)m0 * N;
-            switch (m2 - m0) {
-                case 7: tile_bf16(xm, K2, w, b, n0, nb, ym, N, 7); break;
-                case 6: tile_bf16(xm, K2, w, b, n0, nb, ym, N, 6); break;
-                case 5: tile_bf16(xm, K2, w, b, n0, nb, ym, N, 5); break;
-                case 4: tile_bf16(xm, K2, w, b, n0, nb, ym, N, 4); break;
-                case 3: tile_bf16(xm, K2, w, b, n0, nb, ym, N, 3); break;
-                case 2: tile_bf16(xm, K2, w, b, n0, nb, ym, N, 2); break;
-                case 1: tile_bf16(xm, K2, w, b, n0, nb, ym, N, 1); break;
-                default: break;
-            }
-        }
-    }
-}
 #else
 #define TT_HAVE_BF16 0
 #endif
 
-static void linear(const float *restrict x, int M, int K, const float *restrict wp, const float *restrict b, int N,
-                   float *restrict y) {
+// One tile of MB rows x 32 columns, of float32 inputs (tile) or bfloat16 pairs (BF: tile_bf16)
+static inline __attribute__((always_inline)) void tile_of(const void *x, int K, const void *w, const float *b, int n0,
+                                                           int nb, float *y, int N, const int MB, const int BF) {
 #if TT_HAVE_BF16
-    if (lin_bf16) {  // wp holds bfloat16 weights (the caller set lin_bf16 only with those)
-        linear_bf16(x, M, K, (const uint16_t *)wp, b, N, y, lin_bf16);
+    if (BF) {
+        tile_bf16((const uint32_t *)x, K, (const uint16_t *)w, b, n0, nb, y, N, MB);
         return;
     }
 #endif
+    tile((const float *)x, K, (const float *)w, b, n0, nb, y, N, MB);
+}
+
+// y = x w^T + b for M rows of K stored inputs: floats, or with BF bfloat16 pairs (K = ceil(inputs / 2)); either
+// way 4 bytes per stored input, and a weight tile of K x 128 bytes.
+static inline __attribute__((always_inline)) void linear_tiles(const char *x, int M, int K, const char *wp,
+                                                                const float *b, int N, float *y, const int BF) {
+    const int64_t row = (int64_t)K * 4, tile_bytes = (int64_t)K * 128;
 #pragma omp parallel for collapse(2) schedule(static) num_threads(n_threads) if (n_threads > 1 && M >= 64)
     for (int m1 = 0; m1 < M; m1 += 64) {  // blocks of 64 rows (their inputs stay in cache across the tiles)
         for (int n0 = 0; n0 < N; n0 += 32) {  // each weight tile read from memory once per block of rows
             const int m2 = M - m1 < 64 ? M : m1 + 64;
             const int nb = N - n0 < 32 ? N - n0 : 32;
-            const float *w = wp + (int64_t)(n0 / 32) * K * 32;
+            const char *w = wp + (int64_t)(n0 / 32) * tile_bytes;
             int m0 = m1;
             for (; m0 + 8 <= m2; m0 += 8)  // 8 rows x 32 columns: 16 vector accumulators
-                tile(x + (int64_t)m0 * K, K, w, b, n0, nb, y + (int64_t)m0 * N, N, 8);
+                tile_of(x + m0 * row, K, w, b, n0, nb, y + (int64_t)m0 * N, N, 8, BF);
             if (m0 + 4 <= m2) {
-                tile(x + (int64_t)m0 * K, K, w, b, n0, nb, y + (int64_t)m0 * N, N, 4);
+                tile_of(x + m0 * row, K, w, b, n0, nb, y + (int64_t)m0 * N, N, 4, BF);
                 m0 += 4;
             }
-            const float *xm = x + (int64_t)m0 * K;
+            const char *xm = x + m0 * row;
             float *ym = y + (int64_t)m0 * N;
             switch (m2 - m0) {
-                case 3: tile(xm, K, w, b, n0, nb, ym, N, 3); break;
-                case 2: tile(xm, K, w, b, n0, nb, ym, N, 2); break;
-                case 1: tile(xm, K, w, b, n0, nb, ym, N, 1); break;
+                case 3: tile_of(xm, K, w, b, n0, nb, ym, N, 3, BF); break;
+                case 2: tile_of(xm, K, w, b, n0, nb, ym, N, 2, BF); break;
+                case 1: tile_of(xm, K, w, b, n0, nb, ym, N, 1, BF); break;
                 default: break;
             }
         }
     }
+}
+
+static void linear(const float *restrict x, int M, int K, const float *restrict wp, const float *restrict b, int N,
+                   float *restrict y) {
+#if TT_HAVE_BF16
+    if (lin_bf16) {  // wp holds bfloat16 weights (the caller set lin_bf16 only with those)
+        to_bf16_pairs(x, M, K, lin_bf16);
+        linear_tiles((const char *)lin_bf16, M, (K + 1) / 2, (const char *)wp, b, N, y, 1);
+        return;
+    }
+#endif
+    linear_tiles((const char *)x, M, K, (const char *)wp, b, N, y, 0);
 }
 
 // torch.nn.LayerNorm over the last C of each of M rows (eps 1e-5, biased variance), out of place
