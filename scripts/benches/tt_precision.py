@@ -1,7 +1,8 @@
 """The TT planner's reduced-precision modes on a trained agent: its returns and its actions against float32.
 
 ``python scripts/bench.py tt-precision --checkpoint runs/.../final.zip --env-id HalfCheetah-v5`` evaluates one
-trained :class:`~tt_agents.TTPlanner` with the same search in four modes: ``float32`` (the exact default),
+trained :class:`~tt_agents.TTPlanner` with the same search in five modes: ``float32`` (the exact default),
+``float32-torch`` (the torch step, ``native=False``: exact as well, its sums in another order: the control),
 ``kv-bf16`` (``PlanConfig(kv_dtype="bfloat16")``), ``linear-bf16`` (``linear_dtype="bfloat16"``, where the CPU has
 AVX512-BF16) and ``both``. For each: the return of the same episodes (same env seeds, one env, the best plan),
 and the seconds per action. Then, along one float32 episode, every mode plans from the very same states (copies
@@ -27,6 +28,7 @@ from tt_agents.evaluation import evaluate
 
 MODES = {
     "float32": {},
+    "float32-torch": {"native": False},  # the control: exact too, summed in another order
     "kv-bf16": {"kv_dtype": "bfloat16"},
     "linear-bf16": {"linear_dtype": "bfloat16"},
     "both": {"kv_dtype": "bfloat16", "linear_dtype": "bfloat16"},
@@ -108,7 +110,8 @@ def main(args: Args) -> None:
         f"A trained TTPlanner (`{args.checkpoint}`) on {args.env_id}, beam {beam} and horizon {horizon}, 1 env, the "
         f"best plan, {args.episodes} episodes per mode of up to {args.max_steps} steps (env seeds 0 to "
         f"{args.episodes - 1}, the same for every mode), {args.threads} torch thread(s). `float32`: the exact default; "
-        "`kv-bf16`: keys and values in bfloat16 (`kv_dtype`); `linear-bf16`: the linear layers' inputs and weights "
+        "`float32-torch`: the torch step (`native=False`), also exact, its float32 sums in another order (the "
+        "control: how far rounding alone moves this planner); `kv-bf16`: keys and values in bfloat16 (`kv_dtype`); `linear-bf16`: the linear layers' inputs and weights "
         "in bfloat16 (`linear_dtype`, AVX512-BF16); `both`. `s / action`: wall seconds of the evaluation over its "
         f"steps. Along the first {args.agree_steps} steps of the float32 planner's episode on seed 0, each mode "
         "planned from a copy of the same state: `same action` is the fraction of steps where its action equals "

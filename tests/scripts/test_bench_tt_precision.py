@@ -28,8 +28,8 @@ def test_tt_precision_bench_compares_each_mode_with_float32(tmp_path, monkeypatc
     section = open(os.environ["TT_AGENTS_BENCHMARKS_MD"]).read().split("<!-- bench:tt-precision -->")[1]
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in section.splitlines()
             if line.startswith("| ") and not line.startswith("| mode")}
-    assert set(rows) == {"float32", "kv-bf16", "linear-bf16", "both"}
+    assert set(rows) == {"float32", "float32-torch", "kv-bf16", "linear-bf16", "both"}
     assert rows["float32"][4] == "-"  # float32 against itself: no agreement figures
-    for mode in ("kv-bf16", "linear-bf16", "both"):
+    for mode in ("float32-torch", "kv-bf16", "linear-bf16", "both"):
         assert 0.0 <= float(rows[mode][4]) <= 1.0 and float(rows[mode][6].strip(" |")) <= 4.0  # actions in [-2, 2]
     assert all(len(r[2].split(" / ")) == 2 for r in rows.values())  # two episodes per mode
