@@ -316,8 +316,8 @@ def test_bfloat16_linear_layers_fall_back_to_float32(monkeypatch):
     low.model.load_state_dict(fp32.model.state_dict())
     low._set_discretizer(fp32.discretizer)
     step = tt_native.native_tt_step(low.model)
-    monkeypatch.setattr(step, "bf16_linear", False)
-    monkeypatch.setattr(step, "weights_bf16", None)
+    monkeypatch.setattr(step, "weights_bf16", None)  # what a build without AVX512-BF16 holds
+    assert not step.bf16_linear
     obs = np.random.default_rng(0).uniform(-1, 1, (2, 3)).astype(np.float32)
     a, s_a = fp32.predict(obs)
     planning._warn_float32_linear.cache_clear()  # warned once per reason and process

@@ -88,8 +88,8 @@ class PlanConfig:
     """Dtype of the fused step's linear layers (``native``): ``"float32"`` (exact) or ``"bfloat16"``: their
     inputs and weights rounded to bfloat16, products summed in float32, about twice the float32 rate on CPUs
     with AVX512-BF16 (AMD Zen 4, Intel Sapphire Rapids and later); not exact (benchmarks.md: "planning" has
-    its speed and deviation, "tt-precision" what it does to a trained planner's actions and returns). Where the CPU lacks AVX512-BF16, or the torch step runs, the linear layers stay
-    in float32 (warned once)."""
+    its speed and deviation, "tt-precision" what it does to a trained planner's actions and returns). Where
+    the CPU lacks AVX512-BF16, or the torch step runs, the linear layers stay in float32 (warned once)."""
     native: bool = True
     """Decode with the fused C step (:mod:`tt_agents.models.tt_native`: candidates hold indices into one
     key/value buffer instead of rings; forks and pruning copy indices) where it applies: a float32 network

@@ -91,13 +91,12 @@ def agreement(agent, args: Args) -> dict[str, tuple[float, float, float]]:
 def main(args: Args) -> None:
     torch.set_num_threads(args.threads)
     agent = load_agent(args.checkpoint, device="cpu")
-    rows, per_mode = [], {}
+    rows = []
     for mode in args.modes:
         t0 = time.perf_counter()
         res = evaluate(agent, lambda: gym.make(args.env_id, max_episode_steps=args.max_steps), n_episodes=args.episodes,
                        n_envs=1, seed=0, act=_act(agent, args, mode), progress=False)
         seconds = time.perf_counter() - t0
-        per_mode[mode] = res
         rows.append([mode, f"{res.mean_return:.1f} ± {res.stderr_return:.1f}",
                      " / ".join(f"{r:.0f}" for r in res.returns), f"{seconds / sum(res.lengths):.3f}"])
         print(rows[-1], flush=True)
@@ -111,8 +110,8 @@ def main(args: Args) -> None:
         f"best plan, {args.episodes} episodes per mode of up to {args.max_steps} steps (env seeds 0 to "
         f"{args.episodes - 1}, the same for every mode), {args.threads} torch thread(s). `float32`: the exact default; "
         "`float32-torch`: the torch step (`native=False`), also exact, its float32 sums in another order (the "
-        "control: how far rounding alone moves this planner); `kv-bf16`: keys and values in bfloat16 (`kv_dtype`); `linear-bf16`: the linear layers' inputs and weights "
-        "in bfloat16 (`linear_dtype`, AVX512-BF16); `both`. `s / action`: wall seconds of the evaluation over its "
+        "control: how far rounding alone moves this planner); `kv-bf16`: keys and values in bfloat16 (`kv_dtype`); "
+        "`linear-bf16`: the linear layers' inputs and weights in bfloat16 (`linear_dtype`, AVX512-BF16); `both`. `s / action`: wall seconds of the evaluation over its "
         f"steps. Along the first {args.agree_steps} steps of the float32 planner's episode on seed 0, each mode "
         "planned from a copy of the same state: `same action` is the fraction of steps where its action equals "
         "float32's; `mean gap` (where they differ) and `largest gap` are the largest per-dimension distance "

@@ -108,9 +108,13 @@ class NativeTTStep:
         self.L, self.H, self.C, self.W = c.n_layer, c.n_head, c.n_embd, int(c.attn_window)
         self.weights = native.PackedParams(*_params(model), "TT")
         # the linear layers in bfloat16 (PlanConfig.linear_dtype), where this CPU's build has them
-        self.bf16_linear = bool(lib.tt_bf16_linear())
-        self.weights_bf16 = native.PackedParams(*_params(model, bf16=True), "TT") if self.bf16_linear else None
+        self.weights_bf16 = native.PackedParams(*_params(model, bf16=True), "TT") if lib.tt_bf16_linear() else None
         self._local = threading.local()  # k, v, work: one search at a time per thread
+
+    @property
+    def bf16_linear(self) -> bool:
+        """Whether this step can run its linear layers in bfloat16 (the CPU has AVX512-BF16)."""
+        return self.weights_bf16 is not None
 
     def start(self, ring: RingKVCache, rows: int, dtype: torch.dtype = torch.float32,
               linear_bf16: bool = False) -> NativeContext:
@@ -119,7 +123,7 @@ class NativeTTStep:
         linear layers' inputs and weights in bfloat16 (where :attr:`bf16_linear`; not exact)."""
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"the fused TT step keeps keys and values in float32 or bfloat16, not {dtype}")
-        if linear_bf16 and self.weights_bf16 is None:
+        if linear_bf16 and not self.bf16_linear:
             raise ValueError("bfloat16 linear layers need a CPU with AVX512-BF16 (and a build for it); this one "
                              "has none: use float32")
         E = ring.batch_size
